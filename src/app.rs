@@ -1,0 +1,234 @@
+//! The running process: backends, functions, pipelines, HTTP, shutdown.
+//!
+//! `runnel up` opens the backends the runtime config names, builds and
+//! loads every pipeline's function (all before serving anything, so a
+//! broken function fails the start, not the first event), starts each
+//! pipeline and the HTTP API, and on SIGINT/SIGTERM stops taking events,
+//! lets those in flight finish within the grace period, and exits. A second
+//! signal exits at once.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, EmbeddedBroker};
+use crate::config::pipeline::PipelineConfig;
+use crate::config::runtime::{BrokerConfig, IdempotencyConfig, RuntimeConfig, StorageConfig};
+use crate::http::{ApiState, router};
+use crate::idempotency::{EmbeddedIdempotency, IdempotencyStore};
+use crate::pipeline::Pipeline;
+use crate::runtime::{Function, FunctionConfig, FunctionLocation, Runtime, RuntimeSettings, build};
+use crate::sinks::Backends;
+use crate::storage::{LocalStorage, ObjectStore};
+
+/// The backends named by the runtime config, opened.
+pub struct Opened {
+    pub backends: Backends,
+    pub idempotency: Arc<dyn IdempotencyStore>,
+    embedded_broker: Option<Arc<EmbeddedBroker>>,
+    retention: Duration,
+}
+
+pub async fn open_backends(config: &RuntimeConfig) -> anyhow::Result<Opened> {
+    let StorageConfig::Local { root, durability } = &config.storage;
+    let store: Arc<dyn ObjectStore> = Arc::new(
+        LocalStorage::open(root, *durability)
+            .await
+            .with_context(|| format!("opening local storage at {}", root.display()))?,
+    );
+    let BrokerConfig::Embedded {
+        path,
+        partitions,
+        durability,
+        retention,
+    } = &config.broker;
+    let embedded = Arc::new(
+        EmbeddedBroker::open(path, *durability, *partitions)
+            .with_context(|| format!("opening the embedded broker at {}", path.display()))?,
+    );
+    let broker: Arc<dyn Broker> = embedded.clone();
+    let IdempotencyConfig::Embedded { path, ttl } = &config.idempotency;
+    let idempotency: Arc<dyn IdempotencyStore> = Arc::new(
+        EmbeddedIdempotency::open(path, crate::sqlite::Durability::Full, *ttl)
+            .with_context(|| format!("opening the idempotency store at {}", path.display()))?,
+    );
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("runnel/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("building the HTTP client")?;
+    Ok(Opened {
+        backends: Backends {
+            store,
+            broker,
+            http,
+        },
+        idempotency,
+        embedded_broker: Some(embedded),
+        retention: *retention,
+    })
+}
+
+/// The component file of a function, building its crate when needed.
+pub fn component_path(function: &FunctionConfig, build_crates: bool) -> anyhow::Result<PathBuf> {
+    match &function.location {
+        FunctionLocation::Component(path) => Ok(path.clone()),
+        FunctionLocation::Crate(dir) if build_crates => {
+            tracing::info!(function = %function.name, crate_dir = %dir.display(), "building function");
+            Ok(build::build_crate(dir)?)
+        }
+        FunctionLocation::Crate(dir) => anyhow::bail!(
+            "function {} is a crate ({}) and functions.build is off; point `path` at a .wasm component",
+            function.name,
+            dir.display()
+        ),
+    }
+}
+
+/// Builds (when needed), compiles and pre-links every pipeline's function.
+pub fn load_functions(
+    config: &RuntimeConfig,
+    pipelines: &[PipelineConfig],
+) -> anyhow::Result<(Runtime, Vec<Arc<Function>>)> {
+    let mut built: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
+    let mut components = Vec::new();
+    for pipeline in pipelines {
+        let key = match &pipeline.function.location {
+            FunctionLocation::Crate(p) | FunctionLocation::Component(p) => p.clone(),
+        };
+        let path = match built.get(&key) {
+            Some(path) => path.clone(),
+            None => {
+                let path = component_path(&pipeline.function, config.functions.build)
+                    .with_context(|| format!("pipeline {}", pipeline.name))?;
+                built.insert(key, path.clone());
+                path
+            }
+        };
+        components.push(path);
+    }
+    let settings = RuntimeSettings {
+        pooling: config.functions.pooling,
+        max_instances: pipelines.iter().map(|p| p.concurrency as u32).sum::<u32>() * 2 + 8,
+        max_memory: pipelines
+            .iter()
+            .map(|p| p.function.memory_limit)
+            .max()
+            .unwrap_or(crate::runtime::DEFAULT_MEMORY_LIMIT),
+        cache_dir: config
+            .functions
+            .cache
+            .then(|| config.data_dir.join("cache")),
+    };
+    let runtime = Runtime::new(&settings)?;
+    let functions = pipelines
+        .iter()
+        .zip(&components)
+        .map(|(p, wasm)| {
+            runtime
+                .load(&p.function, wasm)
+                .map(Arc::new)
+                .with_context(|| format!("pipeline {}", p.name))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((runtime, functions))
+}
+
+/// `runnel up`: runs until a signal.
+pub async fn up(config: RuntimeConfig, pipelines: Vec<PipelineConfig>) -> anyhow::Result<()> {
+    let metrics = crate::metrics::install()?;
+    let opened = open_backends(&config).await?;
+    let (runtime, functions) = {
+        let (config, pipelines) = (config.clone(), pipelines.clone());
+        tokio::task::spawn_blocking(move || load_functions(&config, &pipelines)).await??
+    };
+    tracing::info!(
+        pooling = runtime.pooling(),
+        functions = functions.len(),
+        "runtime ready"
+    );
+
+    let shutdown = CancellationToken::new();
+    let mut running = tokio::task::JoinSet::new();
+    for (config_p, function) in pipelines.iter().zip(functions) {
+        let source = config_p
+            .source
+            .open(
+                &config_p.name,
+                opened.backends.store.clone(),
+                opened.backends.broker.clone(),
+            )
+            .await
+            .with_context(|| format!("pipeline {}: opening its source", config_p.name))?;
+        let pipeline = Pipeline::new(
+            config_p,
+            function,
+            &opened.backends,
+            opened.idempotency.clone(),
+        );
+        running.spawn(pipeline.run(source, shutdown.clone(), config.shutdown_grace));
+    }
+    if let Some(broker) = opened.embedded_broker.clone() {
+        let (retention, stop) = (opened.retention, shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Some(cutoff) = SystemTime::now().checked_sub(retention) {
+                    match broker.journal().prune(cutoff).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(deleted = n, "pruned messages past retention"),
+                        Err(error) => tracing::warn!(%error, "pruning the broker failed"),
+                    }
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                }
+            }
+        });
+    }
+
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("listening on {} (http.listen)", config.http.listen))?;
+    let state = ApiState {
+        store: opened.backends.store.clone(),
+        broker: opened.backends.broker.clone(),
+        metrics,
+        max_upload_size: config.http.max_upload_size,
+    };
+    tracing::info!(listen = %listener.local_addr()?, pipelines = pipelines.len(), "runnel is up");
+    let server = {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router(state))
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        })
+    };
+
+    wait_for_signal().await;
+    tracing::info!("stopping: finishing events in flight (a second signal exits at once)");
+    shutdown.cancel();
+    tokio::spawn(async {
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    while running.join_next().await.is_some() {}
+    let _ = server.await;
+    drop(runtime);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,149 @@
+//! A pipeline file: one source, one function, named sinks, a dead-letter
+//! sink and a retry policy. It names buckets and topics only; what they are
+//! is the runtime config's business, so the file is portable.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::reader::{Document, Table};
+use crate::pipeline::retry::RetryConfig;
+use crate::runtime::FunctionConfig;
+use crate::sinks::SinkConfig;
+use crate::sources::SourceConfig;
+
+#[derive(Clone, Debug)]
+pub struct PipelineConfig {
+    pub name: String,
+    /// The file it was read from; relative paths in it resolve from here.
+    pub file: PathBuf,
+    /// Events worked on at once (default: number of cores).
+    pub concurrency: usize,
+    pub source: SourceConfig,
+    pub function: FunctionConfig,
+    /// Declared sinks by name; function outputs address them by name.
+    pub sinks: BTreeMap<String, SinkConfig>,
+    /// Where events go when they keep failing (default: topic `<name>.dead-letter`).
+    pub dead_letter: SinkConfig,
+    pub retry: RetryConfig,
+}
+
+/// Names of pipelines and sinks: they appear in metrics labels and logs.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn default_name(file: &Path) -> String {
+    file.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Reads a pipeline from a parsed document; `None` when anything was wrong
+/// (the document then holds every problem).
+pub fn read(doc: &Document<'_>, root: Table<'_, '_>) -> Option<PipelineConfig> {
+    let name = match root.get("name") {
+        Some(field) => field.string().filter(|n| {
+            let ok = is_valid_name(n);
+            if !ok {
+                field.error("use 1-64 letters, digits, '-' or '_'");
+            }
+            ok
+        }),
+        None => Some(default_name(doc.file())),
+    };
+    let _ = root.get("description").map(|f| f.string());
+    let concurrency = match root.get("concurrency") {
+        Some(field) => field.integer_in(1..=4096).map(|n| n as usize),
+        None => Some(std::thread::available_parallelism().map_or(2, |n| n.get())),
+    };
+    let base = doc.file().parent().unwrap_or(Path::new("."));
+    let source = root
+        .required("source")
+        .and_then(|f| f.table())
+        .and_then(|t| SourceConfig::read(t));
+    let function = root
+        .required("function")
+        .and_then(|f| f.table())
+        .and_then(|t| FunctionConfig::read(t, base));
+    let mut sinks = BTreeMap::new();
+    let mut sinks_ok = true;
+    if let Some(table) = root.required("sinks").and_then(|f| f.table()) {
+        let entries = table.entries();
+        if entries.is_empty() {
+            table.missing("<name>");
+        }
+        for (sink_name, field) in entries {
+            if !is_valid_name(&sink_name) {
+                field.error("sink names use 1-64 letters, digits, '-' or '_'");
+                sinks_ok = false;
+            }
+            match field.table().and_then(SinkConfig::read) {
+                Some(sink) => {
+                    sinks.insert(sink_name, sink);
+                }
+                None => sinks_ok = false,
+            }
+        }
+    }
+    let dead_letter = match root.get("dead_letter") {
+        Some(field) => field.table().and_then(SinkConfig::read),
+        None => name.as_ref().map(|n| {
+            SinkConfig::Topic(crate::sinks::topic::TopicSinkConfig {
+                topic: format!("{n}.dead-letter"),
+            })
+        }),
+    };
+    let retry = match root.get("retry") {
+        Some(field) => field.table().and_then(RetryConfig::read),
+        None => Some(RetryConfig::default()),
+    };
+    let spans = (
+        root.get("sinks").map(|f| f.span()).unwrap_or(0..0),
+        root.get("dead_letter").map(|f| f.span()).unwrap_or(0..0),
+    );
+    root.finish();
+
+    let config = PipelineConfig {
+        name: name?,
+        file: doc.file().to_owned(),
+        concurrency: concurrency?,
+        source: source?,
+        function: function?,
+        sinks: sinks_ok.then_some(sinks)?,
+        dead_letter: dead_letter?,
+        retry: retry?,
+    };
+    check_loops(doc, spans, &config);
+    (!doc.has_errors()).then_some(config)
+}
+
+/// A pipeline that writes where it reads would trigger itself forever: the
+/// recursive-invocation loop serverless platforms warn about.
+fn check_loops(
+    doc: &Document<'_>,
+    (sinks_span, dead_letter_span): (std::ops::Range<usize>, std::ops::Range<usize>),
+    config: &PipelineConfig,
+) {
+    let named = config
+        .sinks
+        .iter()
+        .map(|(n, s)| (format!("sinks.{n}"), s, &sinks_span));
+    let dead_letter = (
+        "dead_letter".to_owned(),
+        &config.dead_letter,
+        &dead_letter_span,
+    );
+    for (path, sink, span) in named.chain([dead_letter]) {
+        if let Some(reason) = config.source.loops_through(sink) {
+            doc.error(
+                span.clone(),
+                &path,
+                format!("{reason}: every output would trigger this pipeline again"),
+            );
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! runnel's HTTP API: uploads and downloads of objects, a read-only view of
+//! topics, `/metrics` and `/healthz`.
+//!
+//! Uploads stream into memory up to `max_upload_size` and are refused with
+//! 413 beyond it, before the store sees anything. Keys are validated by the
+//! storage layer; anything that could escape a bucket is a 400.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine as _;
+use metrics::counter;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::broker::{Broker, BrokerError};
+use crate::config::units;
+use crate::metrics as m;
+use crate::storage::{NewObject, ObjectStore, StorageError};
+
+/// Prefix of request headers that become user metadata.
+pub const META_HEADER_PREFIX: &str = "x-runnel-meta-";
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Arc<dyn ObjectStore>,
+    pub broker: Arc<dyn Broker>,
+    pub metrics: PrometheusHandle,
+    pub max_upload_size: u64,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route(
+            "/v1/objects/{bucket}/{*key}",
+            get(get_object).put(put_object),
+        )
+        .route("/v1/topics/{topic}", get(read_topic))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn storage_error(e: StorageError) -> Response {
+    let status = match &e {
+        StorageError::InvalidBucket(_) | StorageError::InvalidKey { .. } => StatusCode::BAD_REQUEST,
+        StorageError::NotFound { .. } => StatusCode::NOT_FOUND,
+        StorageError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        StorageError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, e.to_string())
+}
+
+fn too_large(limit: u64) -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "upload exceeds the limit of {} (http.max_upload_size)",
+            units::format_size(limit)
+        ),
+    )
+}
+
+async fn put_object(
+    State(state): State<ApiState>,
+    Path((bucket, key)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let limit = state.max_upload_size;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return too_large(limit);
+    }
+    let body = match axum::body::to_bytes(body, limit as usize).await {
+        Ok(body) => body,
+        Err(e) if is_length_limit(&e) => return too_large(limit),
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("reading the upload: {e}")),
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut metadata = BTreeMap::new();
+    for (name, value) in &headers {
+        if let Some(meta) = name.as_str().strip_prefix(META_HEADER_PREFIX) {
+            match value.to_str() {
+                Ok(v) => {
+                    metadata.insert(meta.to_owned(), v.to_owned());
+                }
+                Err(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("header {name} is not valid text"),
+                    );
+                }
+            }
+        }
+    }
+    let object = NewObject {
+        body,
+        content_type,
+        metadata,
+    };
+    match state.store.put(&bucket, &key, object).await {
+        Ok(created) => {
+            counter!(m::UPLOADS, "bucket" => bucket).increment(1);
+            let body = json!({
+                "bucket": created.bucket,
+                "key": created.key,
+                "etag": created.etag,
+                "size": created.size,
+            });
+            (StatusCode::CREATED, axum::Json(body)).into_response()
+        }
+        Err(e) => storage_error(e),
+    }
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = source {
+        if err.to_string().contains("length limit exceeded") {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+async fn get_object(
+    State(state): State<ApiState>,
+    Path((bucket, key)): Path<(String, String)>,
+) -> Response {
+    match state.store.get(&bucket, &key, u64::MAX).await {
+        Ok((info, body)) => {
+            let mut response = Response::new(Body::from(body));
+            let headers = response.headers_mut();
+            if let Some(ct) = info
+                .content_type
+                .and_then(|c| HeaderValue::from_str(&c).ok())
+            {
+                headers.insert(header::CONTENT_TYPE, ct);
+            }
+            if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", info.etag)) {
+                headers.insert(header::ETAG, etag);
+            }
+            for (name, value) in info.metadata {
+                if let (Ok(n), Ok(v)) = (
+                    header::HeaderName::try_from(format!("{META_HEADER_PREFIX}{name}")),
+                    HeaderValue::from_str(&value),
+                ) {
+                    headers.insert(n, v);
+                }
+            }
+            response
+        }
+        Err(e) => storage_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct TopicQuery {
+    #[serde(default)]
+    offset: u64,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+/// Messages of a topic from an offset, for people and tests to look at.
+async fn read_topic(
+    State(state): State<ApiState>,
+    Path(topic): Path<String>,
+    Query(query): Query<TopicQuery>,
+) -> Response {
+    let limit = query.limit.clamp(1, 1000);
+    match state.broker.peek(&topic, query.offset, limit).await {
+        Ok(messages) => {
+            let items: Vec<_> = messages
+                .into_iter()
+                .map(|c| {
+                    let headers: BTreeMap<_, _> = c.message.headers.into_iter().collect();
+                    let mut item = json!({
+                        "partition": c.position.partition,
+                        "offset": c.position.offset,
+                        "key": c.message.key,
+                        "headers": headers,
+                    });
+                    match std::str::from_utf8(&c.message.payload) {
+                        Ok(text) => item["payload"] = json!(text),
+                        Err(_) => {
+                            item["payload_base64"] = json!(
+                                base64::engine::general_purpose::STANDARD
+                                    .encode(&c.message.payload)
+                            )
+                        }
+                    }
+                    item
+                })
+                .collect();
+            axum::Json(json!({ "topic": topic, "messages": items })).into_response()
+        }
+        Err(e @ BrokerError::InvalidTopic(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}

@@ -1,0 +1,248 @@
+//! `runnel invoke`: run one function on one event, locally, and show what it
+//! returned — the debugging loop serverless users miss. Nothing is written
+//! to any sink; outputs are printed (and saved with `--out`).
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use bytes::Bytes;
+use md5::{Digest, Md5};
+use serde::Deserialize;
+
+use crate::config::pipeline::PipelineConfig;
+use crate::config::runtime::RuntimeConfig;
+use crate::event::{Event, MESSAGE, ObjectCreated};
+use crate::runtime::{
+    Context, FunctionConfig, FunctionLocation, LogLabel, Runtime, RuntimeSettings,
+};
+use crate::sources::SourceConfig;
+
+/// An event written by hand: every field optional.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct EventFile {
+    id: Option<String>,
+    source: Option<String>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    subject: Option<String>,
+    content_type: Option<String>,
+    #[serde(default)]
+    attributes: BTreeMap<String, String>,
+    /// The payload as text.
+    data: Option<String>,
+    /// The payload as base64, for bytes.
+    data_base64: Option<String>,
+}
+
+/// What `invoke` runs: a pipeline's function with its config and sinks, or
+/// a bare function.
+pub enum Target {
+    Pipeline(Box<PipelineConfig>),
+    Function(FunctionConfig),
+}
+
+impl Target {
+    pub fn function(&self) -> &FunctionConfig {
+        match self {
+            Self::Pipeline(p) => &p.function,
+            Self::Function(f) => f,
+        }
+    }
+}
+
+/// A function given by path, with default limits.
+pub fn bare_function(path: &Path) -> anyhow::Result<FunctionConfig> {
+    let location = if path.extension().is_some_and(|e| e == "wasm") {
+        FunctionLocation::Component(path.to_owned())
+    } else if path.join("Cargo.toml").is_file() {
+        FunctionLocation::Crate(path.to_owned())
+    } else {
+        bail!(
+            "{} is not a pipeline file, a .wasm component or a crate directory",
+            path.display()
+        );
+    };
+    Ok(FunctionConfig {
+        name: path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        location,
+        memory_limit: crate::runtime::DEFAULT_MEMORY_LIMIT,
+        timeout: crate::runtime::DEFAULT_TIMEOUT,
+        config: Vec::new(),
+    })
+}
+
+/// Reads the event: a JSON event file (`.json` with event fields), or any
+/// other file as the payload of the event the pipeline's source would make.
+pub fn read_event(
+    target: &Target,
+    file: &Path,
+    metadata: &BTreeMap<String, String>,
+) -> anyhow::Result<Event> {
+    let bytes =
+        std::fs::read(file).with_context(|| format!("reading event file {}", file.display()))?;
+    if file.extension().is_some_and(|e| e == "json") {
+        if let Ok(hand) = serde_json::from_slice::<EventFile>(&bytes) {
+            return from_event_file(hand, file);
+        }
+    }
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let bucket = match target {
+        Target::Pipeline(p) => match &p.source {
+            SourceConfig::Storage(s) => Some(s.bucket.clone()),
+            SourceConfig::Topic(_) => None,
+        },
+        Target::Function(_) => None,
+    };
+    Ok(match bucket {
+        Some(bucket) => ObjectCreated {
+            bucket,
+            key: name,
+            etag: hex::encode(Md5::digest(&bytes)),
+            size: bytes.len() as u64,
+            content_type: None,
+            metadata: metadata.clone(),
+        }
+        .into_event(Bytes::from(bytes)),
+        None => Event {
+            id: format!("invoke:{name}"),
+            source: "runnel://invoke".to_owned(),
+            event_type: MESSAGE.to_owned(),
+            subject: Some(name.clone()),
+            content_type: None,
+            attributes: metadata
+                .iter()
+                .map(|(k, v)| (format!("meta-{k}"), v.clone()))
+                .collect(),
+            data: Bytes::from(bytes),
+            idempotency_key: format!("invoke:{name}"),
+        },
+    })
+}
+
+fn from_event_file(hand: EventFile, file: &Path) -> anyhow::Result<Event> {
+    let data = match (hand.data, hand.data_base64) {
+        (Some(text), None) => Bytes::from(text),
+        (None, Some(b64)) => Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .with_context(|| format!("{}: data_base64 is not base64", file.display()))?,
+        ),
+        (None, None) => Bytes::new(),
+        (Some(_), Some(_)) => bail!(
+            "{}: give either data or data_base64, not both",
+            file.display()
+        ),
+    };
+    let id = hand.id.unwrap_or_else(|| "invoke".to_owned());
+    Ok(Event {
+        idempotency_key: id.clone(),
+        id,
+        source: hand.source.unwrap_or_else(|| "runnel://invoke".to_owned()),
+        event_type: hand.event_type.unwrap_or_else(|| MESSAGE.to_owned()),
+        subject: hand.subject,
+        content_type: hand.content_type,
+        attributes: hand.attributes,
+        data,
+    })
+}
+
+/// Runs the function once and prints its outputs. Returns whether it succeeded.
+pub fn run(
+    runtime_config: &RuntimeConfig,
+    target: &Target,
+    event: &Event,
+    out: Option<&PathBuf>,
+) -> anyhow::Result<bool> {
+    let function_config = target.function();
+    let wasm = crate::app::component_path(function_config, runtime_config.functions.build)?;
+    let runtime = Runtime::new(&RuntimeSettings {
+        pooling: false,
+        max_instances: 1,
+        max_memory: function_config.memory_limit,
+        cache_dir: runtime_config
+            .functions
+            .cache
+            .then(|| runtime_config.data_dir.join("cache")),
+    })?;
+    let function = runtime.load(function_config, &wasm)?;
+    let context = match target {
+        Target::Pipeline(p) => Context {
+            pipeline: p.name.clone(),
+            config: p.function.config.clone(),
+            sinks: p
+                .sinks
+                .iter()
+                .map(|(n, s)| (n.clone(), s.kind().to_owned(), s.target().to_owned()))
+                .collect(),
+            attempt: 1,
+        },
+        Target::Function(f) => Context {
+            pipeline: "invoke".to_owned(),
+            config: f.config.clone(),
+            sinks: Vec::new(),
+            attempt: 1,
+        },
+    };
+    let label = LogLabel {
+        pipeline: context.pipeline.clone(),
+        function: function.name().to_owned(),
+        event_id: event.id.clone(),
+    };
+    let (result, stats) = function.invoke(&context, event, label);
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "invoked {} on {} in {:.3} ms (instantiation {:.3} ms, peak memory {} bytes)",
+        function.name(),
+        event.id,
+        stats.duration.as_secs_f64() * 1e3,
+        stats.instantiation.as_secs_f64() * 1e3,
+        stats.peak_memory
+    )?;
+    let outputs = match result {
+        Ok(outputs) => outputs,
+        Err(error) => {
+            writeln!(stdout, "failed ({}): {error}", error.outcome())?;
+            writeln!(stdout, "retryable: {}", error.retryable())?;
+            return Ok(false);
+        }
+    };
+    writeln!(stdout, "{} output(s)", outputs.len())?;
+    for (i, output) in outputs.iter().enumerate() {
+        writeln!(
+            stdout,
+            "#{i} sink={} key={} content-type={} bytes={}",
+            output.sink,
+            output.key.as_deref().unwrap_or("-"),
+            output.content_type.as_deref().unwrap_or("-"),
+            output.data.len()
+        )?;
+        for (name, value) in &output.attributes {
+            writeln!(stdout, "   {name}: {value}")?;
+        }
+        match std::str::from_utf8(&output.data) {
+            Ok(text) if output.data.len() <= 4096 => writeln!(stdout, "   {text}")?,
+            _ => {}
+        }
+        if let Some(dir) = out {
+            let name = output.key.clone().unwrap_or_else(|| format!("output-{i}"));
+            crate::storage::validate_key(&name)?;
+            let path = dir.join(&output.sink).join(name);
+            std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+            std::fs::write(&path, &output.data)
+                .with_context(|| format!("writing {}", path.display()))?;
+            writeln!(stdout, "   saved to {}", path.display())?;
+        }
+    }
+    Ok(true)
+}

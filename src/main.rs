@@ -1,0 +1,188 @@
+//! The `runnel` command line: parses arguments, calls into the library and
+//! maps errors to exit codes (1: invalid config or failed invocation).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use runnel::config::{self, reader::Diagnostic, runtime::RuntimeConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "runnel",
+    version,
+    about = "Serverless-style event pipelines: sources -> WebAssembly functions -> sinks"
+)]
+struct Cli {
+    /// Runtime config file [default: runnel.toml when it exists].
+    #[arg(long, global = true, env = "RUNNEL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory for embedded backends' data [default: data].
+    #[arg(long, global = true, env = "RUNNEL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log format: text or json.
+    #[arg(long, global = true, env = "RUNNEL_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run pipelines (files, or directories of *.toml) and the HTTP API.
+    Up {
+        #[arg(default_value = "pipelines")]
+        paths: Vec<PathBuf>,
+        /// HTTP listen address [default: 127.0.0.1:8080].
+        #[arg(long, env = "RUNNEL_LISTEN")]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Check pipeline files and the runtime config; print every problem.
+    Validate {
+        #[arg(default_value = "pipelines")]
+        paths: Vec<PathBuf>,
+    },
+    /// Run one function on one event locally and print its outputs.
+    Invoke {
+        /// A pipeline file, a function crate directory or a .wasm component.
+        target: PathBuf,
+        /// The event: a JSON event file, or any file as the payload.
+        #[arg(long)]
+        event: PathBuf,
+        /// User metadata for object events, as NAME=VALUE.
+        #[arg(long = "meta", value_parser = parse_pair)]
+        meta: Vec<(String, String)>,
+        /// Save each output under DIR/<sink>/<key>.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected NAME=VALUE, found {text:?}"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn print_diagnostics(diagnostics: &[Diagnostic]) {
+    for d in diagnostics {
+        eprintln!("{d}");
+    }
+    eprintln!("{} problem(s) found", diagnostics.len());
+}
+
+fn runtime_config(cli: &Cli) -> Result<RuntimeConfig, Vec<Diagnostic>> {
+    let file = cli.config.clone().or_else(|| {
+        Path::new("runnel.toml")
+            .is_file()
+            .then(|| PathBuf::from("runnel.toml"))
+    });
+    match file {
+        Some(file) => RuntimeConfig::load(&file, cli.data_dir.as_deref(), &config::process_env),
+        None => Ok(RuntimeConfig::defaults(
+            cli.data_dir.as_deref().unwrap_or(Path::new("data")),
+        )),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let runtime = runtime_config(&cli);
+    match cli.command {
+        Command::Validate { ref paths } => {
+            let mut problems = runtime.err().unwrap_or_default();
+            let pipelines = config::load_pipelines(paths, &config::process_env);
+            match pipelines {
+                Ok(pipelines) if problems.is_empty() => {
+                    for p in &pipelines {
+                        println!("{}: pipeline {} ok", p.file.display(), p.name);
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                result => {
+                    problems.extend(result.err().unwrap_or_default());
+                    print_diagnostics(&problems);
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Up { ref paths, listen } => {
+            let (mut runtime, pipelines) =
+                match (runtime, config::load_pipelines(paths, &config::process_env)) {
+                    (Ok(r), Ok(p)) => (r, p),
+                    (r, p) => {
+                        let mut problems = r.err().unwrap_or_default();
+                        problems.extend(p.err().unwrap_or_default());
+                        print_diagnostics(&problems);
+                        return Ok(ExitCode::FAILURE);
+                    }
+                };
+            if let Some(listen) = listen {
+                runtime.http.listen = listen;
+            }
+            tokio::runtime::Runtime::new()?.block_on(runnel::app::up(runtime, pipelines))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Invoke {
+            ref target,
+            ref event,
+            ref meta,
+            ref out,
+        } => {
+            let runtime = match runtime {
+                Ok(r) => r,
+                Err(problems) => {
+                    print_diagnostics(&problems);
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let target = if target.extension().is_some_and(|e| e == "toml") {
+                match config::read_pipeline(target, &config::process_env) {
+                    Ok(p) => runnel::invoke::Target::Pipeline(Box::new(p)),
+                    Err(problems) => {
+                        print_diagnostics(&problems);
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
+            } else {
+                runnel::invoke::Target::Function(runnel::invoke::bare_function(target)?)
+            };
+            let metadata: BTreeMap<_, _> = meta.iter().cloned().collect();
+            let event = runnel::invoke::read_event(&target, event, &metadata)?;
+            // The wasmtime-wasi bindings expect a Tokio context even when sync.
+            let rt = tokio::runtime::Runtime::new()?;
+            let _guard = rt.enter();
+            let ok = runnel::invoke::run(&runtime, &target, &event, out.as_ref())?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Every metric runnel exports, named once and described at start-up.
+//!
+//! Labels are low-cardinality by rule: pipeline, function, sink, outcome,
+//! never an object key or event id.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const EVENTS_RECEIVED: &str = "runnel_events_received_total";
+pub const INVOCATIONS: &str = "runnel_invocations_total";
+pub const INVOCATION_DURATION: &str = "runnel_invocation_duration_seconds";
+pub const INSTANTIATION_DURATION: &str = "runnel_instantiation_duration_seconds";
+pub const RETRIES: &str = "runnel_retries_total";
+pub const DEAD_LETTERS: &str = "runnel_dead_letters_total";
+pub const DUPLICATES_SKIPPED: &str = "runnel_duplicates_skipped_total";
+pub const OUTPUTS: &str = "runnel_outputs_total";
+pub const OUTPUTS_DROPPED: &str = "runnel_outputs_dropped_total";
+pub const INFLIGHT: &str = "runnel_inflight_events";
+pub const BILLED_GB_SECONDS: &str = "runnel_billed_gb_seconds_total";
+pub const EVENTS_COMPLETED: &str = "runnel_events_completed_total";
+pub const SOURCE_ERRORS: &str = "runnel_source_errors_total";
+pub const UPLOADS: &str = "runnel_uploads_total";
+
+const DURATION_BUCKETS: &[f64] = &[
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Installs the Prometheus recorder and describes every metric.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(EVENTS_RECEIVED, "Events a pipeline took from its source.");
+    describe_counter!(
+        INVOCATIONS,
+        "Function invocations by outcome: ok, error, trap, timeout, oom."
+    );
+    describe_histogram!(
+        INVOCATION_DURATION,
+        Unit::Seconds,
+        "Wall time of an invocation, instantiation included."
+    );
+    describe_histogram!(
+        INSTANTIATION_DURATION,
+        Unit::Seconds,
+        "Time to create a fresh instance from the pre-linked component."
+    );
+    describe_counter!(
+        RETRIES,
+        "Attempts that were retried after a retryable failure."
+    );
+    describe_counter!(DEAD_LETTERS, "Events sent to the dead-letter sink.");
+    describe_counter!(
+        DUPLICATES_SKIPPED,
+        "Redelivered events skipped because their idempotency key was complete."
+    );
+    describe_counter!(OUTPUTS, "Outputs written, by sink.");
+    describe_counter!(
+        OUTPUTS_DROPPED,
+        "Outputs to a sink switched off by configuration (an empty webhook URL)."
+    );
+    describe_gauge!(
+        INFLIGHT,
+        "Events taken from the source and not yet acknowledged."
+    );
+    describe_gauge!(
+        BILLED_GB_SECONDS,
+        "Memory limit in GiB times invocation seconds, summed: how serverless platforms bill (a gauge only because it is fractional; it never decreases)."
+    );
+    describe_counter!(
+        EVENTS_COMPLETED,
+        "Events finished, by result: done or dead-lettered."
+    );
+    describe_counter!(
+        SOURCE_ERRORS,
+        "Failures to read or commit a source; the source retries."
+    );
+    describe_counter!(UPLOADS, "Objects stored through the HTTP API.");
+}

@@ -1,0 +1,487 @@
+//! The pipeline engine: source → (dedupe) → function → sinks, then ack.
+//!
+//! A pipeline takes deliveries from its source and works on up to
+//! `concurrency` of them at once (deliveries with the same ordering key one
+//! after another, in source order). For each: skip it if its idempotency key
+//! is already complete; otherwise load the payload, run the function in a
+//! fresh instance, and write every output to its sink, in the order the
+//! function returned them. A retryable failure anywhere in that attempt is
+//! retried under the pipeline's [`retry`] policy; a permanent one, or the
+//! last attempt's, sends the event to the dead-letter sink. Only when the
+//! outputs (or the dead letter) are written is completion recorded and the
+//! source acknowledged, so a crash at any point means redelivery, never loss.
+
+pub mod dead_letter;
+pub mod retry;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use backon::Retryable as _;
+use metrics::{counter, gauge, histogram};
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::pipeline::PipelineConfig;
+use crate::event::Event;
+use crate::idempotency::{Completion, IdempotencyStore};
+use crate::metrics as m;
+use crate::runtime::{Context, Function, InvokeError, LogLabel, Output};
+use crate::sinks::{Backends, Sink, WriteId};
+use crate::sources::{Delivery, Loader, Source};
+use dead_letter::{DeadLetter, rfc3339};
+
+/// Deliveries asked of the source at a time.
+const BATCH: usize = 64;
+
+/// A pipeline ready to run.
+pub struct Pipeline {
+    name: String,
+    function: Arc<Function>,
+    context: Context,
+    sinks: BTreeMap<String, Sink>,
+    dead_letter: Sink,
+    retry: retry::RetryConfig,
+    concurrency: usize,
+    idempotency: Arc<dyn IdempotencyStore>,
+}
+
+/// Why one attempt failed, classified where it happened.
+#[derive(Debug)]
+struct Failure {
+    stage: &'static str,
+    message: String,
+    retryable: bool,
+    outcome: Option<&'static str>,
+}
+
+impl Pipeline {
+    pub fn new(
+        config: &PipelineConfig,
+        function: Arc<Function>,
+        backends: &Backends,
+        idempotency: Arc<dyn IdempotencyStore>,
+    ) -> Self {
+        let sinks: BTreeMap<_, _> = config
+            .sinks
+            .iter()
+            .map(|(name, sink)| (name.clone(), sink.build(&config.name, backends)))
+            .collect();
+        let context = Context {
+            pipeline: config.name.clone(),
+            config: config.function.config.clone(),
+            sinks: config
+                .sinks
+                .iter()
+                .map(|(name, s)| (name.clone(), s.kind().to_owned(), s.target().to_owned()))
+                .collect(),
+            attempt: 0,
+        };
+        Self {
+            name: config.name.clone(),
+            function,
+            context,
+            sinks,
+            dead_letter: config.dead_letter.build(&config.name, backends),
+            retry: config.retry.clone(),
+            concurrency: config.concurrency,
+            idempotency,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs until `shutdown` is cancelled, then finishes what is in flight
+    /// (abandoning it after `grace`; it is redelivered on the next start).
+    pub async fn run(self, mut source: Source, shutdown: CancellationToken, grace: Duration) {
+        let this = Arc::new(self);
+        let permits = Arc::new(Semaphore::new(this.concurrency));
+        let ordering = Arc::new(Ordering::default());
+        let mut tasks = JoinSet::new();
+        let acks = source.acks.clone();
+        let loader = source.loader.clone();
+        tracing::info!(pipeline = %this.name, source = %source.description, concurrency = this.concurrency, "pipeline running");
+        let mut failures = 0u32;
+        'feed: loop {
+            let batch = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                batch = source.next(BATCH) => batch,
+            };
+            let deliveries = match batch {
+                Ok(deliveries) => {
+                    failures = 0;
+                    deliveries
+                }
+                Err(error) => {
+                    counter!(m::SOURCE_ERRORS, "pipeline" => this.name.clone()).increment(1);
+                    failures = failures.saturating_add(1);
+                    let delay = Duration::from_millis(100 << failures.min(8));
+                    tracing::warn!(pipeline = %this.name, %error, ?delay, "reading the source failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            };
+            for delivery in deliveries {
+                let permit = tokio::select! {
+                    _ = shutdown.cancelled() => break 'feed,
+                    permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+                };
+                let mut turn = ordering.queue(delivery.ordering_key.clone());
+                let (this, loader, acks) = (this.clone(), loader.clone(), acks.clone());
+                tasks.spawn(async move {
+                    turn.wait().await;
+                    let position = delivery.position;
+                    this.process(delivery, &loader).await;
+                    if let Err(error) = acks.finished(position).await {
+                        counter!(m::SOURCE_ERRORS, "pipeline" => this.name.clone()).increment(1);
+                        tracing::warn!(pipeline = %this.name, %error, "committing the source failed; the event may be redelivered");
+                    }
+                    turn.done();
+                    drop(permit);
+                });
+                while tasks.try_join_next().is_some() {}
+            }
+        }
+        tracing::info!(pipeline = %this.name, in_flight = tasks.len(), "pipeline stopping");
+        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            tracing::warn!(pipeline = %this.name, abandoned = tasks.len(), "grace period over; unfinished events will be redelivered");
+            tasks.abort_all();
+        }
+    }
+
+    /// Handles one delivery to the end: done, dead-lettered or skipped.
+    async fn process(&self, delivery: Delivery, loader: &Loader) {
+        let pipeline = self.name.clone();
+        counter!(m::EVENTS_RECEIVED, "pipeline" => pipeline.clone()).increment(1);
+        gauge!(m::INFLIGHT, "pipeline" => pipeline.clone()).increment(1.0);
+        let key = delivery.idempotency_key.clone();
+        match self.idempotency.completion(&self.name, &key).await {
+            Ok(Some(how)) => {
+                counter!(m::DUPLICATES_SKIPPED, "pipeline" => pipeline.clone()).increment(1);
+                tracing::info!(pipeline = %self.name, key = %key, how = how.as_str(), "skipping a redelivered event");
+                gauge!(m::INFLIGHT, "pipeline" => pipeline).decrement(1.0);
+                return;
+            }
+            Ok(None) => {}
+            // Without the store we cannot tell; processing again is the
+            // at-least-once choice, and outputs are idempotent.
+            Err(error) => {
+                tracing::warn!(pipeline = %self.name, %error, "idempotency lookup failed; processing anyway")
+            }
+        }
+
+        let first_attempt_at = SystemTime::now();
+        let event: tokio::sync::OnceCell<Event> = tokio::sync::OnceCell::new();
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let result = (|| async {
+            let attempt = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let ev = event
+                .get_or_try_init(|| async {
+                    loader.load(&delivery.pending).await.map_err(|e| Failure {
+                        stage: "load",
+                        message: e.message,
+                        retryable: e.retryable,
+                        outcome: None,
+                    })
+                })
+                .await?;
+            self.attempt(ev, attempt).await
+        })
+        .retry(self.retry.delays())
+        .sleep(tokio::time::sleep)
+        .when(|failure: &Failure| failure.retryable)
+        .notify(|failure: &Failure, delay: Duration| {
+            counter!(m::RETRIES, "pipeline" => pipeline.clone()).increment(1);
+            tracing::warn!(pipeline = %self.name, key = %key, stage = failure.stage, error = %failure.message, ?delay, "attempt failed; retrying");
+        })
+        .await;
+
+        let how = match result {
+            Ok(()) => Completion::Done,
+            Err(failure) => {
+                let attempts = attempts.load(std::sync::atomic::Ordering::Relaxed);
+                self.dead_letter(&key, event.get(), failure, attempts, first_attempt_at)
+                    .await;
+                Completion::DeadLettered
+            }
+        };
+        counter!(m::EVENTS_COMPLETED, "pipeline" => pipeline.clone(), "result" => how.as_str())
+            .increment(1);
+        if let Err(error) = self.idempotency.complete(&self.name, &key, how).await {
+            tracing::warn!(pipeline = %self.name, %error, "recording completion failed; a redelivery would process the event again");
+        }
+        gauge!(m::INFLIGHT, "pipeline" => pipeline).decrement(1.0);
+    }
+
+    /// One attempt: invoke, then write each output.
+    async fn attempt(&self, event: &Event, attempt: u32) -> Result<(), Failure> {
+        let outputs = self.invoke(event, attempt).await?;
+        for (index, output) in outputs.iter().enumerate() {
+            let sink = self
+                .sinks
+                .get(&output.sink)
+                .expect("sink names are checked after invoking");
+            let labels = [
+                ("pipeline", self.name.clone()),
+                ("sink", output.sink.clone()),
+            ];
+            if !sink.enabled() {
+                counter!(m::OUTPUTS_DROPPED, &labels).increment(1);
+                continue;
+            }
+            let id = format!("{}#{}/{index}", event.idempotency_key, output.sink);
+            let write_id = WriteId {
+                id: &id,
+                event_id: &event.id,
+                event_type: &event.event_type,
+            };
+            sink.write(output, &write_id).await.map_err(|e| Failure {
+                stage: "write",
+                message: format!("sink {}: {}", output.sink, e.message),
+                retryable: e.retryable,
+                outcome: None,
+            })?;
+            counter!(m::OUTPUTS, &labels).increment(1);
+        }
+        Ok(())
+    }
+
+    async fn invoke(&self, event: &Event, attempt: u32) -> Result<Vec<Output>, Failure> {
+        let function = self.function.clone();
+        let mut context = self.context.clone();
+        context.attempt = attempt;
+        let label = LogLabel {
+            pipeline: self.name.clone(),
+            function: function.name().to_owned(),
+            event_id: event.id.clone(),
+        };
+        // The event is cloned into the blocking task; its payload is a
+        // reference-counted `Bytes`, so this copies no payload bytes.
+        let ev = event.clone();
+        let (result, stats) =
+            tokio::task::spawn_blocking(move || function.invoke(&context, &ev, label))
+                .await
+                .expect("invocation task panicked");
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.outcome(),
+        };
+        let labels = [
+            ("pipeline", self.name.clone()),
+            ("function", self.function.name().to_owned()),
+        ];
+        counter!(m::INVOCATIONS, "pipeline" => self.name.clone(), "function" => self.function.name().to_owned(), "outcome" => outcome).increment(1);
+        histogram!(m::INVOCATION_DURATION, &labels).record(stats.duration.as_secs_f64());
+        histogram!(m::INSTANTIATION_DURATION, "function" => self.function.name().to_owned())
+            .record(stats.instantiation.as_secs_f64());
+        let gib = self.function.memory_limit() as f64 / (1u64 << 30) as f64;
+        gauge!(m::BILLED_GB_SECONDS, &labels).increment(gib * stats.duration.as_secs_f64());
+        tracing::info!(
+            target: "runnel::invocation",
+            id = %event.id,
+            pipeline = %self.name,
+            function = %self.function.name(),
+            duration_us = stats.duration.as_micros() as u64,
+            instantiation_us = stats.instantiation.as_micros() as u64,
+            peak_memory = stats.peak_memory,
+            attempt,
+            outcome,
+            error = result.as_ref().err().map(|e| e.to_string()),
+            "invocation"
+        );
+        let outputs = result.map_err(|e: InvokeError| Failure {
+            stage: "invoke",
+            retryable: e.retryable(),
+            message: e.to_string(),
+            outcome: Some(e.outcome()),
+        })?;
+        if let Some(bad) = outputs.iter().find(|o| !self.sinks.contains_key(&o.sink)) {
+            let declared: Vec<_> = self.sinks.keys().map(String::as_str).collect();
+            return Err(Failure {
+                stage: "invoke",
+                message: format!(
+                    "function output names undeclared sink {:?} (declared: {})",
+                    bad.sink,
+                    declared.join(", ")
+                ),
+                retryable: false,
+                outcome: Some("ok"),
+            });
+        }
+        Ok(outputs)
+    }
+
+    /// Writes the dead letter, retrying until it is written or the process
+    /// stops: acknowledging an event that is neither done nor dead-lettered
+    /// would lose it.
+    async fn dead_letter(
+        &self,
+        key: &str,
+        event: Option<&Event>,
+        failure: Failure,
+        attempts: u32,
+        first_attempt_at: SystemTime,
+    ) {
+        tracing::warn!(pipeline = %self.name, key, stage = failure.stage, error = %failure.message, attempts, "sending event to the dead-letter sink");
+        let record = DeadLetter {
+            pipeline: &self.name,
+            function: self.function.name(),
+            key,
+            event,
+            error: failure.message,
+            stage: failure.stage,
+            outcome: failure.outcome,
+            retryable: failure.retryable,
+            attempts,
+            first_attempt_at: rfc3339(first_attempt_at),
+            failed_at: rfc3339(SystemTime::now()),
+        };
+        let output = Output {
+            sink: "dead_letter".to_owned(),
+            key: Some(format!("{}/{}.json", self.name, sanitize(key))),
+            content_type: Some("application/json".to_owned()),
+            attributes: vec![("runnel-pipeline".to_owned(), self.name.clone())],
+            data: serde_json::to_vec_pretty(&record)
+                .expect("dead letter serializes")
+                .into(),
+        };
+        let id = format!("{key}#dead-letter");
+        let write_id = WriteId {
+            id: &id,
+            event_id: key,
+            event_type: "runnel.dead-letter",
+        };
+        let mut delay = Duration::from_millis(100);
+        let started = Instant::now();
+        loop {
+            match self.dead_letter.write(&output, &write_id).await {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::error!(pipeline = %self.name, key, %error, waited = ?started.elapsed(), "writing the dead letter failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        counter!(m::DEAD_LETTERS, "pipeline" => self.name.clone()).increment(1);
+    }
+}
+
+/// Dead letters in storage are named after the idempotency key; keep it a
+/// valid object key.
+fn sanitize(key: &str) -> String {
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.@".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Keeps deliveries with equal ordering keys one at a time, in order.
+///
+/// Each delivery gets a [`Turn`]: it waits for the previous delivery with
+/// its key to finish. Deliveries without a key never wait.
+#[derive(Default)]
+struct Ordering {
+    /// The latest turn of each key still running: (turn id, its "done").
+    tails: Mutex<HashMap<String, (u64, oneshot::Receiver<()>)>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+struct Turn {
+    previous: Option<oneshot::Receiver<()>>,
+    done: Option<oneshot::Sender<()>>,
+    key: Option<(String, u64)>,
+    ordering: Arc<Ordering>,
+}
+
+impl Ordering {
+    fn queue(self: &Arc<Self>, key: Option<String>) -> Turn {
+        let mut turn = Turn {
+            previous: None,
+            done: None,
+            key: None,
+            ordering: self.clone(),
+        };
+        if let Some(key) = key {
+            let id = self
+                .next_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            let mut tails = self.tails.lock().unwrap_or_else(|e| e.into_inner());
+            turn.previous = tails.insert(key.clone(), (id, rx)).map(|(_, rx)| rx);
+            turn.done = Some(tx);
+            turn.key = Some((key, id));
+        }
+        turn
+    }
+}
+
+impl Turn {
+    async fn wait(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            // An error means the previous turn was dropped: its task ended.
+            let _ = previous.await;
+        }
+    }
+
+    fn done(self) {
+        if let Some(done) = self.done {
+            let _ = done.send(());
+        }
+        if let Some((key, id)) = self.key {
+            let mut tails = self
+                .ordering
+                .tails
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if tails.get(&key).is_some_and(|(tail, _)| *tail == id) {
+                tails.remove(&key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn equal_keys_take_turns_in_order() {
+        let ordering = Arc::new(Ordering::default());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = JoinSet::new();
+        for (i, key) in ["a", "a", "b", "a"].into_iter().enumerate() {
+            let mut turn = ordering.queue(Some(key.to_owned()));
+            let log = log.clone();
+            tasks.spawn(async move {
+                turn.wait().await;
+                // The first "a" is slow: the others with key "a" must wait.
+                if i == 0 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                log.lock().unwrap().push(i);
+                turn.done();
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        let log = log.lock().unwrap().clone();
+        let a_order: Vec<_> = log.iter().filter(|&&i| i != 2).copied().collect();
+        assert_eq!(a_order, vec![0, 1, 3]);
+        assert_eq!(log[0], 2, "key b does not wait for key a");
+        assert!(ordering.tails.lock().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,163 @@
+//! What a function instance can reach: its log, and WASI with nothing in it.
+//!
+//! Components built for `wasm32-wasip2` import WASI because the Rust
+//! standard library does. Each instance gets a WASI context that grants no
+//! files (no preopens), no environment or arguments, no sockets or name
+//! lookups, a wall clock frozen at the Unix epoch and a monotonic clock
+//! frozen at zero, and deterministic randomness: functions stay pure.
+//! Standard error is kept in a small buffer so a panic message can be
+//! reported with the trap it caused.
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::runnel::function::log::{Host as LogHost, Level};
+use super::limits::MemoryLimiter;
+
+/// How much of a function's stderr is kept for error reports.
+const STDERR_CAPACITY: usize = 16 << 10;
+
+/// The data of one invocation's `Store`.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(super) limiter: MemoryLimiter,
+    pub(super) stderr: MemoryOutputPipe,
+    /// Tags the function's log lines.
+    pub(super) label: LogLabel,
+}
+
+/// Who is logging: pipeline, function, event.
+#[derive(Clone, Debug, Default)]
+pub struct LogLabel {
+    pub pipeline: String,
+    pub function: String,
+    pub event_id: String,
+}
+
+impl HostState {
+    pub fn new(memory_limit: u64, label: LogLabel) -> Self {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let wasi = WasiCtx::builder()
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .secure_random(Deterministic(0x5eed))
+            .insecure_random(Deterministic(0x5eed))
+            .insecure_random_seed(0)
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(memory_limit),
+            stderr,
+            label,
+        }
+    }
+
+    /// The tail of what the function wrote to stderr (a panic message).
+    pub fn stderr_tail(&self) -> Option<String> {
+        let bytes = self.stderr.contents();
+        let text = String::from_utf8_lossy(&bytes);
+        let text = text.trim();
+        if text.is_empty() {
+            return None;
+        }
+        let start = text.len().saturating_sub(1000);
+        let start = (start..text.len())
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        Some(text[start..].to_owned())
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl super::bindings::runnel::function::types::Host for HostState {}
+
+impl LogHost for HostState {
+    fn log(&mut self, level: Level, message: String) {
+        let LogLabel {
+            pipeline,
+            function,
+            event_id,
+        } = &self.label;
+        match level {
+            Level::Trace => {
+                tracing::trace!(target: "runnel::function", %pipeline, %function, %event_id, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "runnel::function", %pipeline, %function, %event_id, "{message}")
+            }
+            Level::Info => {
+                tracing::info!(target: "runnel::function", %pipeline, %function, %event_id, "{message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "runnel::function", %pipeline, %function, %event_id, "{message}")
+            }
+            Level::Error => {
+                tracing::error!(target: "runnel::function", %pipeline, %function, %event_id, "{message}")
+            }
+        }
+    }
+}
+
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
+    }
+    fn now(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// A fixed-seed xorshift generator: randomness without a side channel to
+/// the host, and the same on every run.
+struct Deterministic(u64);
+
+impl rand_core::TryRng for Deterministic {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        self.try_next_u64().map(|x| x as u32)
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        Ok(x)
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), Self::Error> {
+        for chunk in dest.chunks_mut(8) {
+            let bytes = self.try_next_u64()?.to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,504 @@
+//! The WebAssembly runtime: prepare once, instantiate per event.
+//!
+//! One [`Engine`] serves every function. At start-up each function's
+//! component is compiled (or loaded precompiled from the cache) and linked
+//! into an `InstancePre`, so an invocation only has to create a fresh
+//! `Store`, instantiate from the pre-linked template (the pooling
+//! allocator makes that a few microseconds) and call `handle`. Nothing
+//! survives from one event to the next: the serverless promise of
+//! statelessness holds by construction.
+//!
+//! Each invocation runs under a memory limit (a `ResourceLimiter`) and a
+//! timeout (epoch interruption: a background thread ticks the engine's
+//! epoch, and the store's deadline is the timeout in ticks). Failures come
+//! back classified as [`InvokeError`].
+
+pub mod build;
+mod host;
+mod limits;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+
+use crate::config::reader::Table;
+use crate::event::Event;
+use host::HostState;
+pub use host::LogLabel;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "functions/wit",
+        world: "function",
+    });
+}
+
+use bindings::runnel::function::types as wit;
+
+pub const DEFAULT_MEMORY_LIMIT: u64 = 128 << 20;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the epoch advances; timeouts are precise to about this much.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Where a function comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FunctionLocation {
+    /// A Rust crate, built for `wasm32-wasip2` when stale.
+    Crate(PathBuf),
+    /// A component file, used as it is.
+    Component(PathBuf),
+}
+
+/// A pipeline's `[function]` table.
+#[derive(Clone, Debug)]
+pub struct FunctionConfig {
+    /// Name in metrics and logs (default: the crate or file name).
+    pub name: String,
+    pub location: FunctionLocation,
+    /// Linear memory an invocation may use (default 128 MiB).
+    pub memory_limit: u64,
+    /// Wall time an invocation may take (default 10s).
+    pub timeout: Duration,
+    /// `[function.config]`: strings as they are, other values as JSON.
+    pub config: Vec<(String, String)>,
+}
+
+impl FunctionConfig {
+    pub fn read(table: Table<'_, '_>, base: &Path) -> Option<Self> {
+        let location = table.required("path").and_then(|f| {
+            let path = base.join(f.string()?);
+            if path.extension().is_some_and(|e| e == "wasm") {
+                if !path.is_file() {
+                    f.error(format!("component {} does not exist", path.display()));
+                    return None;
+                }
+                Some(FunctionLocation::Component(path))
+            } else if path.join("Cargo.toml").is_file() {
+                Some(FunctionLocation::Crate(path))
+            } else {
+                f.error(format!(
+                    "{} is neither a .wasm component nor a directory with a Cargo.toml",
+                    path.display()
+                ));
+                None
+            }
+        });
+        let name = table.string("name");
+        let memory_limit = match table.get("memory_limit") {
+            Some(f) => f.size().filter(|&m| {
+                let ok = (1 << 20..=4 << 30).contains(&m);
+                if !ok {
+                    f.error("must be between 1MiB and 4GiB");
+                }
+                ok
+            }),
+            None => Some(DEFAULT_MEMORY_LIMIT),
+        };
+        let timeout = match table.get("timeout") {
+            Some(f) => f.duration().filter(|t| {
+                let ok = !t.is_zero() && *t <= Duration::from_secs(15 * 60);
+                if !ok {
+                    f.error("must be more than 0 and at most 15m");
+                }
+                ok
+            }),
+            None => Some(DEFAULT_TIMEOUT),
+        };
+        let mut config = Vec::new();
+        if let Some(t) = table.table("config") {
+            for (key, field) in t.entries() {
+                if let Some(value) = field.to_config_string() {
+                    config.push((key, value));
+                }
+            }
+        }
+        table.finish();
+        let location = location?;
+        let name = name.unwrap_or_else(|| match &location {
+            FunctionLocation::Crate(dir) => dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            FunctionLocation::Component(file) => file
+                .file_stem()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        });
+        Some(Self {
+            name,
+            location,
+            memory_limit: memory_limit?,
+            timeout: timeout?,
+            config,
+        })
+    }
+}
+
+/// Engine-wide settings, from the runtime config.
+#[derive(Clone, Debug)]
+pub struct RuntimeSettings {
+    /// Use the pooling instance allocator (falls back when unavailable).
+    pub pooling: bool,
+    /// Instances that may exist at once (pool size).
+    pub max_instances: u32,
+    /// The largest memory limit of any function.
+    pub max_memory: u64,
+    /// Where compiled components are cached (none: compile every start).
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// One engine, its linker and the epoch ticker.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    pooling: bool,
+    cache_dir: Option<PathBuf>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    pub fn new(settings: &RuntimeSettings) -> anyhow::Result<Self> {
+        let (engine, pooling) = match settings.pooling {
+            true => match Engine::new(&engine_config(Some(settings))) {
+                Ok(engine) => (engine, true),
+                Err(error) => {
+                    tracing::warn!(%error, "pooling allocator unavailable; allocating instances on demand");
+                    (Engine::new(&engine_config(None)).map_err(to_anyhow)?, false)
+                }
+            },
+            false => (Engine::new(&engine_config(None)).map_err(to_anyhow)?, false),
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(to_anyhow)?;
+        bindings::Function::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(to_anyhow)?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (weak, stop) = (engine.weak(), ticker_stop.clone());
+        std::thread::Builder::new()
+            .name("runnel-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })?;
+        Ok(Self {
+            engine,
+            linker,
+            pooling,
+            cache_dir: settings.cache_dir.clone(),
+            ticker_stop,
+        })
+    }
+
+    pub fn pooling(&self) -> bool {
+        self.pooling
+    }
+
+    /// Compiles (or loads from cache) and pre-links a component.
+    pub fn load(&self, config: &FunctionConfig, wasm: &Path) -> anyhow::Result<Function> {
+        let started = Instant::now();
+        let (component, cached) = self.compile(wasm)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| anyhow::anyhow!("{}: {e:#}", wasm.display()))?;
+        let pre = bindings::FunctionPre::new(pre).map_err(|e| {
+            anyhow::anyhow!(
+                "{} does not export runnel:function's `handle`: {e:#}",
+                wasm.display()
+            )
+        })?;
+        tracing::info!(
+            function = %config.name,
+            component = %wasm.display(),
+            cached,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "function ready"
+        );
+        Ok(Function {
+            name: config.name.clone(),
+            memory_limit: config.memory_limit,
+            timeout: config.timeout,
+            pre,
+            engine: self.engine.clone(),
+        })
+    }
+
+    fn compile(&self, wasm: &Path) -> anyhow::Result<(Component, bool)> {
+        let bytes =
+            std::fs::read(wasm).map_err(|e| anyhow::anyhow!("reading {}: {e}", wasm.display()))?;
+        let Some(dir) = &self.cache_dir else {
+            return Ok((self.compile_bytes(wasm, &bytes)?, false));
+        };
+        let cached = dir.join(format!("{}.cwasm", self.cache_key(&bytes)));
+        if cached.is_file() {
+            // SAFETY: the file was written by `Component::serialize` of this
+            // engine configuration (the key covers the compatibility hash);
+            // a file that is not is rejected by wasmtime's header checks.
+            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+                Ok(component) => return Ok((component, true)),
+                Err(error) => {
+                    tracing::warn!(%error, path = %cached.display(), "ignoring unusable compiled component")
+                }
+            }
+        }
+        let component = self.compile_bytes(wasm, &bytes)?;
+        if let Ok(serialized) = component.serialize() {
+            let _ = std::fs::create_dir_all(dir);
+            let tmp = cached.with_extension("tmp");
+            if std::fs::write(&tmp, serialized)
+                .and_then(|_| std::fs::rename(&tmp, &cached))
+                .is_err()
+            {
+                tracing::warn!(path = %cached.display(), "could not cache compiled component");
+            }
+        }
+        Ok((component, false))
+    }
+
+    fn compile_bytes(&self, wasm: &Path, bytes: &[u8]) -> anyhow::Result<Component> {
+        Component::new(&self.engine, bytes)
+            .map_err(|e| anyhow::anyhow!("compiling {}: {e:#}", wasm.display()))
+    }
+
+    fn cache_key(&self, bytes: &[u8]) -> String {
+        use md5::Digest as _;
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        let mut digest = md5::Md5::new();
+        digest.update(bytes);
+        digest.update(hasher.finish().to_le_bytes());
+        hex::encode(digest.finalize())
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn engine_config(pool: Option<&RuntimeSettings>) -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.wasm_component_model(true);
+    config.parallel_compilation(true);
+    if let Some(settings) = pool {
+        let instances = settings.max_instances.max(1);
+        let mut pooling = PoolingAllocationConfig::default();
+        pooling
+            .total_component_instances(instances)
+            .total_core_instances(instances * 16)
+            .total_memories(instances * 4)
+            .total_tables(instances * 8)
+            .max_memory_size(settings.max_memory as usize);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    }
+    config
+}
+
+fn to_anyhow(error: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{error:#}")
+}
+
+/// One output of a function, as the sinks see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Output {
+    pub sink: String,
+    pub key: Option<String>,
+    pub content_type: Option<String>,
+    pub attributes: Vec<(String, String)>,
+    pub data: Bytes,
+}
+
+/// What a function knows besides the event.
+#[derive(Clone, Debug, Default)]
+pub struct Context {
+    pub pipeline: String,
+    pub config: Vec<(String, String)>,
+    /// (name, kind, target) of each declared sink.
+    pub sinks: Vec<(String, String, String)>,
+    pub attempt: u32,
+}
+
+/// Why an invocation produced no outputs. Each kind is a metric outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    /// The function returned an error.
+    #[error("function error: {message}")]
+    Function { message: String, retryable: bool },
+    #[error("trap: {0}")]
+    Trap(String),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("out of memory: needed more than the limit of {limit} bytes")]
+    OutOfMemory { limit: u64 },
+    /// The instance could not be created (pool exhausted, link error).
+    #[error("could not instantiate: {0}")]
+    Instantiate(String),
+}
+
+impl InvokeError {
+    /// The `outcome` label of `runnel_invocations_total`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Function { .. } | Self::Instantiate(_) => "error",
+            Self::Trap(_) => "trap",
+            Self::Timeout(_) => "timeout",
+            Self::OutOfMemory { .. } => "oom",
+        }
+    }
+
+    /// Functions are deterministic: a trap, timeout or OOM on the same
+    /// event will happen again, so only what the function (or the host)
+    /// calls transient is retried.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::Function { retryable, .. } => *retryable,
+            Self::Instantiate(_) => true,
+            Self::Trap(_) | Self::Timeout(_) | Self::OutOfMemory { .. } => false,
+        }
+    }
+}
+
+/// Measurements of one invocation, for the log line and metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InvocationStats {
+    pub instantiation: Duration,
+    pub duration: Duration,
+    pub peak_memory: u64,
+}
+
+/// A compiled, pre-linked function.
+pub struct Function {
+    name: String,
+    memory_limit: u64,
+    timeout: Duration,
+    pre: bindings::FunctionPre<HostState>,
+    engine: Engine,
+}
+
+impl Function {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn memory_limit(&self) -> u64 {
+        self.memory_limit
+    }
+
+    /// Runs the function on one event in a fresh instance. Blocking: call
+    /// it from a blocking thread.
+    pub fn invoke(
+        &self,
+        context: &Context,
+        event: &Event,
+        label: LogLabel,
+    ) -> (Result<Vec<Output>, InvokeError>, InvocationStats) {
+        let started = Instant::now();
+        let mut store = Store::new(&self.engine, HostState::new(self.memory_limit, label));
+        store.limiter(|state| &mut state.limiter);
+        let ticks = self.timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64;
+        store.set_epoch_deadline(ticks + 1);
+        store.epoch_deadline_trap();
+
+        let mut stats = InvocationStats::default();
+        let instance = self.pre.instantiate(&mut store);
+        stats.instantiation = started.elapsed();
+        let result = match instance {
+            Ok(instance) => {
+                let ctx = to_wit_context(context);
+                let ev = to_wit_event(event);
+                instance.call_handle(&mut store, &ctx, &ev)
+            }
+            Err(error) => Err(error),
+        };
+        stats.duration = started.elapsed();
+        stats.peak_memory = store.data().limiter.peak;
+        let result = match result {
+            Ok(Ok(outputs)) => Ok(outputs.into_iter().map(from_wit_output).collect()),
+            Ok(Err(e)) => Err(InvokeError::Function {
+                message: e.message,
+                retryable: e.retryable,
+            }),
+            Err(error) => Err(self.classify(error, store.data(), stats.instantiation.is_zero())),
+        };
+        (result, stats)
+    }
+
+    fn classify(&self, error: wasmtime::Error, state: &HostState, _: bool) -> InvokeError {
+        if state.limiter.refused {
+            return InvokeError::OutOfMemory {
+                limit: self.memory_limit,
+            };
+        }
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => InvokeError::Timeout(self.timeout),
+            Some(trap) => {
+                let mut message = trap.to_string();
+                if let Some(stderr) = state.stderr_tail() {
+                    message = format!("{message}; stderr: {stderr}");
+                }
+                InvokeError::Trap(message)
+            }
+            None => InvokeError::Instantiate(format!("{error:#}")),
+        }
+    }
+}
+
+fn to_wit_context(context: &Context) -> wit::Context {
+    wit::Context {
+        pipeline: context.pipeline.clone(),
+        config: context.config.clone(),
+        sinks: context
+            .sinks
+            .iter()
+            .map(|(name, kind, target)| wit::Sink {
+                name: name.clone(),
+                kind: kind.clone(),
+                target: target.clone(),
+            })
+            .collect(),
+        attempt: context.attempt,
+    }
+}
+
+fn to_wit_event(event: &Event) -> wit::Event {
+    wit::Event {
+        id: event.id.clone(),
+        source: event.source.clone(),
+        event_type: event.event_type.clone(),
+        subject: event.subject.clone(),
+        content_type: event.content_type.clone(),
+        attributes: event
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        data: event.data.to_vec(),
+    }
+}
+
+fn from_wit_output(output: wit::Output) -> Output {
+    Output {
+        sink: output.sink,
+        key: output.key,
+        content_type: output.content_type,
+        attributes: output.attributes,
+        data: Bytes::from(output.data),
+    }
+}

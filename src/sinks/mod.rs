@@ -1,0 +1,144 @@
+//! Sinks: where a function's outputs go.
+//!
+//! A pipeline declares its sinks by name; each output of the function names
+//! the sink it is for. Every sink kind writes idempotently under an id that
+//! is stable for the event and the output's place in it, so writing the
+//! outputs of a redelivered event again does not duplicate them: storage
+//! overwrites the same key, topics drop a producer id seen before, webhooks
+//! send it as `Idempotency-Key`. Adding a sink kind is one file here and one
+//! variant of [`SinkConfig`] and [`Sink`].
+
+pub mod storage;
+pub mod topic;
+pub mod webhook;
+
+use std::sync::Arc;
+
+use crate::broker::Broker;
+use crate::config::reader::Table;
+use crate::runtime::Output;
+use crate::storage::ObjectStore;
+
+pub use storage::{StorageSink, StorageSinkConfig};
+pub use topic::{TopicSink, TopicSinkConfig};
+pub use webhook::{WebhookSink, WebhookSinkConfig};
+
+#[derive(Clone, Debug)]
+pub enum SinkConfig {
+    /// Objects written to a bucket.
+    Storage(StorageSinkConfig),
+    /// Messages published to a topic.
+    Topic(TopicSinkConfig),
+    /// HTTP POSTs to a URL.
+    Webhook(WebhookSinkConfig),
+}
+
+impl SinkConfig {
+    pub fn read(table: Table<'_, '_>) -> Option<Self> {
+        let kind = table.required_string("type");
+        let config = match kind.as_deref() {
+            Some("storage") => StorageSinkConfig::read(&table).map(Self::Storage),
+            Some("topic") => TopicSinkConfig::read(&table).map(Self::Topic),
+            Some("webhook") => WebhookSinkConfig::read(&table).map(Self::Webhook),
+            Some(other) => {
+                if let Some(field) = table.get("type") {
+                    field.error(format!(
+                        "unknown sink type {other:?}; expected \"storage\", \"topic\" or \"webhook\""
+                    ));
+                }
+                None
+            }
+            None => None,
+        };
+        if config.is_some() {
+            table.finish();
+        }
+        config
+    }
+
+    /// `storage`, `topic` or `webhook`: what functions see as the sink's kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Storage(_) => "storage",
+            Self::Topic(_) => "topic",
+            Self::Webhook(_) => "webhook",
+        }
+    }
+
+    /// The bucket, topic or URL: what functions see as the sink's target.
+    pub fn target(&self) -> &str {
+        match self {
+            Self::Storage(c) => &c.bucket,
+            Self::Topic(c) => &c.topic,
+            Self::Webhook(c) => &c.url,
+        }
+    }
+
+    pub fn build(&self, pipeline: &str, backends: &Backends) -> Sink {
+        match self {
+            Self::Storage(c) => Sink::Storage(StorageSink::new(c, backends.store.clone())),
+            Self::Topic(c) => Sink::Topic(TopicSink::new(c, pipeline, backends.broker.clone())),
+            Self::Webhook(c) => Sink::Webhook(WebhookSink::new(c, pipeline, backends.http.clone())),
+        }
+    }
+}
+
+/// What sinks are built on, from the runtime config.
+#[derive(Clone)]
+pub struct Backends {
+    pub store: Arc<dyn ObjectStore>,
+    pub broker: Arc<dyn Broker>,
+    pub http: reqwest::Client,
+}
+
+/// Why a write failed, classified where it happened.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SinkError {
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl SinkError {
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+/// A built sink, ready to write.
+pub enum Sink {
+    Storage(StorageSink),
+    Topic(TopicSink),
+    Webhook(WebhookSink),
+}
+
+/// Identifies one write: stable across redeliveries of the same event.
+pub struct WriteId<'a> {
+    /// `<idempotency key>#<sink>/<output index>`.
+    pub id: &'a str,
+    /// The event the output came from.
+    pub event_id: &'a str,
+    pub event_type: &'a str,
+}
+
+impl Sink {
+    pub async fn write(&self, output: &Output, id: &WriteId<'_>) -> Result<(), SinkError> {
+        match self {
+            Self::Storage(s) => s.write(output).await,
+            Self::Topic(s) => s.write(output, id).await,
+            Self::Webhook(s) => s.write(output, id).await,
+        }
+    }
+
+    /// False for a sink switched off by configuration (a webhook whose URL
+    /// is empty): its outputs are counted and dropped.
+    pub fn enabled(&self) -> bool {
+        match self {
+            Self::Webhook(s) => s.enabled(),
+            _ => true,
+        }
+    }
+}

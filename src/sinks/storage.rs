@@ -1,0 +1,64 @@
+//! The storage sink: each output is an object, under the key the function
+//! chose, so writing it again overwrites rather than duplicates.
+
+use std::sync::Arc;
+
+use super::SinkError;
+use crate::config::reader::Table;
+use crate::runtime::Output;
+use crate::storage::{NewObject, ObjectStore, validate_bucket};
+
+#[derive(Clone, Debug)]
+pub struct StorageSinkConfig {
+    /// The bucket outputs are written to.
+    pub bucket: String,
+}
+
+impl StorageSinkConfig {
+    pub fn read(table: &Table<'_, '_>) -> Option<Self> {
+        let bucket = table.required("bucket").and_then(|f| {
+            let bucket = f.string()?;
+            validate_bucket(&bucket)
+                .map_err(|e| f.error(e.to_string()))
+                .ok()?;
+            Some(bucket)
+        })?;
+        Some(Self { bucket })
+    }
+}
+
+pub struct StorageSink {
+    bucket: String,
+    store: Arc<dyn ObjectStore>,
+}
+
+impl StorageSink {
+    pub fn new(config: &StorageSinkConfig, store: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            bucket: config.bucket.clone(),
+            store,
+        }
+    }
+
+    pub async fn write(&self, output: &Output) -> Result<(), SinkError> {
+        let key = output.key.as_deref().ok_or_else(|| {
+            SinkError::permanent(format!(
+                "output to bucket {} has no key (storage outputs need one)",
+                self.bucket
+            ))
+        })?;
+        let object = NewObject {
+            body: output.data.clone(),
+            content_type: output.content_type.clone(),
+            metadata: output.attributes.iter().cloned().collect(),
+        };
+        self.store
+            .put(&self.bucket, key, object)
+            .await
+            .map(drop)
+            .map_err(|e| SinkError {
+                retryable: e.retryable(),
+                message: e.to_string(),
+            })
+    }
+}

@@ -1,0 +1,187 @@
+//! Feeds: the partitioned, committable logs that sources read from, and
+//! the bookkeeping that turns out-of-order completions into safe commits.
+//!
+//! A pipeline works on several events of a feed at once and they finish in
+//! any order. A feed's commit says "everything before this offset is done",
+//! so per partition we may only commit up to the lowest offset still in
+//! flight: [`Acks`] tracks that and commits as the watermark advances. After a
+//! crash, everything past the last commit is delivered again; idempotency
+//! keys make that harmless.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::event::{Message, Position};
+use crate::journal::{Committer, Cursor, JournalError};
+
+/// Why a feed could not be read or committed. Feeds are remote or on disk:
+/// their failures are worth retrying.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct FeedError(pub String);
+
+impl From<JournalError> for FeedError {
+    fn from(error: JournalError) -> Self {
+        FeedError(error.to_string())
+    }
+}
+
+/// One item of a feed. `item` is `Err` when the record could not be
+/// decoded; it still has to be acknowledged (and dead-lettered).
+pub struct Item<T> {
+    pub position: Position,
+    pub item: Result<T, String>,
+}
+
+#[async_trait]
+pub trait Feed<T>: Send {
+    /// Waits for items and returns up to `max`, ordered per partition.
+    async fn poll(&mut self, max: usize) -> Result<Vec<Item<T>>, FeedError>;
+
+    /// The handle that commits this feed's offsets, usable while `poll` runs.
+    fn committer(&self) -> Arc<dyn Commit>;
+}
+
+#[async_trait]
+pub trait Commit: Send + Sync {
+    /// Everything before `next_offset` in `partition` is done.
+    async fn commit(&self, partition: u32, next_offset: u64) -> Result<(), FeedError>;
+}
+
+/// A [`Feed`] over a journal stream, decoding each record with `decode`.
+pub struct JournalFeed<T> {
+    cursor: Cursor,
+    decode: fn(Message) -> Result<T, String>,
+    committer: Arc<JournalCommit>,
+}
+
+impl<T> JournalFeed<T> {
+    pub fn new(cursor: Cursor, decode: fn(Message) -> Result<T, String>) -> Self {
+        let committer = Arc::new(JournalCommit(cursor.committer()));
+        Self {
+            cursor,
+            decode,
+            committer,
+        }
+    }
+}
+
+struct JournalCommit(Committer);
+
+#[async_trait]
+impl Commit for JournalCommit {
+    async fn commit(&self, partition: u32, next_offset: u64) -> Result<(), FeedError> {
+        Ok(self.0.commit(partition, next_offset).await?)
+    }
+}
+
+#[async_trait]
+impl<T: Send + 'static> Feed<T> for JournalFeed<T> {
+    async fn poll(&mut self, max: usize) -> Result<Vec<Item<T>>, FeedError> {
+        let records = self.cursor.poll(max).await?;
+        Ok(records
+            .into_iter()
+            .map(|record| Item {
+                position: record.position,
+                item: (self.decode)(record.message),
+            })
+            .collect())
+    }
+
+    fn committer(&self) -> Arc<dyn Commit> {
+        self.committer.clone()
+    }
+}
+
+/// Tracks in-flight offsets per partition and commits the watermark.
+pub struct Acks {
+    state: tokio::sync::Mutex<BTreeMap<u32, Partition>>,
+    committer: Arc<dyn Commit>,
+}
+
+#[derive(Default)]
+struct Partition {
+    in_flight: BTreeSet<u64>,
+    /// One past the highest offset handed out.
+    next: u64,
+    committed: u64,
+}
+
+impl Acks {
+    pub fn new(committer: Arc<dyn Commit>) -> Arc<Self> {
+        Arc::new(Self {
+            state: Default::default(),
+            committer,
+        })
+    }
+
+    /// Marks a position as handed out to the pipeline.
+    pub async fn started(&self, position: Position) {
+        let mut state = self.state.lock().await;
+        let partition = state.entry(position.partition).or_default();
+        if partition.in_flight.is_empty() && partition.next == 0 {
+            partition.committed = position.offset;
+        }
+        partition.in_flight.insert(position.offset);
+        partition.next = partition.next.max(position.offset + 1);
+    }
+
+    /// Marks a position as finished and commits what became contiguous.
+    /// The lock is held across the commit so commits never go backwards.
+    pub async fn finished(&self, position: Position) -> Result<(), FeedError> {
+        let mut state = self.state.lock().await;
+        let partition = state.entry(position.partition).or_default();
+        partition.in_flight.remove(&position.offset);
+        let watermark = partition
+            .in_flight
+            .first()
+            .copied()
+            .unwrap_or(partition.next);
+        if watermark > partition.committed {
+            self.committer.commit(position.partition, watermark).await?;
+            partition.committed = watermark;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(u32, u64)>>);
+
+    #[async_trait]
+    impl Commit for Recorder {
+        async fn commit(&self, partition: u32, next_offset: u64) -> Result<(), FeedError> {
+            self.0.lock().unwrap().push((partition, next_offset));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn commits_only_below_the_lowest_offset_in_flight() {
+        let recorder = Arc::new(Recorder::default());
+        let acks = Acks::new(recorder.clone());
+        let at = |offset| Position {
+            partition: 0,
+            offset,
+        };
+        for offset in 5..9 {
+            acks.started(at(offset)).await;
+        }
+        acks.finished(at(7)).await.unwrap();
+        acks.finished(at(6)).await.unwrap();
+        assert!(
+            recorder.0.lock().unwrap().is_empty(),
+            "5 is still in flight"
+        );
+        acks.finished(at(5)).await.unwrap();
+        acks.finished(at(8)).await.unwrap();
+        assert_eq!(*recorder.0.lock().unwrap(), vec![(0, 8), (0, 9)]);
+    }
+}

@@ -1,0 +1,148 @@
+//! The storage source: one event per object created in a bucket.
+
+use std::sync::Arc;
+
+use super::feed::{Acks, Feed, FeedError};
+use super::{Delivery, LoadError, Loader, Pending, Source, SourceKind};
+use crate::config::reader::Table;
+use crate::event::{Event, ObjectCreated, Position};
+use crate::storage::{ObjectStore, StorageError, validate_bucket};
+
+#[derive(Clone, Debug)]
+pub struct StorageSourceConfig {
+    /// The bucket whose new objects are events.
+    pub bucket: String,
+    /// Only keys starting with this prefix (default: all).
+    pub prefix: Option<String>,
+    /// Only keys ending with one of these, compared case-insensitively
+    /// (default: all).
+    pub suffixes: Vec<String>,
+    /// Objects larger than this go to the dead letters unread (default 64 MiB).
+    pub max_object_size: u64,
+}
+
+pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 64 << 20;
+
+impl StorageSourceConfig {
+    pub fn read(table: &Table<'_, '_>) -> Option<Self> {
+        let bucket = table.required("bucket").and_then(|f| {
+            let bucket = f.string()?;
+            validate_bucket(&bucket)
+                .map_err(|e| f.error(e.to_string()))
+                .ok()?;
+            Some(bucket)
+        });
+        let prefix = table.string("prefix");
+        let suffixes = table
+            .get("suffixes")
+            .and_then(|f| f.strings())
+            .unwrap_or_default();
+        let max_object_size = table
+            .size("max_object_size")
+            .unwrap_or(DEFAULT_MAX_OBJECT_SIZE);
+        Some(Self {
+            bucket: bucket?,
+            prefix,
+            suffixes: suffixes
+                .into_iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect(),
+            max_object_size,
+        })
+    }
+
+    fn wants(&self, key: &str) -> bool {
+        let prefix_ok = self.prefix.as_deref().is_none_or(|p| key.starts_with(p));
+        let lower = key.to_ascii_lowercase();
+        let suffix_ok =
+            self.suffixes.is_empty() || self.suffixes.iter().any(|s| lower.ends_with(s));
+        prefix_ok && suffix_ok
+    }
+}
+
+pub(crate) struct StorageSource {
+    config: StorageSourceConfig,
+    feed: Box<dyn Feed<ObjectCreated>>,
+}
+
+/// Reads the object an event is about.
+pub struct ObjectLoader {
+    store: Arc<dyn ObjectStore>,
+    max_object_size: u64,
+}
+
+pub(super) async fn open(
+    config: &StorageSourceConfig,
+    pipeline: &str,
+    store: Arc<dyn ObjectStore>,
+) -> Result<Source, FeedError> {
+    let feed = store
+        .subscribe(&config.bucket, pipeline)
+        .await
+        .map_err(|e| FeedError(e.to_string()))?;
+    Ok(Source {
+        acks: Acks::new(feed.committer()),
+        description: format!("bucket {}", config.bucket),
+        loader: Arc::new(Loader::Storage(ObjectLoader {
+            store,
+            max_object_size: config.max_object_size,
+        })),
+        kind: SourceKind::Storage(StorageSource {
+            config: config.clone(),
+            feed,
+        }),
+    })
+}
+
+impl StorageSource {
+    pub(super) async fn next(
+        &mut self,
+        max: usize,
+    ) -> Result<(Vec<Delivery>, Vec<Position>), FeedError> {
+        let mut deliveries = Vec::new();
+        let mut skipped = Vec::new();
+        for item in self.feed.poll(max).await? {
+            match item.item {
+                Ok(created) if !self.config.wants(&created.key) => skipped.push(item.position),
+                Ok(created) => deliveries.push(Delivery {
+                    position: item.position,
+                    idempotency_key: created.idempotency_key(),
+                    ordering_key: Some(created.key.clone()),
+                    pending: Pending::Object(created),
+                }),
+                Err(reason) => deliveries.push(Delivery {
+                    position: item.position,
+                    idempotency_key: format!(
+                        "{}@{}/{}",
+                        self.config.bucket, item.position.partition, item.position.offset
+                    ),
+                    ordering_key: None,
+                    pending: Pending::Undecodable(reason),
+                }),
+            }
+        }
+        Ok((deliveries, skipped))
+    }
+}
+
+impl ObjectLoader {
+    pub(super) async fn load(&self, created: &ObjectCreated) -> Result<Event, LoadError> {
+        match self
+            .store
+            .get(&created.bucket, &created.key, self.max_object_size)
+            .await
+        {
+            // The notification's etag names the version the event is about;
+            // the metadata (content type, user metadata) comes with it.
+            Ok((_, body)) => Ok(created.clone().into_event(body)),
+            Err(error @ StorageError::NotFound { .. }) => Err(LoadError {
+                message: format!("{error} (deleted after the event was emitted)"),
+                retryable: false,
+            }),
+            Err(error) => Err(LoadError {
+                retryable: error.retryable(),
+                message: error.to_string(),
+            }),
+        }
+    }
+}

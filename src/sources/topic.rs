@@ -1,0 +1,90 @@
+//! The topic source: one event per message, consumed as a consumer group.
+
+use std::sync::Arc;
+
+use super::feed::{Acks, Feed, FeedError};
+use super::{Delivery, Loader, Pending, Source, SourceKind};
+use crate::broker::{Broker, validate_topic};
+use crate::config::reader::Table;
+use crate::event::{Consumed, Position};
+
+#[derive(Clone, Debug)]
+pub struct TopicSourceConfig {
+    /// The topic to consume.
+    pub topic: String,
+    /// Consumer group (default: the pipeline's name). Processes sharing a
+    /// group share the work; different groups each see every message.
+    pub group: Option<String>,
+}
+
+impl TopicSourceConfig {
+    pub fn read(table: &Table<'_, '_>) -> Option<Self> {
+        let topic = table.required("topic").and_then(|f| {
+            let topic = f.string()?;
+            validate_topic(&topic)
+                .map_err(|e| f.error(e.to_string()))
+                .ok()?;
+            Some(topic)
+        });
+        let group = table.string("group");
+        Some(Self {
+            topic: topic?,
+            group,
+        })
+    }
+}
+
+pub(crate) struct TopicSource {
+    feed: Box<dyn Feed<Consumed>>,
+}
+
+pub(super) async fn open(
+    config: &TopicSourceConfig,
+    pipeline: &str,
+    broker: Arc<dyn Broker>,
+) -> Result<Source, FeedError> {
+    let group = config.group.as_deref().unwrap_or(pipeline);
+    let feed = broker
+        .subscribe(&config.topic, group)
+        .await
+        .map_err(|e| FeedError(e.to_string()))?;
+    Ok(Source {
+        acks: Acks::new(feed.committer()),
+        description: format!("topic {} (group {group})", config.topic),
+        loader: Arc::new(Loader::Inline),
+        kind: SourceKind::Topic(TopicSource { feed }),
+    })
+}
+
+impl TopicSource {
+    pub(super) async fn next(
+        &mut self,
+        max: usize,
+    ) -> Result<(Vec<Delivery>, Vec<Position>), FeedError> {
+        let items = self.feed.poll(max).await?;
+        let deliveries = items
+            .into_iter()
+            .map(|item| match item.item {
+                Ok(consumed) => {
+                    let event = consumed.into_event();
+                    Delivery {
+                        position: item.position,
+                        idempotency_key: event.idempotency_key.clone(),
+                        ordering_key: event.subject.clone(),
+                        pending: Pending::Event(Box::new(event)),
+                    }
+                }
+                Err(reason) => Delivery {
+                    position: item.position,
+                    idempotency_key: format!(
+                        "{}/{}",
+                        item.position.partition, item.position.offset
+                    ),
+                    ordering_key: None,
+                    pending: Pending::Undecodable(reason),
+                },
+            })
+            .collect();
+        Ok((deliveries, Vec::new()))
+    }
+}

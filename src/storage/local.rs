@@ -1,0 +1,235 @@
+//! Local storage: a directory of buckets, the embedded default.
+//!
+//! Objects are plain files under `<root>/<bucket>/<key>`, so users can look
+//! at them. Their metadata (etag, content type, user metadata) and the
+//! bucket change feed live in a [`Journal`] at `<root>/.runnel/meta.db`;
+//! the metadata row and the object-created record commit in one
+//! transaction, so an acknowledged upload always has its event, even when
+//! the process is killed right after answering.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use md5::{Digest, Md5};
+use rusqlite::{OptionalExtension, params};
+
+use super::{NewObject, ObjectStore, StorageError, validate_bucket, validate_key};
+use crate::event::{Message, ObjectCreated};
+use crate::journal::{Journal, JournalError};
+use crate::sources::feed::{Feed, JournalFeed};
+use crate::sqlite::Durability;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS objects (
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    etag TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    content_type TEXT,
+    metadata TEXT NOT NULL,
+    PRIMARY KEY (bucket, key)
+) WITHOUT ROWID;
+";
+
+pub struct LocalStorage {
+    root: PathBuf,
+    journal: Journal,
+}
+
+impl From<JournalError> for StorageError {
+    fn from(error: JournalError) -> Self {
+        StorageError::Unavailable(error.to_string())
+    }
+}
+
+fn io_error(what: &str, path: &Path, error: std::io::Error) -> StorageError {
+    StorageError::Unavailable(format!("{what} {}: {error}", path.display()))
+}
+
+/// The change feed of a bucket is a stream of the journal.
+fn stream(bucket: &str) -> String {
+    format!("bucket:{bucket}")
+}
+
+impl LocalStorage {
+    pub async fn open(root: &Path, durability: Durability) -> Result<Self, StorageError> {
+        let tmp = root.join(".runnel").join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(|e| io_error("creating", &tmp, e))?;
+        // One partition: a bucket's notifications stay in upload order.
+        let journal = Journal::open(&root.join(".runnel").join("meta.db"), durability, 1)?;
+        journal.execute_batch(SCHEMA).await?;
+        Ok(Self {
+            root: root.to_owned(),
+            journal,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path_of(&self, bucket: &str, key: &str) -> Result<PathBuf, StorageError> {
+        validate_bucket(bucket)?;
+        validate_key(key)?;
+        Ok(self.root.join(bucket).join(key))
+    }
+
+    /// Writes to a temporary file, syncs it and renames it into place, so a
+    /// reader never sees half an object and a crash leaves the old one.
+    fn write_file(&self, path: &Path, body: &[u8]) -> Result<(), StorageError> {
+        let dir = path.parent().expect("object paths have a bucket directory");
+        std::fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, e))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(self.root.join(".runnel").join("tmp"))
+            .map_err(|e| io_error("creating a temporary file in", &self.root, e))?;
+        tmp.write_all(body)
+            .and_then(|_| tmp.as_file().sync_all())
+            .map_err(|e| io_error("writing", tmp.path(), e))?;
+        tmp.persist(path)
+            .map_err(|e| io_error("renaming into", path, e.error))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ObjectStore for LocalStorage {
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        object: NewObject,
+    ) -> Result<ObjectCreated, StorageError> {
+        let path = self.path_of(bucket, key)?;
+        if path.is_dir() {
+            return Err(StorageError::InvalidKey {
+                key: key.to_owned(),
+                reason: "is a prefix of other objects",
+            });
+        }
+        let created = ObjectCreated {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            etag: hex::encode(Md5::digest(&object.body)),
+            size: object.body.len() as u64,
+            content_type: object.content_type,
+            metadata: object
+                .metadata
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect(),
+        };
+        let body = object.body;
+        let root = self.root.clone();
+        let this_path = path.clone();
+        let storage = LocalStorage {
+            root,
+            journal: self.journal.clone(),
+        };
+        tokio::task::spawn_blocking(move || storage.write_file(&this_path, &body))
+            .await
+            .expect("write task panicked")?;
+
+        let record = created.clone();
+        self.journal
+            .transaction(move |tx, journal| {
+                tx.execute(
+                    "INSERT OR REPLACE INTO objects
+                     (bucket, key, etag, size, content_type, metadata)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        record.bucket,
+                        record.key,
+                        record.etag,
+                        record.size as i64,
+                        record.content_type,
+                        serde_json::to_string(&record.metadata).expect("metadata serializes"),
+                    ],
+                )?;
+                let message = Message {
+                    key: Some(record.key.clone()),
+                    headers: Vec::new(),
+                    payload: serde_json::to_vec(&record)
+                        .expect("event serializes")
+                        .into(),
+                };
+                journal.append_in(tx, &stream(&record.bucket), None, &message)
+            })
+            .await?;
+        self.journal.notify_appended();
+        Ok(created)
+    }
+
+    async fn get(
+        &self,
+        bucket: &str,
+        key: &str,
+        max_size: u64,
+    ) -> Result<(ObjectCreated, Bytes), StorageError> {
+        let path = self.path_of(bucket, key)?;
+        let (b, k) = (bucket.to_owned(), key.to_owned());
+        let row = self
+            .journal
+            .transaction(move |tx, _| {
+                tx.query_row(
+                    "SELECT etag, size, content_type, metadata FROM objects
+                     WHERE bucket = ?1 AND key = ?2",
+                    params![b, k],
+                    |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, i64>(1)?,
+                            row.get::<_, Option<String>>(2)?,
+                            row.get::<_, String>(3)?,
+                        ))
+                    },
+                )
+                .optional()
+            })
+            .await?;
+        let not_found = || StorageError::NotFound {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+        };
+        let (etag, size, content_type, metadata) = row.ok_or_else(not_found)?;
+        let size = size as u64;
+        if size > max_size {
+            return Err(StorageError::TooLarge {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                size,
+                limit: max_size,
+            });
+        }
+        let body = match tokio::fs::read(&path).await {
+            Ok(body) => Bytes::from(body),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
+            Err(e) => return Err(io_error("reading", &path, e)),
+        };
+        let metadata: BTreeMap<String, String> =
+            serde_json::from_str(&metadata).unwrap_or_default();
+        let info = ObjectCreated {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            etag,
+            size: body.len() as u64,
+            content_type,
+            metadata,
+        };
+        Ok((info, body))
+    }
+
+    async fn subscribe(
+        &self,
+        bucket: &str,
+        consumer: &str,
+    ) -> Result<Box<dyn Feed<ObjectCreated>>, StorageError> {
+        validate_bucket(bucket)?;
+        let cursor = self.journal.subscribe(&stream(bucket), consumer).await?;
+        Ok(Box::new(JournalFeed::new(cursor, |message: Message| {
+            serde_json::from_slice::<ObjectCreated>(&message.payload)
+                .map_err(|e| format!("malformed object notification: {e}"))
+        })))
+    }
+}

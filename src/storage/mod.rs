@@ -1,0 +1,164 @@
+//! The backends behind the name "bucket".
+//!
+//! Pipelines name buckets; the runtime config decides what a bucket is.
+//! [`ObjectStore`] is what every backend provides: writing and reading
+//! objects with their content type and user metadata, and a feed of
+//! object-created notifications (S3 stores push these to a queue; local
+//! storage keeps its own durable change feed).
+
+pub mod local;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::event::ObjectCreated;
+use crate::sources::feed::Feed;
+
+pub use local::LocalStorage;
+
+/// What a writer hands to [`ObjectStore::put`].
+#[derive(Clone, Debug, Default)]
+pub struct NewObject {
+    pub body: Bytes,
+    pub content_type: Option<String>,
+    /// User metadata; names are lower-cased by the store.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Errors say whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error(
+        "invalid bucket name {0:?}: use 3-63 lowercase letters, digits, '-' or '.', starting with a letter or digit"
+    )]
+    InvalidBucket(String),
+    #[error("invalid object key {key:?}: {reason}")]
+    InvalidKey { key: String, reason: &'static str },
+    #[error("object {bucket}/{key} not found")]
+    NotFound { bucket: String, key: String },
+    #[error("object {bucket}/{key} is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge {
+        bucket: String,
+        key: String,
+        size: u64,
+        limit: u64,
+    },
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StorageError {
+    /// Only an unavailable store can start working by itself.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// Stores an object (replacing any object under the key) and emits its
+    /// object-created notification; returns what the notification says.
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        object: NewObject,
+    ) -> Result<ObjectCreated, StorageError>;
+
+    /// Reads an object, refusing objects larger than `max_size` bytes
+    /// before reading them.
+    async fn get(
+        &self,
+        bucket: &str,
+        key: &str,
+        max_size: u64,
+    ) -> Result<(ObjectCreated, Bytes), StorageError>;
+
+    /// Object-created notifications of `bucket`, for the named consumer,
+    /// starting after what it last committed.
+    async fn subscribe(
+        &self,
+        bucket: &str,
+        consumer: &str,
+    ) -> Result<Box<dyn Feed<ObjectCreated>>, StorageError>;
+}
+
+/// S3's bucket naming rules, so names stay portable to every backend.
+pub fn validate_bucket(bucket: &str) -> Result<(), StorageError> {
+    let ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && bucket.as_bytes()[0].is_ascii_alphanumeric()
+        && !bucket.contains("..");
+    if ok {
+        Ok(())
+    } else {
+        Err(StorageError::InvalidBucket(bucket.to_owned()))
+    }
+}
+
+/// Keys become paths in local storage, so anything that could leave the
+/// bucket's directory, or that a file system cannot hold, is refused.
+pub fn validate_key(key: &str) -> Result<(), StorageError> {
+    let reason = if key.is_empty() {
+        Some("empty")
+    } else if key.len() > 1024 {
+        Some("longer than 1024 bytes")
+    } else if key.contains('\0') {
+        Some("contains NUL")
+    } else if key.starts_with('/') {
+        Some("absolute path")
+    } else if key.contains('\\') {
+        Some("contains a backslash")
+    } else if key.split('/').any(|s| s == ".." || s == ".") {
+        Some("contains a '.' or '..' segment")
+    } else if key.split('/').any(str::is_empty) {
+        Some("contains an empty segment ('//' or a trailing '/')")
+    } else if key.split('/').any(|s| s.len() > 255) {
+        Some("has a segment longer than 255 bytes")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(StorageError::InvalidKey {
+            key: key.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_that_escape_are_refused() {
+        for key in [
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            "a\0b",
+            "a//b",
+            "",
+            "a/",
+            "./a",
+        ] {
+            assert!(validate_key(key).is_err(), "{key:?} must be refused");
+        }
+        for key in ["photo.jpg", "photos/2024/a b.jpg", "a..b", ".hidden"] {
+            assert!(validate_key(key).is_ok(), "{key:?} must be accepted");
+        }
+    }
+
+    #[test]
+    fn bucket_names_follow_s3() {
+        assert!(validate_bucket("uploads").is_ok());
+        for bad in ["Up", "ab", ".x1", "a..b", "a_b"] {
+            assert!(validate_bucket(bad).is_err(), "{bad:?}");
+        }
+    }
+}
