@@ -56,6 +56,9 @@ pub async fn open_backends(config: &RuntimeConfig) -> anyhow::Result<Opened> {
         EmbeddedIdempotency::open(path, crate::sqlite::Durability::Full, *ttl)
             .with_context(|| format!("opening the idempotency store at {}", path.display()))?,
     );
+    // TLS for https webhooks; ring keeps the build free of a C toolchain
+    // dependency heavier than the one SQLite already needs.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder()
         .user_agent(concat!("runnel/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -121,7 +124,7 @@ pub fn load_functions(
         cache_dir: config
             .functions
             .cache
-            .then(|| config.data_dir.join("cache")),
+            .then(|| config.functions.cache_dir.clone()),
     };
     let runtime = Runtime::new(&settings)?;
     let functions = pipelines

@@ -172,7 +172,7 @@ pub fn run(
         cache_dir: runtime_config
             .functions
             .cache
-            .then(|| runtime_config.data_dir.join("cache")),
+            .then(|| runtime_config.functions.cache_dir.clone()),
     })?;
     let function = runtime.load(function_config, &wasm)?;
     let context = match target {

@@ -65,6 +65,8 @@ pub struct FunctionsConfig {
     pub cache: bool,
     /// Build functions given as crates before starting (default true).
     pub build: bool,
+    /// Where compiled components are cached (default `<data_dir>/cache`).
+    pub cache_dir: PathBuf,
 }
 
 impl RuntimeConfig {
@@ -94,6 +96,7 @@ impl RuntimeConfig {
                 pooling: true,
                 cache: true,
                 build: true,
+                cache_dir: data_dir.join("cache"),
             },
             shutdown_grace: Duration::from_secs(30),
         }
@@ -232,6 +235,9 @@ fn read(root: Table<'_, '_>, file: &Path, data_dir: Option<&Path>) -> RuntimeCon
         }
         if let Some(v) = t.boolean("build") {
             config.functions.build = v;
+        }
+        if let Some(v) = path(&t, "cache_dir") {
+            config.functions.cache_dir = v;
         }
         t.finish();
     }

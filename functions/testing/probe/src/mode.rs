@@ -1,0 +1,73 @@
+//! What the probe is asked to do, and where it reads that from.
+//!
+//! A test picks the behaviour per event (data `mode:spin`) when one pipeline
+//! has to see several behaviours, or per pipeline (config `mode = "spin"`)
+//! when the event's data must stay a real payload.
+
+/// One behaviour of the probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One output carrying the event's data back out.
+    Echo,
+    /// Succeeds with no outputs.
+    Noop,
+    /// Never returns: exercises the host's CPU deadline.
+    Spin,
+    /// Allocates until memory runs out: exercises the host's memory limit.
+    Hog,
+    /// Traps (panics) in the middle of the call.
+    Trap,
+    /// A retryable error.
+    Fail,
+    /// A non-retryable error, which dead-letters the event.
+    Reject,
+    /// One large output (config `bytes`).
+    Big,
+    /// Many outputs (config `count`).
+    Many,
+}
+
+impl Mode {
+    /// The mode the event asks for, else the configured one, else echo.
+    pub fn select(data: &[u8], configured: Option<&str>) -> Result<Mode, String> {
+        let name = match data.strip_prefix(b"mode:") {
+            Some(rest) => String::from_utf8_lossy(rest).trim().to_owned(),
+            None => configured.unwrap_or("echo").trim().to_owned(),
+        };
+        Mode::parse(&name).ok_or_else(|| format!("probe: unknown mode `{name}`"))
+    }
+
+    fn parse(name: &str) -> Option<Mode> {
+        Some(match name {
+            "echo" => Mode::Echo,
+            "noop" => Mode::Noop,
+            "spin" => Mode::Spin,
+            "hog" => Mode::Hog,
+            "trap" => Mode::Trap,
+            "fail" => Mode::Fail,
+            "reject" => Mode::Reject,
+            "big" => Mode::Big,
+            "many" => Mode::Many,
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The event's data wins over the config, and surrounding whitespace is ignored.
+    #[test]
+    fn data_overrides_config() {
+        assert_eq!(Mode::select(b"mode:spin\n", Some("echo")), Ok(Mode::Spin));
+        assert_eq!(Mode::select(b"hello", Some("many")), Ok(Mode::Many));
+        assert_eq!(Mode::select(b"hello", None), Ok(Mode::Echo));
+    }
+
+    /// A typo in a test's mode is an error, not a silent echo.
+    #[test]
+    fn unknown_mode_is_an_error() {
+        assert!(Mode::select(b"mode:spinn", None).unwrap_err().contains("spinn"));
+    }
+}

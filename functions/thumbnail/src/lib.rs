@@ -1,0 +1,44 @@
+//! The `thumbnail` function: makes resized copies of an uploaded image and
+//! reports what it wrote.
+//!
+//! It reads an object-created event from a storage source, writes one
+//! JPEG (or, for images with transparency, PNG) per configured width to the
+//! thumbnail sink, next to the source's key, and then one JSON report to the
+//! result sink, for whatever runs after it (see the `notify` function).
+//!
+//! # Layout
+//! - `handler`: the WIT boundary: event and context in, outputs or an error out.
+//! - `config`: the `[function.config]` keys and their defaults.
+//! - `report`: the JSON written to the result sink.
+//! - `key`: the naming of thumbnail keys.
+//! - `thumbnails`: the pure core, bytes in and encoded thumbnails out, using
+//!   `decode` (format sniffing, EXIF orientation, `jpeg_end` for truncated
+//!   JPEGs), `resize` (which sizes,
+//!   and the scaling) and `encode` (JPEG or PNG).
+
+mod config;
+mod decode;
+mod encode;
+mod handler;
+mod jpeg_end;
+mod key;
+mod report;
+mod resize;
+mod thumbnails;
+
+#[cfg(test)]
+mod fixtures;
+
+wit_bindgen::generate!({ path: "../wit", world: "function" });
+
+struct Thumbnail;
+
+export!(Thumbnail);
+
+impl Guest for Thumbnail {
+    fn handle(ctx: Context, event: Event) -> Result<Vec<Output>, Error> {
+        let handled = handler::handle(&ctx, &event)?;
+        runnel::function::log::log(runnel::function::log::Level::Info, &handled.summary);
+        Ok(handled.outputs)
+    }
+}

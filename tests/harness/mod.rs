@@ -1,0 +1,298 @@
+//! A running `runnel up` process for black-box tests, and what tests need
+//! around it: an HTTP client, a webhook receiver, metric lookups.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(repo().join("tests/fixtures/images").join(name)).expect("fixture exists")
+}
+
+/// Compiled components are cached across tests (compiling the thumbnail
+/// component takes seconds; loading it from the cache, milliseconds).
+fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("runnel-component-cache")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Runnel {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pipelines: Vec<PathBuf>,
+    env: Vec<(String, String)>,
+    http_extra: String,
+    log: PathBuf,
+}
+
+impl Runnel {
+    /// Starts `runnel up` on `pipelines` in a fresh data directory under `dir`;
+    /// `http_extra` is added to the `[http]` table of its runtime config.
+    pub async fn start(dir: &Path, pipelines: &[PathBuf], env: &[(&str, &str)], http_extra: &str) -> Self {
+        let mut runnel = Self {
+            child: None,
+            dir: dir.to_owned(),
+            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            client: client(),
+            pipelines: pipelines.to_vec(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            http_extra: http_extra.to_owned(),
+            log: dir.join("runnel.log"),
+        };
+        runnel.spawn().await;
+        runnel
+    }
+
+    fn config_file(&self) -> PathBuf {
+        let file = self.dir.join("runnel.toml");
+        let text = format!(
+            "data_dir = {:?}\n{}\n[http]\nlisten = \"{}\"\n{}\n[functions]\ncache_dir = {:?}\n",
+            self.dir.join("data"),
+            "",
+            self.addr,
+            self.http_extra,
+            cache_dir(),
+        );
+        std::fs::write(&file, text).unwrap();
+        file
+    }
+
+    async fn spawn(&mut self) {
+        let config = self.config_file();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_runnel"));
+        command
+            .arg("--config")
+            .arg(&config)
+            .arg("up")
+            .args(&self.pipelines)
+            .env_remove("NOTIFY_WEBHOOK_URL")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        self.child = Some(command.spawn().expect("runnel starts"));
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("runnel exited with {status} while starting; log:\n{}", self.log_text());
+            }
+            if let Ok(r) = self.client.get(self.url("/healthz")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(started.elapsed() < Duration::from_secs(600), "runnel did not come up; log:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `kill -9`, then start again on the same data directory.
+    pub async fn kill_and_restart(&mut self, pipelines: Option<&[PathBuf]>) {
+        self.kill();
+        if let Some(p) = pipelines {
+            self.pipelines = p.to_vec();
+        }
+        self.spawn().await;
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+        child.wait().unwrap()
+    }
+
+    pub async fn upload(&self, bucket: &str, key: &str, body: Vec<u8>, user: Option<&str>) -> reqwest::Response {
+        let mut request = self.client.put(self.url(&format!("/v1/objects/{bucket}/{key}"))).body(body);
+        if let Some(user) = user {
+            request = request.header("x-runnel-meta-user", user);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub async fn object(&self, bucket: &str, key: &str) -> Option<(reqwest::header::HeaderMap, Vec<u8>)> {
+        let response = self.client.get(self.url(&format!("/v1/objects/{bucket}/{key}"))).send().await.unwrap();
+        if response.status() == 404 {
+            return None;
+        }
+        assert_eq!(response.status(), 200, "GET {bucket}/{key}");
+        let headers = response.headers().clone();
+        Some((headers, response.bytes().await.unwrap().to_vec()))
+    }
+
+    /// Every message of a topic (all partitions).
+    pub async fn topic(&self, topic: &str) -> Vec<serde_json::Value> {
+        let body: serde_json::Value = self
+            .client
+            .get(self.url(&format!("/v1/topics/{topic}?limit=1000")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["messages"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap()
+    }
+
+    /// The value of a metric sample whose name and labels match exactly
+    /// (labels given in any order); 0 when absent.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.metrics().await, name, labels)
+    }
+}
+
+impl Drop for Runnel {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let (metric, label_text) = match series.split_once('{') {
+            Some((m, rest)) => (m, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if metric != name {
+            continue;
+        }
+        let mut found: Vec<(String, String)> = label_text
+            .split("\",")
+            .filter(|s| !s.is_empty())
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+            .collect();
+        found.sort();
+        let mut wanted: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        wanted.sort();
+        if found == wanted {
+            return value.parse().unwrap();
+        }
+    }
+    0.0
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One request a webhook receiver got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub idempotency_key: String,
+    pub content_type: String,
+    pub body: String,
+}
+
+/// A local HTTP server that records POSTs, standing in for a user's webhook.
+pub struct WebhookReceiver {
+    pub url: String,
+    pub received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl WebhookReceiver {
+    pub async fn start() -> Self {
+        use axum::{Router, extract::State, http::HeaderMap, routing::post};
+        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let app = Router::new()
+            .route(
+                "/hook",
+                post(|State(r): State<Arc<Mutex<Vec<Received>>>>, headers: HeaderMap, body: String| async move {
+                    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                    r.lock().unwrap().push(Received {
+                        idempotency_key: header("idempotency-key"),
+                        content_type: header("content-type"),
+                        body,
+                    });
+                    "ok"
+                }),
+            )
+            .with_state(received.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { url, received }
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+}
+
+/// A photo-like JPEG of the given size (smooth gradients plus texture, so
+/// it compresses like a photo rather than a flat test card).
+pub fn photo_jpeg(width: u32, height: u32) -> Vec<u8> {
+    let image = image::RgbImage::from_fn(width, height, |x, y| {
+        let noise = ((x.wrapping_mul(2654435761) ^ y.wrapping_mul(40503)) >> 7) % 24;
+        image::Rgb([
+            ((x * 255 / width) as u8).saturating_add(noise as u8),
+            ((y * 255 / height) as u8).saturating_add(noise as u8),
+            (((x + y) * 127 / (width + height)) as u8).saturating_add(noise as u8),
+        ])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
+        .encode_image(&image)
+        .unwrap();
+    out.into_inner()
+}
+
+pub fn pipelines() -> Vec<PathBuf> {
+    vec![repo().join("pipelines/image-upload.toml"), repo().join("pipelines/notify.toml")]
+}

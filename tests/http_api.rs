@@ -1,0 +1,46 @@
+//! The HTTP API's refusals: oversized uploads and keys that would escape
+//! the storage root.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{Runnel, pipelines};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Sends a raw request line, so no client normalises the path first.
+async fn raw_status(runnel: &Runnel, method: &str, path: &str) -> u16 {
+    let mut stream = tokio::net::TcpStream::connect(runnel.addr).await.unwrap();
+    let request = format!("{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut response)).await.unwrap().unwrap();
+    response.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// Uploads over the configured limit get 413 with a message naming the
+/// limit; keys with `..`, absolute paths or NUL get 400; nothing is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn refuses_oversized_uploads_and_escaping_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let runnel = Runnel::start(dir.path(), &pipelines()[..1], &[], "max_upload_size = \"1MiB\"").await;
+
+    let response = runnel.upload("uploads", "big.bin", vec![7u8; (1 << 20) + 1], None).await;
+    assert_eq!(response.status(), 413);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("1MiB"), "{body}");
+    assert_eq!(runnel.upload("uploads", "fits.bin", vec![7u8; 1 << 20], None).await.status(), 201);
+
+    for path in [
+        "/v1/objects/uploads/../../etc/passwd",
+        "/v1/objects/uploads/a/%2e%2e/%2e%2e/x",
+        "/v1/objects/uploads//etc/passwd",
+        "/v1/objects/uploads/a%00b",
+        "/v1/objects/Bad_Bucket/x",
+    ] {
+        assert_eq!(raw_status(&runnel, "PUT", path).await, 400, "{path}");
+    }
+    assert!(!dir.path().join("etc").exists());
+    assert_eq!(raw_status(&runnel, "GET", "/v1/objects/uploads/nope").await, 404);
+    assert_eq!(raw_status(&runnel, "GET", "/healthz").await, 200);
+}

@@ -1,0 +1,55 @@
+//! `runnel validate` on the shipped pipelines and on broken ones kept as
+//! fixtures with the exact report expected (every problem, with its place).
+
+mod harness;
+
+use std::process::Command;
+
+fn validate(paths: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .arg("validate")
+        .args(paths)
+        .current_dir(harness::repo())
+        .env_remove("NOTIFY_WEBHOOK_URL")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+/// Every pipeline shipped in `pipelines/` is valid.
+#[test]
+fn shipped_pipelines_are_valid() {
+    let (ok, stdout, stderr) = validate(&["pipelines"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("pipeline image-upload ok"), "{stdout}");
+    assert!(stdout.contains("pipeline notify ok"), "{stdout}");
+}
+
+/// Each broken fixture reports exactly its `.expected` lines, exit code 1.
+#[test]
+fn broken_pipelines_report_every_problem_with_its_location() {
+    let dir = harness::repo().join("tests/fixtures/invalid");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let relative = path.strip_prefix(harness::repo()).unwrap().to_str().unwrap().to_owned();
+        let (ok, _, stderr) = validate(&[&relative]);
+        assert!(!ok, "{relative} must fail");
+        let expected_file = path.with_extension("expected");
+        if std::env::var_os("RUNNEL_BLESS").is_some() {
+            std::fs::write(&expected_file, &stderr).unwrap();
+        }
+        let expected = std::fs::read_to_string(&expected_file)
+            .unwrap_or_else(|_| panic!("{} missing; run with RUNNEL_BLESS=1 and review it", expected_file.display()));
+        assert_eq!(stderr, expected, "{relative}");
+        checked += 1;
+    }
+    assert!(checked >= 3);
+}
