@@ -115,7 +115,7 @@ async fn real_world_formats_get_correct_thumbnails() {
         // Stored 600x400 with orientation 6: upright it is 400x600.
         ("exif-orientation-6.jpg", &[("-128.jpg", 128, 192, image::ImageFormat::Jpeg)]),
         ("rgb16.png", &[("-128.jpg", 128, 96, image::ImageFormat::Jpeg)]),
-        ("alpha.png", &[("-128.png", 128, 128, image::ImageFormat::Png)]),
+        ("alpha.png", &[("-128.png", 128, 96, image::ImageFormat::Png)]),
         ("small.png", &[("-100.jpg", 100, 80, image::ImageFormat::Jpeg)]),
         ("photo.webp", &[("-128.jpg", 128, 96, image::ImageFormat::Jpeg)]),
         ("anim.gif", &[("-128.jpg", 128, 96, image::ImageFormat::Jpeg)]),

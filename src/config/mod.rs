@@ -75,8 +75,13 @@ pub fn read_pipeline(
     })?;
     let doc = Document::new(file, &text, env);
     let root = doc.parse();
+    // After a syntax error the structure is a guess: report only that.
+    if doc.has_errors() {
+        return Err(doc.into_diagnostics());
+    }
     let config = pipeline::read(&doc, doc.root(&root));
-    let diagnostics = doc.into_diagnostics();
+    let mut diagnostics = doc.into_diagnostics();
+    diagnostics.sort_by_key(|d| (d.line, d.column));
     match config {
         Some(config) if diagnostics.is_empty() => Ok(config),
         _ => Err(diagnostics),

@@ -107,6 +107,9 @@ pub fn read(doc: &Document<'_>, root: Table<'_, '_>) -> Option<PipelineConfig> {
     );
     root.finish();
 
+    if let (Some(source), true) = (&source, sinks_ok) {
+        check_loops(doc, spans, source, &sinks, dead_letter.as_ref());
+    }
     let config = PipelineConfig {
         name: name?,
         file: doc.file().to_owned(),
@@ -117,7 +120,6 @@ pub fn read(doc: &Document<'_>, root: Table<'_, '_>) -> Option<PipelineConfig> {
         dead_letter: dead_letter?,
         retry: retry?,
     };
-    check_loops(doc, spans, &config);
     (!doc.has_errors()).then_some(config)
 }
 
@@ -126,19 +128,14 @@ pub fn read(doc: &Document<'_>, root: Table<'_, '_>) -> Option<PipelineConfig> {
 fn check_loops(
     doc: &Document<'_>,
     (sinks_span, dead_letter_span): (std::ops::Range<usize>, std::ops::Range<usize>),
-    config: &PipelineConfig,
+    source: &SourceConfig,
+    sinks: &BTreeMap<String, SinkConfig>,
+    dead_letter: Option<&SinkConfig>,
 ) {
-    let named = config
-        .sinks
-        .iter()
-        .map(|(n, s)| (format!("sinks.{n}"), s, &sinks_span));
-    let dead_letter = (
-        "dead_letter".to_owned(),
-        &config.dead_letter,
-        &dead_letter_span,
-    );
-    for (path, sink, span) in named.chain([dead_letter]) {
-        if let Some(reason) = config.source.loops_through(sink) {
+    let named = sinks.iter().map(|(n, s)| (format!("sinks.{n}"), s, &sinks_span));
+    let dead_letter = dead_letter.map(|s| ("dead_letter".to_owned(), s, &dead_letter_span));
+    for (path, sink, span) in named.chain(dead_letter) {
+        if let Some(reason) = source.loops_through(sink) {
             doc.error(
                 span.clone(),
                 &path,

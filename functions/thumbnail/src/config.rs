@@ -46,7 +46,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "config `{}` = {:?}: {}", self.key, self.value, self.reason)
+        write!(
+            f,
+            "config `{}` = {:?}: {}",
+            self.key, self.value, self.reason
+        )
     }
 }
 
@@ -132,7 +136,12 @@ mod tests {
     /// Widths arrive JSON-encoded from a TOML array, or as a comma list from a TOML string.
     #[test]
     fn widths_in_every_spelling() {
-        for spelling in ["[128,512,1024]", "[128, 512, 1024]", "128,512,1024", " 128 , 512,1024 "] {
+        for spelling in [
+            "[128,512,1024]",
+            "[128, 512, 1024]",
+            "128,512,1024",
+            " 128 , 512,1024 ",
+        ] {
             let config = Config::from_pairs(&pairs(&[("widths", spelling)])).unwrap();
             assert_eq!(config.widths, vec![128, 512, 1024], "{spelling}");
         }
@@ -143,7 +152,17 @@ mod tests {
     /// Bad widths are rejected with the key named, not silently dropped.
     #[test]
     fn bad_widths_name_the_key() {
-        for bad in ["", "[]", "[128,", "128,abc", "0", "-5", "1.5", "99999", r#"["128"]"#] {
+        for bad in [
+            "",
+            "[]",
+            "[128,",
+            "128,abc",
+            "0",
+            "-5",
+            "1.5",
+            "99999",
+            r#"["128"]"#,
+        ] {
             let err = Config::from_pairs(&pairs(&[("widths", bad)])).unwrap_err();
             assert_eq!(err.key, "widths", "{bad}");
             assert!(err.to_string().starts_with("config `widths`"), "{err}");

@@ -60,16 +60,24 @@ pub enum DecodeError {
     Invalid(ImageError),
     /// A JPEG that stops before its end (see [`jpeg_end`]).
     TruncatedJpeg,
-    TooLarge { width: u32, height: u32 },
+    TooLarge {
+        width: u32,
+        height: u32,
+    },
 }
 
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DecodeError::Unsupported(e) => write!(f, "not a supported image ({})", lowercase_first(e)),
+            DecodeError::Unsupported(e) => {
+                write!(f, "not a supported image ({})", lowercase_first(e))
+            }
             DecodeError::Invalid(e) => write!(f, "cannot decode image ({})", lowercase_first(e)),
             DecodeError::TruncatedJpeg => {
-                write!(f, "cannot decode image (JPEG data ends before the end-of-image marker: truncated)")
+                write!(
+                    f,
+                    "cannot decode image (JPEG data ends before the end-of-image marker: truncated)"
+                )
             }
             DecodeError::TooLarge { width, height } => write!(
                 f,
@@ -111,7 +119,11 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     // A broken EXIF block should not cost the user their thumbnails: show the
     // image as stored.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let rgb_icc_profile = decoder.icc_profile().ok().flatten().filter(|p| is_rgb_profile(p));
+    let rgb_icc_profile = decoder
+        .icc_profile()
+        .ok()
+        .flatten()
+        .filter(|p| is_rgb_profile(p));
     let image = DynamicImage::from_decoder(decoder).map_err(classify)?;
     Ok(Decoded {
         image,

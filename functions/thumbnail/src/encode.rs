@@ -117,12 +117,18 @@ mod tests {
     #[test]
     fn format_follows_real_transparency() {
         let mut rgba = ImageBuffer::from_pixel(4, 4, Rgba([10u8, 20, 30, 255]));
-        assert_eq!(OutputFormat::for_image(&rgba.clone().into()), OutputFormat::Jpeg);
+        assert_eq!(
+            OutputFormat::for_image(&rgba.clone().into()),
+            OutputFormat::Jpeg
+        );
         rgba.put_pixel(3, 3, Rgba([10, 20, 30, 254]));
         assert_eq!(OutputFormat::for_image(&rgba.into()), OutputFormat::Png);
 
         let opaque16 = ImageBuffer::from_pixel(2, 2, LumaA([7u16, u16::MAX]));
-        assert_eq!(OutputFormat::for_image(&opaque16.into()), OutputFormat::Jpeg);
+        assert_eq!(
+            OutputFormat::for_image(&opaque16.into()),
+            OutputFormat::Jpeg
+        );
         // 65534/65535 rounds to 255 in 8 bits, yet it is not opaque.
         let almost16 = ImageBuffer::from_pixel(2, 2, LumaA([7u16, u16::MAX - 1]));
         assert_eq!(OutputFormat::for_image(&almost16.into()), OutputFormat::Png);
@@ -138,7 +144,10 @@ mod tests {
         let jpeg = OutputFormat::Jpeg
             .encode(&OutputFormat::Jpeg.prepare(image.clone()), 80, None)
             .unwrap();
-        assert_eq!(image::guess_format(&jpeg).unwrap(), image::ImageFormat::Jpeg);
+        assert_eq!(
+            image::guess_format(&jpeg).unwrap(),
+            image::ImageFormat::Jpeg
+        );
         let png = OutputFormat::Png
             .encode(&OutputFormat::Png.prepare(image), 80, None)
             .unwrap();

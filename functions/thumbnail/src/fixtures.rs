@@ -24,12 +24,17 @@ fn fixture(name: &str) -> Vec<u8> {
 
 /// Thumbnails of fixture `name`, checked to decode to their announced size and format.
 fn thumbnails(name: &str) -> Vec<(Thumbnail, DynamicImage)> {
-    let (_, thumbnails) = make(&fixture(name), &WIDTHS, 80).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let (_, thumbnails) =
+        make(&fixture(name), &WIDTHS, 80).unwrap_or_else(|e| panic!("{name}: {e}"));
     thumbnails
         .into_iter()
         .map(|t| {
             let decoded = image::load_from_memory(&t.data).unwrap();
-            assert_eq!((decoded.width(), decoded.height()), (t.width, t.height), "{name}");
+            assert_eq!(
+                (decoded.width(), decoded.height()),
+                (t.width, t.height),
+                "{name}"
+            );
             let expected = match t.format {
                 OutputFormat::Jpeg => image::ImageFormat::Jpeg,
                 OutputFormat::Png => image::ImageFormat::Png,
@@ -92,7 +97,10 @@ fn grayscale_jpeg() {
     assert_eq!(image.color(), image::ColorType::Rgb8);
     for (x, y) in [(10, 10), (64, 48), (100, 80)] {
         let [r, g, b] = pixel(image, x, y);
-        assert!(r.abs_diff(g) <= 2 && g.abs_diff(b) <= 2, "({x},{y}) = {r},{g},{b}");
+        assert!(
+            r.abs_diff(g) <= 2 && g.abs_diff(b) <= 2,
+            "({x},{y}) = {r},{g},{b}"
+        );
     }
 }
 
@@ -110,7 +118,10 @@ fn cmyk_jpeg_colours() {
         ((114, 86), [255, 255, 0]),
     ] {
         let actual = pixel(image, x, y);
-        assert!(near(actual, colour, 40), "({x},{y}) = {actual:?}, want {colour:?}");
+        assert!(
+            near(actual, colour, 40),
+            "({x},{y}) = {actual:?}, want {colour:?}"
+        );
     }
 }
 
@@ -134,8 +145,16 @@ fn png_16_bit() {
     assert_eq!(sizes(&thumbnails), vec![(128, 96, Jpeg)]);
     let image = &thumbnails[0].1;
     // Red ramps up left to right, green down top to bottom, blue is 40%.
-    assert!(near(pixel(image, 2, 2), [0, 255, 102], 12), "{:?}", pixel(image, 2, 2));
-    assert!(near(pixel(image, 125, 93), [255, 0, 102], 12), "{:?}", pixel(image, 125, 93));
+    assert!(
+        near(pixel(image, 2, 2), [0, 255, 102], 12),
+        "{:?}",
+        pixel(image, 2, 2)
+    );
+    assert!(
+        near(pixel(image, 125, 93), [255, 0, 102], 12),
+        "{:?}",
+        pixel(image, 125, 93)
+    );
 }
 
 /// A PNG with real transparency stays a PNG with transparency.
@@ -146,7 +165,10 @@ fn alpha_png() {
     let rgba = thumbnails[0].1.to_rgba8();
     assert!(rgba.pixels().any(|p| p[3] == 0));
     assert!(rgba.pixels().any(|p| p[3] == 255));
-    assert!(rgba.pixels().any(|p| p[3] > 100 && p[3] < 155), "the half-transparent bar");
+    assert!(
+        rgba.pixels().any(|p| p[3] > 100 && p[3] < 155),
+        "the half-transparent bar"
+    );
 }
 
 /// An image narrower than every width yields one thumbnail at its own size.
@@ -173,24 +195,37 @@ fn animated_gif_first_frame() {
 #[test]
 fn truncated_jpeg() {
     let err = make(&fixture("truncated.jpg"), &WIDTHS, 80).unwrap_err();
-    assert!(matches!(err, MakeError::Decode(DecodeError::TruncatedJpeg)), "{err}");
+    assert!(
+        matches!(err, MakeError::Decode(DecodeError::TruncatedJpeg)),
+        "{err}"
+    );
 }
 
 /// Text named `.jpg` is refused by content, not accepted by name.
 #[test]
 fn not_an_image() {
     let err = make(&fixture("not-an-image.jpg"), &WIDTHS, 80).unwrap_err();
-    assert!(matches!(err, MakeError::Decode(DecodeError::Unsupported(_))), "{err}");
+    assert!(
+        matches!(err, MakeError::Decode(DecodeError::Unsupported(_))),
+        "{err}"
+    );
 }
 
 /// Truncated PNG, WebP and GIF are refused too (their decoders are strict).
 /// Only the first GIF frame is read, so a GIF is cut inside it.
 #[test]
 fn other_truncated_formats() {
-    for (name, keep) in [("rgb16.png", 0.5), ("alpha.png", 0.5), ("photo.webp", 0.5), ("anim.gif", 0.2)] {
+    for (name, keep) in [
+        ("rgb16.png", 0.5),
+        ("alpha.png", 0.5),
+        ("photo.webp", 0.5),
+        ("anim.gif", 0.2),
+    ] {
         let whole = fixture(name);
         let cut = (whole.len() as f64 * keep) as usize;
-        assert!(make(&whole[..cut], &WIDTHS, 80).is_err(), "{name} cut at {cut} was accepted");
+        assert!(
+            make(&whole[..cut], &WIDTHS, 80).is_err(),
+            "{name} cut at {cut} was accepted"
+        );
     }
 }
-

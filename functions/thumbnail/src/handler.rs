@@ -93,7 +93,11 @@ fn sink_target(ctx: &Context, config_key: &str, name: &str) -> Result<String, Er
         None => Err(reject(format!(
             "config `{config_key}` names sink `{name}`, which pipeline `{}` does not declare (it has: {})",
             ctx.pipeline,
-            ctx.sinks.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
+            ctx.sinks
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
         ))),
     }
 }
@@ -149,7 +153,8 @@ pub(crate) mod tests {
     }
 
     fn jpeg(width: u32, height: u32) -> Vec<u8> {
-        let image = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([x as u8, y as u8, 9]));
+        let image =
+            image::RgbImage::from_fn(width, height, |x, y| image::Rgb([x as u8, y as u8, 9]));
         let mut out = std::io::Cursor::new(Vec::new());
         image.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
         out.into_inner()
@@ -193,15 +198,22 @@ pub(crate) mod tests {
                 "height": 384, "bytes": outputs[1].data.len(), "content_type": "image/jpeg"
             })
         );
-        assert!(handled.summary.contains("photos/photo.jpg"), "{}", handled.summary);
+        assert!(
+            handled.summary.contains("photos/photo.jpg"),
+            "{}",
+            handled.summary
+        );
     }
 
     /// Garbage is a permanent failure that names the object and the decoder's reason.
     #[test]
     fn garbage_is_rejected() {
-        let err = handle(&context(&[]), &upload("photos/x.jpg", b"not an image".to_vec()))
-            .err()
-            .unwrap();
+        let err = handle(
+            &context(&[]),
+            &upload("photos/x.jpg", b"not an image".to_vec()),
+        )
+        .err()
+        .unwrap();
         assert!(!err.retryable);
         assert_eq!(
             err.message,

@@ -57,7 +57,8 @@ mod tests {
     use super::reaches_end_of_image;
 
     fn jpeg() -> Vec<u8> {
-        let image = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 77]));
+        let image =
+            image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 77]));
         let mut out = std::io::Cursor::new(Vec::new());
         image.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
         out.into_inner()
@@ -77,7 +78,11 @@ mod tests {
     fn truncated_anywhere() {
         let whole = jpeg();
         for cut in 2..whole.len() - 1 {
-            assert!(!reaches_end_of_image(&whole[..cut]), "cut at {cut} of {}", whole.len());
+            assert!(
+                !reaches_end_of_image(&whole[..cut]),
+                "cut at {cut} of {}",
+                whole.len()
+            );
         }
     }
 

@@ -22,7 +22,10 @@ mod tests {
     /// The extension is replaced by `-<width>.<ext>`.
     #[test]
     fn replaces_the_extension() {
-        assert_eq!(thumbnail_key("photos/photo.jpg", 128, "jpg"), "photos/photo-128.jpg");
+        assert_eq!(
+            thumbnail_key("photos/photo.jpg", 128, "jpg"),
+            "photos/photo-128.jpg"
+        );
         assert_eq!(thumbnail_key("logo.PNG", 512, "png"), "logo-512.png");
         assert_eq!(thumbnail_key("a/b.tar.gz", 64, "jpg"), "a/b.tar-64.jpg");
     }
@@ -37,8 +40,14 @@ mod tests {
     /// Dots in folders and leading dots are not extensions.
     #[test]
     fn only_the_last_segment_has_an_extension() {
-        assert_eq!(thumbnail_key("v1.2/readme", 128, "jpg"), "v1.2/readme-128.jpg");
-        assert_eq!(thumbnail_key("dir/.hidden", 128, "png"), "dir/.hidden-128.png");
+        assert_eq!(
+            thumbnail_key("v1.2/readme", 128, "jpg"),
+            "v1.2/readme-128.jpg"
+        );
+        assert_eq!(
+            thumbnail_key("dir/.hidden", 128, "png"),
+            "dir/.hidden-128.png"
+        );
         assert_eq!(thumbnail_key("dir.d/x.webp", 128, "jpg"), "dir.d/x-128.jpg");
     }
 }

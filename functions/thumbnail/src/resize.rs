@@ -75,8 +75,14 @@ mod tests {
     /// Widths wider than the image are skipped; the rest keep the aspect ratio.
     #[test]
     fn never_upscales() {
-        assert_eq!(plan(&[128, 512, 1024], (640, 480)), vec![(128, 96), (512, 384)]);
-        assert_eq!(plan(&[1024, 128, 128], (2048, 1000)), vec![(128, 63), (1024, 500)]);
+        assert_eq!(
+            plan(&[128, 512, 1024], (640, 480)),
+            vec![(128, 96), (512, 384)]
+        );
+        assert_eq!(
+            plan(&[1024, 128, 128], (2048, 1000)),
+            vec![(128, 63), (1024, 500)]
+        );
     }
 
     /// An image narrower than every width gets exactly one thumbnail, at its own size.
@@ -105,9 +111,13 @@ mod tests {
         let rgb = DynamicImage::ImageRgb8(ImageBuffer::from_pixel(40, 30, Rgb([10u8, 200, 30])));
         let small = resize(&rgb, 8, 6);
         assert_eq!((small.width(), small.height()), (8, 6));
-        assert_eq!(small.as_rgb8().unwrap().get_pixel(4, 3), &Rgb([10, 200, 30]));
+        assert_eq!(
+            small.as_rgb8().unwrap().get_pixel(4, 3),
+            &Rgb([10, 200, 30])
+        );
 
-        let rgba = DynamicImage::ImageRgba8(ImageBuffer::from_pixel(40, 30, Rgba([1u8, 2, 3, 128])));
+        let rgba =
+            DynamicImage::ImageRgba8(ImageBuffer::from_pixel(40, 30, Rgba([1u8, 2, 3, 128])));
         assert!(resize(&rgba, 8, 6).as_rgba8().is_some());
     }
 
@@ -116,11 +126,18 @@ mod tests {
     fn transparent_colour_does_not_bleed() {
         // Left half opaque white, right half fully transparent *black*.
         let image = ImageBuffer::from_fn(64, 8, |x, _| {
-            if x < 32 { Rgba([255u8, 255, 255, 255]) } else { Rgba([0, 0, 0, 0]) }
+            if x < 32 {
+                Rgba([255u8, 255, 255, 255])
+            } else {
+                Rgba([0, 0, 0, 0])
+            }
         });
         let small = resize(&DynamicImage::ImageRgba8(image), 16, 2);
         let edge = small.as_rgba8().unwrap().get_pixel(7, 0);
         assert!(edge[3] > 0);
-        assert!(edge[0] > 245, "edge pixel darkened by invisible black: {edge:?}");
+        assert!(
+            edge[0] > 245,
+            "edge pixel darkened by invisible black: {edge:?}"
+        );
     }
 }

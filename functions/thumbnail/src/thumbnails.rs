@@ -45,7 +45,11 @@ pub struct Source {
 }
 
 /// Makes the thumbnails `widths` call for (see [`resize::plan`]), smallest first.
-pub fn make(bytes: &[u8], widths: &[u32], quality: u8) -> Result<(Source, Vec<Thumbnail>), MakeError> {
+pub fn make(
+    bytes: &[u8],
+    widths: &[u32],
+    quality: u8,
+) -> Result<(Source, Vec<Thumbnail>), MakeError> {
     let decoded = decode::decode(bytes).map_err(MakeError::Decode)?;
     let (width, height) = decoded.upright_dimensions();
     let swaps_axes = decode::swaps_axes(decoded.orientation);
@@ -103,7 +107,13 @@ mod tests {
     #[test]
     fn thumbnails_match_their_description() {
         let (source, thumbnails) = make(&jpeg(640, 480), &[1024, 512, 128], 80).unwrap();
-        assert_eq!(source, Source { width: 640, height: 480 });
+        assert_eq!(
+            source,
+            Source {
+                width: 640,
+                height: 480
+            }
+        );
         let sizes: Vec<_> = thumbnails.iter().map(|t| (t.width, t.height)).collect();
         assert_eq!(sizes, vec![(128, 96), (512, 384)]);
         for t in &thumbnails {
@@ -147,9 +157,15 @@ mod tests {
     #[test]
     fn garbage_fails() {
         let err = make(b"GIF? no, plain text", &[128], 80).unwrap_err();
-        assert!(matches!(err, MakeError::Decode(DecodeError::Unsupported(_))), "{err}");
+        assert!(
+            matches!(err, MakeError::Decode(DecodeError::Unsupported(_))),
+            "{err}"
+        );
         let whole = jpeg(300, 200);
         let err = make(&whole[..whole.len() / 2], &[128], 80).unwrap_err();
-        assert!(matches!(err, MakeError::Decode(DecodeError::TruncatedJpeg)), "{err}");
+        assert!(
+            matches!(err, MakeError::Decode(DecodeError::TruncatedJpeg)),
+            "{err}"
+        );
     }
 }

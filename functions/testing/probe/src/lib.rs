@@ -87,7 +87,10 @@ fn hog() -> ! {
 }
 
 fn config<'a>(ctx: &'a Context, key: &str) -> Option<&'a str> {
-    ctx.config.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    ctx.config
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 fn number(ctx: &Context, key: &str, default: usize) -> Result<usize, Error> {

@@ -68,6 +68,10 @@ mod tests {
     /// A typo in a test's mode is an error, not a silent echo.
     #[test]
     fn unknown_mode_is_an_error() {
-        assert!(Mode::select(b"mode:spinn", None).unwrap_err().contains("spinn"));
+        assert!(
+            Mode::select(b"mode:spinn", None)
+                .unwrap_err()
+                .contains("spinn")
+        );
     }
 }
