@@ -14,8 +14,9 @@ use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Li
 use crate::jpeg_end;
 
 /// Largest image decoded, in pixels (a 50-megapixel camera still fits).
-/// Past it the decoded buffers alone would crowd the guest's memory limit, and
-/// a clear "too large" beats an out-of-memory trap for the dead-letter reader.
+/// Past it, a clear "too large" beats an out-of-memory trap for whoever reads
+/// the dead letter. Below it, memory is the pipeline's `memory_limit`: a
+/// 12-megapixel JPEG peaks at about 52 MB, roughly 4.5 bytes a pixel.
 pub const MAX_PIXELS: u64 = 64_000_000;
 
 /// A decoded image as stored, plus how to turn it upright.

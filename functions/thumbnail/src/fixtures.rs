@@ -104,7 +104,7 @@ fn grayscale_jpeg() {
     }
 }
 
-/// A CMYK JPEG (Adobe, inverted) comes out in the right colours, not negated.
+/// A CMYK JPEG (Adobe YCCK, inverted) comes out in the right colours, not negated.
 #[test]
 fn cmyk_jpeg_colours() {
     let thumbnails = thumbnails("cmyk.jpg");

@@ -12,9 +12,9 @@
 //! - `report`: the JSON written to the result sink.
 //! - `key`: the naming of thumbnail keys.
 //! - `thumbnails`: the pure core, bytes in and encoded thumbnails out, using
-//!   `decode` (format sniffing, EXIF orientation, `jpeg_end` for truncated
-//!   JPEGs), `resize` (which sizes,
-//!   and the scaling) and `encode` (JPEG or PNG).
+//!   `decode` (format sniffing, EXIF orientation; `jpeg_end` catches cut-off
+//!   JPEGs), `resize` (which sizes, and the scaling) and `encode` (JPEG or PNG).
+//! - `fixtures` (tests only): the core over `tests/fixtures/images/`.
 
 mod config;
 mod decode;
@@ -31,11 +31,11 @@ mod fixtures;
 
 wit_bindgen::generate!({ path: "../wit", world: "function" });
 
-struct Thumbnail;
+struct ThumbnailFunction;
 
-export!(Thumbnail);
+export!(ThumbnailFunction);
 
-impl Guest for Thumbnail {
+impl Guest for ThumbnailFunction {
     fn handle(ctx: Context, event: Event) -> Result<Vec<Output>, Error> {
         let handled = handler::handle(&ctx, &event)?;
         runnel::function::log::log(runnel::function::log::Level::Info, &handled.summary);
