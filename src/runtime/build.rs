@@ -28,8 +28,13 @@ pub enum BuildError {
 /// Builds the crate in `crate_dir` (release, `wasm32-wasip2`) and returns
 /// the path of its component. Cargo's progress goes to our stderr.
 pub fn build_crate(crate_dir: &Path) -> Result<PathBuf, BuildError> {
-    let manifest = crate_dir.join("Cargo.toml");
     let display = crate_dir.display().to_string();
+    // Absolute, because cargo runs in the crate's directory.
+    let crate_dir = &crate_dir.canonicalize().map_err(|source| BuildError::Spawn {
+        crate_dir: display.clone(),
+        source,
+    })?;
+    let manifest = crate_dir.join("Cargo.toml");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut child = Command::new(cargo)
         .args([
