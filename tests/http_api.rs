@@ -11,10 +11,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Sends a raw request line, so no client normalises the path first.
 async fn raw_status(runnel: &Runnel, method: &str, path: &str) -> u16 {
     let mut stream = tokio::net::TcpStream::connect(runnel.addr).await.unwrap();
-    let request = format!("{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi"
+    );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut response)).await.unwrap().unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     response.split(' ').nth(1).unwrap().parse().unwrap()
 }
 
@@ -23,13 +31,27 @@ async fn raw_status(runnel: &Runnel, method: &str, path: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread")]
 async fn refuses_oversized_uploads_and_escaping_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let runnel = Runnel::start(dir.path(), &pipelines()[..1], &[], "max_upload_size = \"1MiB\"").await;
+    let runnel = Runnel::start(
+        dir.path(),
+        &pipelines()[..1],
+        &[],
+        "max_upload_size = \"1MiB\"",
+    )
+    .await;
 
-    let response = runnel.upload("uploads", "big.bin", vec![7u8; (1 << 20) + 1], None).await;
+    let response = runnel
+        .upload("uploads", "big.bin", vec![7u8; (1 << 20) + 1], None)
+        .await;
     assert_eq!(response.status(), 413);
     let body: serde_json::Value = response.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("1MiB"), "{body}");
-    assert_eq!(runnel.upload("uploads", "fits.bin", vec![7u8; 1 << 20], None).await.status(), 201);
+    assert_eq!(
+        runnel
+            .upload("uploads", "fits.bin", vec![7u8; 1 << 20], None)
+            .await
+            .status(),
+        201
+    );
 
     for path in [
         "/v1/objects/uploads/../../etc/passwd",
@@ -41,6 +63,9 @@ async fn refuses_oversized_uploads_and_escaping_keys() {
         assert_eq!(raw_status(&runnel, "PUT", path).await, 400, "{path}");
     }
     assert!(!dir.path().join("etc").exists());
-    assert_eq!(raw_status(&runnel, "GET", "/v1/objects/uploads/nope").await, 404);
+    assert_eq!(
+        raw_status(&runnel, "GET", "/v1/objects/uploads/nope").await,
+        404
+    );
     assert_eq!(raw_status(&runnel, "GET", "/healthz").await, 200);
 }

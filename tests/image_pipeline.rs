@@ -23,35 +23,57 @@ fn dims(bytes: &[u8]) -> (u32, u32, image::ImageFormat) {
 async fn upload_makes_thumbnails_and_notifies() {
     let dir = tempfile::tempdir().unwrap();
     let webhook = WebhookReceiver::start().await;
-    let runnel = Runnel::start(dir.path(), &pipelines(), &[("NOTIFY_WEBHOOK_URL", &webhook.url)], "").await;
+    let runnel = Runnel::start(
+        dir.path(),
+        &pipelines(),
+        &[("NOTIFY_WEBHOOK_URL", &webhook.url)],
+        "",
+    )
+    .await;
 
     let photo = photo_jpeg(1600, 1200);
-    let response = runnel.upload("uploads", "photos/photo.jpg", photo.clone(), Some("alice")).await;
+    let response = runnel
+        .upload("uploads", "photos/photo.jpg", photo.clone(), Some("alice"))
+        .await;
     assert_eq!(response.status(), 201);
     let created: serde_json::Value = response.json().await.unwrap();
     assert_eq!(created["size"], photo.len());
     assert_eq!(created["key"], "photos/photo.jpg");
 
-    eventually("the webhook notification", WAIT, || async { (webhook.count() >= 1).then_some(()) }).await;
+    eventually("the webhook notification", WAIT, || async {
+        (webhook.count() >= 1).then_some(())
+    })
+    .await;
     let received = webhook.received.lock().unwrap().clone();
     assert_eq!(received.len(), 1);
     let notification: serde_json::Value = serde_json::from_str(&received[0].body).unwrap();
-    assert_eq!(notification["message"], "photos/photo.jpg for alice: 3 thumbnails ready");
+    assert_eq!(
+        notification["message"],
+        "photos/photo.jpg for alice: 3 thumbnails ready"
+    );
     assert_eq!(received[0].content_type, "application/json");
     assert!(!received[0].idempotency_key.is_empty());
 
     for (width, height) in [(128, 96), (512, 384), (1024, 768)] {
         let key = format!("photos/photo-{width}.jpg");
-        let (headers, bytes) = runnel.object("thumbnails", &key).await.expect("thumbnail stored");
+        let (headers, bytes) = runnel
+            .object("thumbnails", &key)
+            .await
+            .expect("thumbnail stored");
         assert_eq!(headers["content-type"], "image/jpeg");
-        assert_eq!(dims(&bytes), (width, height, image::ImageFormat::Jpeg), "{key}");
+        assert_eq!(
+            dims(&bytes),
+            (width, height, image::ImageFormat::Jpeg),
+            "{key}"
+        );
         let on_disk = dir.path().join("data/storage/thumbnails").join(&key);
         assert_eq!(std::fs::read(&on_disk).unwrap(), bytes, "{key} on disk");
     }
 
     let processed = runnel.topic("image-processed").await;
     assert_eq!(processed.len(), 1);
-    let event: serde_json::Value = serde_json::from_str(processed[0]["payload"].as_str().unwrap()).unwrap();
+    let event: serde_json::Value =
+        serde_json::from_str(processed[0]["payload"].as_str().unwrap()).unwrap();
     assert_eq!(event["source"]["bucket"], "uploads");
     assert_eq!(event["source"]["key"], "photos/photo.jpg");
     assert_eq!(event["source"]["etag"], created["etag"]);
@@ -66,34 +88,98 @@ async fn upload_makes_thumbnails_and_notifies() {
 
     let notifications = runnel.topic("notifications").await;
     assert_eq!(notifications.len(), 1);
-    assert!(notifications[0]["payload"].as_str().unwrap().contains("3 thumbnails ready"));
+    assert!(
+        notifications[0]["payload"]
+            .as_str()
+            .unwrap()
+            .contains("3 thumbnails ready")
+    );
 
     let m = |name: &'static str, labels: &'static [(&'static str, &'static str)]| {
         let runnel = &runnel;
         async move { runnel.metric(name, labels).await }
     };
-    assert_eq!(m("runnel_events_received_total", &[("pipeline", "image-upload")]).await, 1.0);
     assert_eq!(
-        m("runnel_invocations_total", &[("pipeline", "image-upload"), ("function", "thumbnail"), ("outcome", "ok")]).await,
+        m(
+            "runnel_events_received_total",
+            &[("pipeline", "image-upload")]
+        )
+        .await,
         1.0
     );
     assert_eq!(
-        m("runnel_invocations_total", &[("pipeline", "notify"), ("function", "notify"), ("outcome", "ok")]).await,
+        m(
+            "runnel_invocations_total",
+            &[
+                ("pipeline", "image-upload"),
+                ("function", "thumbnail"),
+                ("outcome", "ok")
+            ]
+        )
+        .await,
         1.0
     );
-    assert_eq!(m("runnel_outputs_total", &[("pipeline", "image-upload"), ("sink", "thumbnails")]).await, 4.0 - 1.0);
-    assert_eq!(m("runnel_outputs_total", &[("pipeline", "notify"), ("sink", "webhook")]).await, 1.0);
-    assert_eq!(m("runnel_inflight_events", &[("pipeline", "image-upload")]).await, 0.0);
-    assert!(m("runnel_billed_gb_seconds_total", &[("pipeline", "image-upload"), ("function", "thumbnail")]).await > 0.0);
+    assert_eq!(
+        m(
+            "runnel_invocations_total",
+            &[
+                ("pipeline", "notify"),
+                ("function", "notify"),
+                ("outcome", "ok")
+            ]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        m(
+            "runnel_outputs_total",
+            &[("pipeline", "image-upload"), ("sink", "thumbnails")]
+        )
+        .await,
+        4.0 - 1.0
+    );
+    assert_eq!(
+        m(
+            "runnel_outputs_total",
+            &[("pipeline", "notify"), ("sink", "webhook")]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        m("runnel_inflight_events", &[("pipeline", "image-upload")]).await,
+        0.0
+    );
+    assert!(
+        m(
+            "runnel_billed_gb_seconds_total",
+            &[("pipeline", "image-upload"), ("function", "thumbnail")]
+        )
+        .await
+            > 0.0
+    );
     let text = runnel.metrics().await;
-    assert!(text.contains("runnel_invocation_duration_seconds_bucket"), "histograms are exported");
+    assert!(
+        text.contains("runnel_invocation_duration_seconds_bucket"),
+        "histograms are exported"
+    );
     assert!(text.contains("runnel_instantiation_duration_seconds_count{function=\"thumbnail\"} 1"));
 
     // The same bytes under the same key are the same event: skipped.
-    let again = runnel.upload("uploads", "photos/photo.jpg", photo, Some("alice")).await;
+    let again = runnel
+        .upload("uploads", "photos/photo.jpg", photo, Some("alice"))
+        .await;
     assert_eq!(again.status(), 201);
     eventually("the duplicate to be skipped", WAIT, || async {
-        (runnel.metric("runnel_duplicates_skipped_total", &[("pipeline", "image-upload")]).await == 1.0).then_some(())
+        (runnel
+            .metric(
+                "runnel_duplicates_skipped_total",
+                &[("pipeline", "image-upload")],
+            )
+            .await
+            == 1.0)
+            .then_some(())
     })
     .await;
     assert_eq!(runnel.topic("notifications").await.len(), 1);
@@ -108,39 +194,100 @@ async fn real_world_formats_get_correct_thumbnails() {
     let runnel = Runnel::start(dir.path(), &pipelines()[..1], &[], "").await;
     // (fixture, expected thumbnails as key suffix -> (width, height, format))
     let cases: &[(&str, &[(&str, u32, u32, image::ImageFormat)])] = &[
-        ("baseline.jpg", &[("-128.jpg", 128, 96, image::ImageFormat::Jpeg), ("-512.jpg", 512, 384, image::ImageFormat::Jpeg)]),
-        ("progressive.jpg", &[("-128.jpg", 128, 96, image::ImageFormat::Jpeg)]),
-        ("gray.jpg", &[("-128.jpg", 128, 96, image::ImageFormat::Jpeg)]),
-        ("cmyk.jpg", &[("-128.jpg", 128, 96, image::ImageFormat::Jpeg)]),
+        (
+            "baseline.jpg",
+            &[
+                ("-128.jpg", 128, 96, image::ImageFormat::Jpeg),
+                ("-512.jpg", 512, 384, image::ImageFormat::Jpeg),
+            ],
+        ),
+        (
+            "progressive.jpg",
+            &[("-128.jpg", 128, 96, image::ImageFormat::Jpeg)],
+        ),
+        (
+            "gray.jpg",
+            &[("-128.jpg", 128, 96, image::ImageFormat::Jpeg)],
+        ),
+        (
+            "cmyk.jpg",
+            &[("-128.jpg", 128, 96, image::ImageFormat::Jpeg)],
+        ),
         // Stored 600x400 with orientation 6: upright it is 400x600.
-        ("exif-orientation-6.jpg", &[("-128.jpg", 128, 192, image::ImageFormat::Jpeg)]),
-        ("rgb16.png", &[("-128.jpg", 128, 96, image::ImageFormat::Jpeg)]),
-        ("alpha.png", &[("-128.png", 128, 96, image::ImageFormat::Png)]),
-        ("small.png", &[("-100.jpg", 100, 80, image::ImageFormat::Jpeg)]),
-        ("photo.webp", &[("-128.jpg", 128, 96, image::ImageFormat::Jpeg)]),
-        ("anim.gif", &[("-128.jpg", 128, 96, image::ImageFormat::Jpeg)]),
+        (
+            "exif-orientation-6.jpg",
+            &[("-128.jpg", 128, 192, image::ImageFormat::Jpeg)],
+        ),
+        (
+            "rgb16.png",
+            &[("-128.jpg", 128, 96, image::ImageFormat::Jpeg)],
+        ),
+        (
+            "alpha.png",
+            &[("-128.png", 128, 96, image::ImageFormat::Png)],
+        ),
+        (
+            "small.png",
+            &[("-100.jpg", 100, 80, image::ImageFormat::Jpeg)],
+        ),
+        (
+            "photo.webp",
+            &[("-128.jpg", 128, 96, image::ImageFormat::Jpeg)],
+        ),
+        (
+            "anim.gif",
+            &[("-128.jpg", 128, 96, image::ImageFormat::Jpeg)],
+        ),
     ];
     for (name, _) in cases {
-        let response = runnel.upload("uploads", &format!("in/{name}"), fixture(name), None).await;
+        let response = runnel
+            .upload("uploads", &format!("in/{name}"), fixture(name), None)
+            .await;
         assert_eq!(response.status(), 201, "{name}");
     }
     for (name, expected) in cases {
         let stem = name.rsplit_once('.').unwrap().0;
         for (suffix, width, height, format) in expected.iter() {
             let key = format!("in/{stem}{suffix}");
-            let bytes = eventually(&key, WAIT, || async { runnel.object("thumbnails", &key).await.map(|(_, b)| b) }).await;
+            let bytes = eventually(&key, WAIT, || async {
+                runnel.object("thumbnails", &key).await.map(|(_, b)| b)
+            })
+            .await;
             let (w, h, f) = dims(&bytes);
             assert_eq!((w, h, f), (*width, *height, *format), "{key}");
         }
     }
     // The CMYK photo must not come out inverted: its fixture is mostly light.
-    let (_, cmyk) = runnel.object("thumbnails", "in/cmyk-128.jpg").await.unwrap();
-    let mean = image::load_from_memory(&cmyk).unwrap().to_luma8().pixels().map(|p| p.0[0] as u64).sum::<u64>() / (128 * 96);
-    let (_, rgb) = runnel.object("thumbnails", "in/baseline-128.jpg").await.unwrap();
-    let reference = image::load_from_memory(&rgb).unwrap().to_luma8().pixels().map(|p| p.0[0] as u64).sum::<u64>() / (128 * 96);
-    assert!(mean.abs_diff(reference) < 40, "cmyk mean luma {mean} vs rgb {reference}");
+    let (_, cmyk) = runnel
+        .object("thumbnails", "in/cmyk-128.jpg")
+        .await
+        .unwrap();
+    let mean = image::load_from_memory(&cmyk)
+        .unwrap()
+        .to_luma8()
+        .pixels()
+        .map(|p| p.0[0] as u64)
+        .sum::<u64>()
+        / (128 * 96);
+    let (_, rgb) = runnel
+        .object("thumbnails", "in/baseline-128.jpg")
+        .await
+        .unwrap();
+    let reference = image::load_from_memory(&rgb)
+        .unwrap()
+        .to_luma8()
+        .pixels()
+        .map(|p| p.0[0] as u64)
+        .sum::<u64>()
+        / (128 * 96);
+    assert!(
+        mean.abs_diff(reference) < 40,
+        "cmyk mean luma {mean} vs rgb {reference}"
+    );
     assert_eq!(
-        runnel.metric("runnel_dead_letters_total", &[("pipeline", "image-upload")]).await,
+        runnel
+            .metric("runnel_dead_letters_total", &[("pipeline", "image-upload")])
+            .await,
         0.0,
         "log:\n{}",
         runnel.log_text()
@@ -154,10 +301,20 @@ async fn bad_images_go_to_dead_letters_and_processing_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let mut runnel = Runnel::start(dir.path(), &pipelines()[..1], &[], "").await;
     for name in ["not-an-image.jpg", "truncated.jpg"] {
-        assert_eq!(runnel.upload("uploads", &format!("bad/{name}"), fixture(name), None).await.status(), 201);
+        assert_eq!(
+            runnel
+                .upload("uploads", &format!("bad/{name}"), fixture(name), None)
+                .await
+                .status(),
+            201
+        );
     }
     eventually("two dead letters", WAIT, || async {
-        (runnel.metric("runnel_dead_letters_total", &[("pipeline", "image-upload")]).await == 2.0).then_some(())
+        (runnel
+            .metric("runnel_dead_letters_total", &[("pipeline", "image-upload")])
+            .await
+            == 2.0)
+            .then_some(())
     })
     .await;
     for name in ["not-an-image.jpg", "truncated.jpg"] {
@@ -173,17 +330,41 @@ async fn bad_images_go_to_dead_letters_and_processing_goes_on() {
         assert_eq!(record["stage"], "invoke");
         assert_eq!(record["attempts"], 1, "a bad image is not retried");
         assert_eq!(record["retryable"], false);
-        assert!(record["error"].as_str().unwrap().contains(&format!("bad/{name}")), "{record}");
+        assert!(
+            record["error"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("bad/{name}")),
+            "{record}"
+        );
         assert_eq!(record["event"]["subject"], format!("bad/{name}"));
     }
     assert_eq!(
-        runnel.metric("runnel_invocations_total", &[("pipeline", "image-upload"), ("function", "thumbnail"), ("outcome", "error")]).await,
+        runnel
+            .metric(
+                "runnel_invocations_total",
+                &[
+                    ("pipeline", "image-upload"),
+                    ("function", "thumbnail"),
+                    ("outcome", "error")
+                ]
+            )
+            .await,
         2.0
     );
     assert!(runnel.is_running());
-    assert_eq!(runnel.upload("uploads", "good.jpg", photo_jpeg(300, 200), None).await.status(), 201);
+    assert_eq!(
+        runnel
+            .upload("uploads", "good.jpg", photo_jpeg(300, 200), None)
+            .await
+            .status(),
+        201
+    );
     let bytes = eventually("a thumbnail after the bad ones", WAIT, || async {
-        runnel.object("thumbnails", "good-128.jpg").await.map(|(_, b)| b)
+        runnel
+            .object("thumbnails", "good-128.jpg")
+            .await
+            .map(|(_, b)| b)
     })
     .await;
     assert_eq!(dims(&bytes).0, 128);

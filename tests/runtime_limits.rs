@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use runnel::event::Event;
-use runnel::runtime::{Context, FunctionConfig, FunctionLocation, InvokeError, LogLabel, Runtime, RuntimeSettings, build};
+use runnel::runtime::{
+    Context, FunctionConfig, FunctionLocation, InvokeError, LogLabel, Runtime, RuntimeSettings,
+    build,
+};
 
 fn event(data: &'static str) -> Event {
     Event {
@@ -70,10 +73,16 @@ fn limits_stop_runaway_functions_and_are_classified() {
     let (result, _) = invoke("mode:spin");
     let elapsed = started.elapsed();
     assert!(matches!(result, Err(InvokeError::Timeout(_))), "{result:?}");
-    assert!(elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(5), "{elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(5),
+        "{elapsed:?}"
+    );
 
     let (result, stats) = invoke("mode:hog");
-    assert!(matches!(result, Err(InvokeError::OutOfMemory { limit }) if limit == 32 << 20), "{result:?}");
+    assert!(
+        matches!(result, Err(InvokeError::OutOfMemory { limit }) if limit == 32 << 20),
+        "{result:?}"
+    );
     assert!(stats.peak_memory <= 32 << 20);
     assert_eq!(result.unwrap_err().outcome(), "oom");
 
@@ -87,8 +96,20 @@ fn limits_stop_runaway_functions_and_are_classified() {
     }
 
     let (result, _) = invoke("mode:fail");
-    assert!(matches!(result, Err(InvokeError::Function { retryable: true, .. })), "{result:?}");
+    assert!(
+        matches!(
+            result,
+            Err(InvokeError::Function {
+                retryable: true,
+                ..
+            })
+        ),
+        "{result:?}"
+    );
 
     let (result, _) = invoke("after all that");
-    assert_eq!(&result.expect("still serving")[0].data[..], b"after all that");
+    assert_eq!(
+        &result.expect("still serving")[0].data[..],
+        b"after all that"
+    );
 }

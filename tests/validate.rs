@@ -39,15 +39,24 @@ fn broken_pipelines_report_every_problem_with_its_location() {
         if path.extension().is_none_or(|e| e != "toml") {
             continue;
         }
-        let relative = path.strip_prefix(harness::repo()).unwrap().to_str().unwrap().to_owned();
+        let relative = path
+            .strip_prefix(harness::repo())
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
         let (ok, _, stderr) = validate(&[&relative]);
         assert!(!ok, "{relative} must fail");
         let expected_file = path.with_extension("expected");
         if std::env::var_os("RUNNEL_BLESS").is_some() {
             std::fs::write(&expected_file, &stderr).unwrap();
         }
-        let expected = std::fs::read_to_string(&expected_file)
-            .unwrap_or_else(|_| panic!("{} missing; run with RUNNEL_BLESS=1 and review it", expected_file.display()));
+        let expected = std::fs::read_to_string(&expected_file).unwrap_or_else(|_| {
+            panic!(
+                "{} missing; run with RUNNEL_BLESS=1 and review it",
+                expected_file.display()
+            )
+        });
         assert_eq!(stderr, expected, "{relative}");
         checked += 1;
     }

@@ -132,7 +132,9 @@ fn check_loops(
     sinks: &BTreeMap<String, SinkConfig>,
     dead_letter: Option<&SinkConfig>,
 ) {
-    let named = sinks.iter().map(|(n, s)| (format!("sinks.{n}"), s, &sinks_span));
+    let named = sinks
+        .iter()
+        .map(|(n, s)| (format!("sinks.{n}"), s, &sinks_span));
     let dead_letter = dead_letter.map(|s| ("dead_letter".to_owned(), s, &dead_letter_span));
     for (path, sink, span) in named.chain(dead_letter) {
         if let Some(reason) = source.loops_through(sink) {

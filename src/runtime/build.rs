@@ -30,10 +30,12 @@ pub enum BuildError {
 pub fn build_crate(crate_dir: &Path) -> Result<PathBuf, BuildError> {
     let display = crate_dir.display().to_string();
     // Absolute, because cargo runs in the crate's directory.
-    let crate_dir = &crate_dir.canonicalize().map_err(|source| BuildError::Spawn {
-        crate_dir: display.clone(),
-        source,
-    })?;
+    let crate_dir = &crate_dir
+        .canonicalize()
+        .map_err(|source| BuildError::Spawn {
+            crate_dir: display.clone(),
+            source,
+        })?;
     let manifest = crate_dir.join("Cargo.toml");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut child = Command::new(cargo)

@@ -23,7 +23,11 @@ fn cache_dir() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct Runnel {
@@ -40,14 +44,22 @@ pub struct Runnel {
 impl Runnel {
     /// Starts `runnel up` on `pipelines` in a fresh data directory under `dir`;
     /// `http_extra` is added to the `[http]` table of its runtime config.
-    pub async fn start(dir: &Path, pipelines: &[PathBuf], env: &[(&str, &str)], http_extra: &str) -> Self {
+    pub async fn start(
+        dir: &Path,
+        pipelines: &[PathBuf],
+        env: &[(&str, &str)],
+        http_extra: &str,
+    ) -> Self {
         let mut runnel = Self {
             child: None,
             dir: dir.to_owned(),
             addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
             client: client(),
             pipelines: pipelines.to_vec(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             http_extra: http_extra.to_owned(),
             log: dir.join("runnel.log"),
         };
@@ -71,7 +83,11 @@ impl Runnel {
 
     async fn spawn(&mut self) {
         let config = self.config_file();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_runnel"));
         command
             .arg("--config")
@@ -89,14 +105,21 @@ impl Runnel {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("runnel exited with {status} while starting; log:\n{}", self.log_text());
+                panic!(
+                    "runnel exited with {status} while starting; log:\n{}",
+                    self.log_text()
+                );
             }
             if let Ok(r) = self.client.get(self.url("/healthz")).send().await {
                 if r.status() == 200 {
                     return;
                 }
             }
-            assert!(started.elapsed() < Duration::from_secs(600), "runnel did not come up; log:\n{}", self.log_text());
+            assert!(
+                started.elapsed() < Duration::from_secs(600),
+                "runnel did not come up; log:\n{}",
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -126,26 +149,50 @@ impl Runnel {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
     /// Sends SIGTERM and waits for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
-        Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
         child.wait().unwrap()
     }
 
-    pub async fn upload(&self, bucket: &str, key: &str, body: Vec<u8>, user: Option<&str>) -> reqwest::Response {
-        let mut request = self.client.put(self.url(&format!("/v1/objects/{bucket}/{key}"))).body(body);
+    pub async fn upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        user: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .put(self.url(&format!("/v1/objects/{bucket}/{key}")))
+            .body(body);
         if let Some(user) = user {
             request = request.header("x-runnel-meta-user", user);
         }
         request.send().await.unwrap()
     }
 
-    pub async fn object(&self, bucket: &str, key: &str) -> Option<(reqwest::header::HeaderMap, Vec<u8>)> {
-        let response = self.client.get(self.url(&format!("/v1/objects/{bucket}/{key}"))).send().await.unwrap();
+    pub async fn object(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Option<(reqwest::header::HeaderMap, Vec<u8>)> {
+        let response = self
+            .client
+            .get(self.url(&format!("/v1/objects/{bucket}/{key}")))
+            .send()
+            .await
+            .unwrap();
         if response.status() == 404 {
             return None;
         }
@@ -169,7 +216,14 @@ impl Runnel {
     }
 
     pub async fn metrics(&self) -> String {
-        self.client.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap()
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// The value of a metric sample whose name and labels match exactly
@@ -192,7 +246,9 @@ pub fn client() -> reqwest::Client {
 
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
         let (metric, label_text) = match series.split_once('{') {
             Some((m, rest)) => (m, rest.trim_end_matches('}')),
             None => (series, ""),
@@ -207,7 +263,10 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
             .collect();
         found.sort();
-        let mut wanted: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut wanted: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         wanted.sort();
         if found == wanted {
             return value.parse().unwrap();
@@ -255,15 +314,25 @@ impl WebhookReceiver {
         let app = Router::new()
             .route(
                 "/hook",
-                post(|State(r): State<Arc<Mutex<Vec<Received>>>>, headers: HeaderMap, body: String| async move {
-                    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-                    r.lock().unwrap().push(Received {
-                        idempotency_key: header("idempotency-key"),
-                        content_type: header("content-type"),
-                        body,
-                    });
-                    "ok"
-                }),
+                post(
+                    |State(r): State<Arc<Mutex<Vec<Received>>>>,
+                     headers: HeaderMap,
+                     body: String| async move {
+                        let header = |n: &str| {
+                            headers
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned()
+                        };
+                        r.lock().unwrap().push(Received {
+                            idempotency_key: header("idempotency-key"),
+                            content_type: header("content-type"),
+                            body,
+                        });
+                        "ok"
+                    },
+                ),
             )
             .with_state(received.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -294,5 +363,8 @@ pub fn photo_jpeg(width: u32, height: u32) -> Vec<u8> {
 }
 
 pub fn pipelines() -> Vec<PathBuf> {
-    vec![repo().join("pipelines/image-upload.toml"), repo().join("pipelines/notify.toml")]
+    vec![
+        repo().join("pipelines/image-upload.toml"),
+        repo().join("pipelines/notify.toml"),
+    ]
 }
