@@ -87,10 +87,10 @@ pub fn read_event(
 ) -> anyhow::Result<Event> {
     let bytes =
         std::fs::read(file).with_context(|| format!("reading event file {}", file.display()))?;
-    if file.extension().is_some_and(|e| e == "json") {
-        if let Ok(hand) = serde_json::from_slice::<EventFile>(&bytes) {
-            return from_event_file(hand, file);
-        }
+    if file.extension().is_some_and(|e| e == "json")
+        && let Ok(hand) = serde_json::from_slice::<EventFile>(&bytes)
+    {
+        return from_event_file(hand, file);
     }
     let name = file
         .file_name()

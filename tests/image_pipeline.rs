@@ -185,6 +185,9 @@ async fn upload_makes_thumbnails_and_notifies() {
     assert_eq!(runnel.topic("notifications").await.len(), 1);
 }
 
+/// A thumbnail expected: key suffix, width, height, format.
+type Expected = (&'static str, u32, u32, image::ImageFormat);
+
 /// The formats people really upload: progressive, grayscale and CMYK JPEG,
 /// EXIF orientation, 16-bit and alpha PNG, WebP, GIF, and an image smaller
 /// than every width.
@@ -193,7 +196,7 @@ async fn real_world_formats_get_correct_thumbnails() {
     let dir = tempfile::tempdir().unwrap();
     let runnel = Runnel::start(dir.path(), &pipelines()[..1], &[], "").await;
     // (fixture, expected thumbnails as key suffix -> (width, height, format))
-    let cases: &[(&str, &[(&str, u32, u32, image::ImageFormat)])] = &[
+    let cases: &[(&str, &[Expected])] = &[
         (
             "baseline.jpg",
             &[

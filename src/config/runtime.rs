@@ -142,14 +142,14 @@ fn read(root: Table<'_, '_>, file: &Path, data_dir: Option<&Path>) -> RuntimeCon
         config.shutdown_grace = grace;
     }
     if let Some(t) = root.table("http") {
-        if let Some(field) = t.get("listen") {
-            if let Some(text) = field.string() {
-                match text.parse() {
-                    Ok(addr) => config.http.listen = addr,
-                    Err(_) => field.error(format!(
-                        "{text:?} is not an address such as \"127.0.0.1:8080\""
-                    )),
-                }
+        if let Some(field) = t.get("listen")
+            && let Some(text) = field.string()
+        {
+            match text.parse() {
+                Ok(addr) => config.http.listen = addr,
+                Err(_) => field.error(format!(
+                    "{text:?} is not an address such as \"127.0.0.1:8080\""
+                )),
             }
         }
         if let Some(size) = t.size("max_upload_size") {
@@ -158,14 +158,7 @@ fn read(root: Table<'_, '_>, file: &Path, data_dir: Option<&Path>) -> RuntimeCon
         t.finish();
     }
     if let Some(t) = root.table("storage") {
-        let kind = t.string("type").unwrap_or_else(|| "local".to_owned());
-        if kind != "local" {
-            if let Some(f) = t.get("type") {
-                f.error(format!(
-                    "unknown storage type {kind:?}; this build supports \"local\""
-                ));
-            }
-        }
+        only_type(&t, "storage", "local");
         let durability = durability(&t);
         let StorageConfig::Local {
             root: dir,
@@ -180,14 +173,7 @@ fn read(root: Table<'_, '_>, file: &Path, data_dir: Option<&Path>) -> RuntimeCon
         t.finish();
     }
     if let Some(t) = root.table("broker") {
-        let kind = t.string("type").unwrap_or_else(|| "embedded".to_owned());
-        if kind != "embedded" {
-            if let Some(f) = t.get("type") {
-                f.error(format!(
-                    "unknown broker type {kind:?}; this build supports \"embedded\""
-                ));
-            }
-        }
+        only_type(&t, "broker", "embedded");
         let BrokerConfig::Embedded {
             path: p,
             partitions,
@@ -209,14 +195,7 @@ fn read(root: Table<'_, '_>, file: &Path, data_dir: Option<&Path>) -> RuntimeCon
         t.finish();
     }
     if let Some(t) = root.table("idempotency") {
-        let kind = t.string("type").unwrap_or_else(|| "embedded".to_owned());
-        if kind != "embedded" {
-            if let Some(f) = t.get("type") {
-                f.error(format!(
-                    "unknown idempotency type {kind:?}; this build supports \"embedded\""
-                ));
-            }
-        }
+        only_type(&t, "idempotency", "embedded");
         let IdempotencyConfig::Embedded { path: p, ttl } = &mut config.idempotency;
         if let Some(v) = path(&t, "path") {
             *p = v;
@@ -243,6 +222,18 @@ fn read(root: Table<'_, '_>, file: &Path, data_dir: Option<&Path>) -> RuntimeCon
     }
     root.finish();
     config
+}
+
+/// Checks `type`: this build has one backend per section.
+fn only_type(t: &Table<'_, '_>, section: &str, supported: &str) {
+    if let Some(field) = t.get("type")
+        && let Some(kind) = field.string()
+        && kind != supported
+    {
+        field.error(format!(
+            "unknown {section} type {kind:?}; this build supports \"{supported}\""
+        ));
+    }
 }
 
 fn durability(t: &Table<'_, '_>) -> Option<Durability> {

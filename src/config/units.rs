@@ -56,6 +56,16 @@ fn split_number(text: &str) -> Result<(f64, &str), String> {
     Ok((number, unit.trim()))
 }
 
+/// Formats a byte count the way config writes it ("64MiB").
+pub fn format_size(bytes: u64) -> String {
+    for (unit, scale) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if bytes >= scale && bytes.is_multiple_of(scale) {
+            return format!("{}{unit}", bytes / scale);
+        }
+    }
+    format!("{bytes}B")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,14 +85,4 @@ mod tests {
         assert_eq!(parse_size("512").unwrap(), 512);
         assert!(parse_size("12 parsecs").is_err());
     }
-}
-
-/// Formats a byte count the way config writes it ("64MiB").
-pub fn format_size(bytes: u64) -> String {
-    for (unit, scale) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if bytes >= scale && bytes % scale == 0 {
-            return format!("{}{unit}", bytes / scale);
-        }
-    }
-    format!("{bytes}B")
 }

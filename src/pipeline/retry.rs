@@ -43,10 +43,10 @@ impl RetryConfig {
             .duration("initial_delay")
             .unwrap_or(defaults.initial_delay);
         let max_delay = table.duration("max_delay").unwrap_or(defaults.max_delay);
-        if initial_delay > max_delay {
-            if let Some(f) = table.get("initial_delay") {
-                f.error(format!("must not exceed max_delay ({max_delay:?})"));
-            }
+        if initial_delay > max_delay
+            && let Some(f) = table.get("initial_delay")
+        {
+            f.error(format!("must not exceed max_delay ({max_delay:?})"));
         }
         table.finish();
         Some(Self {

@@ -110,10 +110,10 @@ impl Runnel {
                     self.log_text()
                 );
             }
-            if let Ok(r) = self.client.get(self.url("/healthz")).send().await {
-                if r.status() == 200 {
-                    return;
-                }
+            if let Ok(r) = self.client.get(self.url("/healthz")).send().await
+                && r.status() == 200
+            {
+                return;
             }
             assert!(
                 started.elapsed() < Duration::from_secs(600),
