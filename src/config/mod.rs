@@ -26,13 +26,7 @@ pub fn pipeline_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Vec<Diagnostic>
     let mut files = Vec::new();
     let mut problems = Vec::new();
     for path in paths {
-        let problem = |message: String| Diagnostic {
-            file: path.clone(),
-            line: 1,
-            column: 1,
-            path: String::new(),
-            message,
-        };
+        let problem = |message: String| Diagnostic::whole_file(path, message);
         if path.is_dir() {
             match std::fs::read_dir(path) {
                 Ok(entries) => {
@@ -64,15 +58,7 @@ pub fn read_pipeline(
     file: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<PipelineConfig, Vec<Diagnostic>> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        vec![Diagnostic {
-            file: file.to_owned(),
-            line: 1,
-            column: 1,
-            path: String::new(),
-            message: format!("cannot read: {e}"),
-        }]
-    })?;
+    let text = reader::read_text(file)?;
     let doc = Document::new(file, &text, env);
     let root = doc.parse();
     // After a syntax error the structure is a guess: report only that.

@@ -32,6 +32,25 @@ pub struct Diagnostic {
     pub message: String,
 }
 
+impl Diagnostic {
+    /// A problem with a file as a whole (it cannot be read, it is missing).
+    pub fn whole_file(file: &Path, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_owned(),
+            line: 1,
+            column: 1,
+            path: String::new(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads a config file's text, or the diagnostic saying why it cannot be.
+pub fn read_text(file: &Path) -> Result<String, Vec<Diagnostic>> {
+    std::fs::read_to_string(file)
+        .map_err(|e| vec![Diagnostic::whole_file(file, format!("cannot read: {e}"))])
+}
+
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
@@ -385,6 +404,19 @@ impl<'d, 'a> Table<'d, 'a> {
 
     pub fn required_string(&self, key: &str) -> Option<String> {
         self.required(key)?.string()
+    }
+
+    /// A required string that `check` accepts (a bucket or topic name);
+    /// `check`'s error is reported at the value.
+    pub fn required_name<E: fmt::Display>(
+        &self,
+        key: &str,
+        check: impl Fn(&str) -> Result<(), E>,
+    ) -> Option<String> {
+        let field = self.required(key)?;
+        let name = field.string()?;
+        check(&name).map_err(|e| field.error(e.to_string())).ok()?;
+        Some(name)
     }
 
     pub fn duration(&self, key: &str) -> Option<Duration> {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::reader::{Diagnostic, Document, Table};
+use super::reader::{self, Diagnostic, Document, Table};
 use crate::sqlite::Durability;
 
 #[derive(Clone, Debug)]
@@ -108,15 +108,7 @@ impl RuntimeConfig {
         data_dir: Option<&Path>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, Vec<Diagnostic>> {
-        let text = std::fs::read_to_string(file).map_err(|e| {
-            vec![Diagnostic {
-                file: file.to_owned(),
-                line: 1,
-                column: 1,
-                path: String::new(),
-                message: format!("cannot read: {e}"),
-            }]
-        })?;
+        let text = reader::read_text(file)?;
         let doc = Document::new(file, &text, env);
         let root = doc.parse();
         let config = read(doc.root(&root), file, data_dir);

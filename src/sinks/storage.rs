@@ -16,13 +16,7 @@ pub struct StorageSinkConfig {
 
 impl StorageSinkConfig {
     pub fn read(table: &Table<'_, '_>) -> Option<Self> {
-        let bucket = table.required("bucket").and_then(|f| {
-            let bucket = f.string()?;
-            validate_bucket(&bucket)
-                .map_err(|e| f.error(e.to_string()))
-                .ok()?;
-            Some(bucket)
-        })?;
+        let bucket = table.required_name("bucket", validate_bucket)?;
         Some(Self { bucket })
     }
 }

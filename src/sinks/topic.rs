@@ -18,13 +18,7 @@ pub struct TopicSinkConfig {
 
 impl TopicSinkConfig {
     pub fn read(table: &Table<'_, '_>) -> Option<Self> {
-        let topic = table.required("topic").and_then(|f| {
-            let topic = f.string()?;
-            validate_topic(&topic)
-                .map_err(|e| f.error(e.to_string()))
-                .ok()?;
-            Some(topic)
-        })?;
+        let topic = table.required_name("topic", validate_topic)?;
         Some(Self { topic })
     }
 }

@@ -25,13 +25,7 @@ pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 64 << 20;
 
 impl StorageSourceConfig {
     pub fn read(table: &Table<'_, '_>) -> Option<Self> {
-        let bucket = table.required("bucket").and_then(|f| {
-            let bucket = f.string()?;
-            validate_bucket(&bucket)
-                .map_err(|e| f.error(e.to_string()))
-                .ok()?;
-            Some(bucket)
-        });
+        let bucket = table.required_name("bucket", validate_bucket);
         let prefix = table.string("prefix");
         let suffixes = table
             .get("suffixes")
