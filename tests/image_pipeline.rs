@@ -366,3 +366,43 @@ async fn bad_images_go_to_dead_letters_and_processing_goes_on() {
     .await;
     assert_eq!(dims(&bytes).0, 128);
 }
+
+/// Without `NOTIFY_WEBHOOK_URL` the webhook sink is off: the notification
+/// goes to the topic only and the webhook output is counted as dropped.
+/// SIGTERM then stops the process cleanly (exit code 0).
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_is_optional_and_sigterm_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut runnel = Runnel::start(dir.path(), &pipelines(), &[], "").await;
+    let photo = photo_jpeg(200, 100);
+    assert_eq!(
+        runnel
+            .upload("uploads", "a.jpg", photo, None)
+            .await
+            .status(),
+        201
+    );
+    let notifications = eventually("the notification", WAIT, || async {
+        let n = runnel.topic("notifications").await;
+        (!n.is_empty()).then_some(n)
+    })
+    .await;
+    assert!(
+        notifications[0]["payload"]
+            .as_str()
+            .unwrap()
+            .contains("a.jpg: 1 thumbnail ready")
+    );
+    assert_eq!(
+        runnel
+            .metric(
+                "runnel_outputs_dropped_total",
+                &[("pipeline", "notify"), ("sink", "webhook")]
+            )
+            .await,
+        1.0
+    );
+    let status = runnel.terminate();
+    assert!(status.success(), "{status}; log:\n{}", runnel.log_text());
+    assert!(runnel.log_text().contains("stopped"));
+}

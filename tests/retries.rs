@@ -1,0 +1,109 @@
+//! Retries and dead letters through a running pipeline, with the probe
+//! component: retryable errors are retried up to `max_attempts`, permanent
+//! ones and traps, timeouts and out-of-memory are not, and each ends as a
+//! dead letter with its classification.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{Runnel, eventually, repo};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn dead_letter_key(name: &str, body: &[u8]) -> String {
+    let etag = hex::encode(<md5::Md5 as md5::Digest>::digest(body));
+    format!("probe/probe-in_{name}@{etag}.json")
+}
+
+/// Each failure mode ends in the dead-letter sink after the right number of
+/// attempts, with the right outcome counted; an echo still works after.
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_are_retried_or_not_and_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = [repo().join("tests/fixtures/pipelines/probe.toml")];
+    let runnel = Runnel::start(dir.path(), &pipeline, &[], "").await;
+    // (object name, body, attempts, outcome label of the last invocation)
+    let cases = [
+        ("fail", "mode:fail", 3, "error"),
+        ("reject", "mode:reject", 1, "error"),
+        ("spin", "mode:spin", 1, "timeout"),
+        ("hog", "mode:hog", 1, "oom"),
+        ("trap", "mode:trap", 1, "trap"),
+    ];
+    for (name, body, _, _) in cases {
+        assert_eq!(
+            runnel
+                .upload("probe-in", name, body.into(), None)
+                .await
+                .status(),
+            201
+        );
+    }
+    for (name, body, attempts, outcome) in cases {
+        let key = dead_letter_key(name, body.as_bytes());
+        let (_, bytes) = eventually(&key, WAIT, || async {
+            runnel.object("dead-letters", &key).await
+        })
+        .await;
+        let record: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(record["attempts"], attempts, "{name}: {record}");
+        assert_eq!(record["outcome"], outcome, "{name}: {record}");
+        assert_eq!(record["stage"], "invoke");
+        assert_eq!(record["event"]["subject"], name);
+    }
+    let m = |outcome: &'static str| {
+        let runnel = &runnel;
+        async move {
+            runnel
+                .metric(
+                    "runnel_invocations_total",
+                    &[
+                        ("pipeline", "probe"),
+                        ("function", "probe"),
+                        ("outcome", outcome),
+                    ],
+                )
+                .await
+        }
+    };
+    assert_eq!(m("error").await, 4.0, "3 attempts of fail + 1 of reject");
+    assert_eq!(m("timeout").await, 1.0);
+    assert_eq!(m("oom").await, 1.0);
+    assert_eq!(m("trap").await, 1.0);
+    assert_eq!(
+        runnel
+            .metric("runnel_retries_total", &[("pipeline", "probe")])
+            .await,
+        2.0
+    );
+    assert_eq!(
+        runnel
+            .metric("runnel_dead_letters_total", &[("pipeline", "probe")])
+            .await,
+        5.0
+    );
+
+    let trap: serde_json::Value = serde_json::from_slice(
+        &runnel
+            .object("dead-letters", &dead_letter_key("trap", b"mode:trap"))
+            .await
+            .unwrap()
+            .1,
+    )
+    .unwrap();
+    assert!(trap["error"].as_str().unwrap().contains("trap"), "{trap}");
+
+    assert_eq!(
+        runnel
+            .upload("probe-in", "hello", "hello".into(), None)
+            .await
+            .status(),
+        201
+    );
+    let (_, echoed) = eventually("the echo", WAIT, || async {
+        runnel.object("probe-out", "hello").await
+    })
+    .await;
+    assert_eq!(echoed, b"hello");
+}
