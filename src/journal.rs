@@ -316,6 +316,9 @@ impl Cursor {
             // between the read and the wait still wakes us.
             let journal = self.journal.clone();
             let appended = journal.inner.appended.notified();
+            tokio::pin!(appended);
+            // `notify_waiters` wakes only registered waiters: register now.
+            appended.as_mut().enable();
             let records = self.read(max).await?;
             if !records.is_empty() {
                 return Ok(records);

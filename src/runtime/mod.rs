@@ -435,12 +435,12 @@ impl Function {
                 message: e.message,
                 retryable: e.retryable,
             }),
-            Err(error) => Err(self.classify(error, store.data(), stats.instantiation.is_zero())),
+            Err(error) => Err(self.classify(error, store.data())),
         };
         (result, stats)
     }
 
-    fn classify(&self, error: wasmtime::Error, state: &HostState, _: bool) -> InvokeError {
+    fn classify(&self, error: wasmtime::Error, state: &HostState) -> InvokeError {
         if state.limiter.refused {
             return InvokeError::OutOfMemory {
                 limit: self.memory_limit,

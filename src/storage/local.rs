@@ -76,21 +76,21 @@ impl LocalStorage {
         validate_key(key)?;
         Ok(self.root.join(bucket).join(key))
     }
+}
 
-    /// Writes to a temporary file, syncs it and renames it into place, so a
-    /// reader never sees half an object and a crash leaves the old one.
-    fn write_file(&self, path: &Path, body: &[u8]) -> Result<(), StorageError> {
-        let dir = path.parent().expect("object paths have a bucket directory");
-        std::fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, e))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(self.root.join(".runnel").join("tmp"))
-            .map_err(|e| io_error("creating a temporary file in", &self.root, e))?;
-        tmp.write_all(body)
-            .and_then(|_| tmp.as_file().sync_all())
-            .map_err(|e| io_error("writing", tmp.path(), e))?;
-        tmp.persist(path)
-            .map_err(|e| io_error("renaming into", path, e.error))?;
-        Ok(())
-    }
+/// Writes to a temporary file, syncs it and renames it into place, so a
+/// reader never sees half an object and a crash leaves the old one.
+fn write_file(root: &Path, path: &Path, body: &[u8]) -> Result<(), StorageError> {
+    let dir = path.parent().expect("object paths have a bucket directory");
+    std::fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, e))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(root.join(".runnel").join("tmp"))
+        .map_err(|e| io_error("creating a temporary file in", root, e))?;
+    tmp.write_all(body)
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(|e| io_error("writing", tmp.path(), e))?;
+    tmp.persist(path)
+        .map_err(|e| io_error("renaming into", path, e.error))?;
+    Ok(())
 }
 
 #[async_trait]
@@ -120,14 +120,8 @@ impl ObjectStore for LocalStorage {
                 .map(|(k, v)| (k.to_ascii_lowercase(), v))
                 .collect(),
         };
-        let body = object.body;
-        let root = self.root.clone();
-        let this_path = path.clone();
-        let storage = LocalStorage {
-            root,
-            journal: self.journal.clone(),
-        };
-        tokio::task::spawn_blocking(move || storage.write_file(&this_path, &body))
+        let (root, body) = (self.root.clone(), object.body);
+        tokio::task::spawn_blocking(move || write_file(&root, &path, &body))
             .await
             .expect("write task panicked")?;
 
