@@ -34,23 +34,42 @@ pub struct Opened {
 }
 
 pub async fn open_backends(config: &RuntimeConfig) -> anyhow::Result<Opened> {
-    let StorageConfig::Local { root, durability } = &config.storage;
-    let store: Arc<dyn ObjectStore> = Arc::new(
-        LocalStorage::open(root, *durability)
-            .await
-            .with_context(|| format!("opening local storage at {}", root.display()))?,
-    );
-    let BrokerConfig::Embedded {
-        path,
-        partitions,
-        durability,
-        retention,
-    } = &config.broker;
-    let embedded = Arc::new(
-        EmbeddedBroker::open(path, *durability, *partitions)
-            .with_context(|| format!("opening the embedded broker at {}", path.display()))?,
-    );
-    let broker: Arc<dyn Broker> = embedded.clone();
+    let (broker, embedded_broker, retention): (Arc<dyn Broker>, _, _) = match &config.broker {
+        BrokerConfig::Embedded {
+            path,
+            partitions,
+            durability,
+            retention,
+        } => {
+            let embedded = Arc::new(
+                EmbeddedBroker::open(path, *durability, *partitions).with_context(|| {
+                    format!("opening the embedded broker at {}", path.display())
+                })?,
+            );
+            (embedded.clone(), Some(embedded), *retention)
+        }
+        #[cfg(feature = "kafka")]
+        BrokerConfig::Kafka { properties } => (
+            Arc::new(crate::broker::kafka::KafkaBroker::new(properties.clone())?),
+            None,
+            Duration::ZERO,
+        ),
+        #[cfg(not(feature = "kafka"))]
+        BrokerConfig::Kafka { .. } => {
+            anyhow::bail!("broker.type = \"kafka\" needs a runnel built with the `kafka` feature")
+        }
+    };
+    let store: Arc<dyn ObjectStore> = match &config.storage {
+        StorageConfig::Local { root, durability } => Arc::new(
+            LocalStorage::open(root, *durability)
+                .await
+                .with_context(|| format!("opening local storage at {}", root.display()))?,
+        ),
+        #[cfg(feature = "s3")]
+        StorageConfig::S3(s3) => {
+            Arc::new(crate::storage::s3::S3Storage::connect((**s3).clone(), broker.clone()).await)
+        }
+    };
     let IdempotencyConfig::Embedded { path, ttl } = &config.idempotency;
     let idempotency: Arc<dyn IdempotencyStore> = Arc::new(
         EmbeddedIdempotency::open(path, crate::sqlite::Durability::Full, *ttl)
@@ -70,8 +89,8 @@ pub async fn open_backends(config: &RuntimeConfig) -> anyhow::Result<Opened> {
             http,
         },
         idempotency,
-        embedded_broker: Some(embedded),
-        retention: *retention,
+        embedded_broker,
+        retention,
     })
 }
 

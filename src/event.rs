@@ -118,7 +118,19 @@ impl Consumed {
     /// envelope; every other header becomes an attribute.
     pub fn into_event(self) -> Event {
         let Position { partition, offset } = self.position;
-        let idempotency_key = format!("{}/{partition}/{offset}", self.topic);
+        // A CloudEvents id (runnel's topic sink writes one per output, stable
+        // across redeliveries) names the event wherever it lands; without
+        // one, the message's place in the topic does.
+        let ce_id = self
+            .message
+            .headers
+            .iter()
+            .find(|(n, _)| n == "ce_id")
+            .map(|(_, v)| v.clone());
+        let idempotency_key = match ce_id {
+            Some(id) => format!("{}/ce:{id}", self.topic),
+            None => format!("{}/{partition}/{offset}", self.topic),
+        };
         let mut attributes = BTreeMap::from([
             ("topic".to_owned(), self.topic.clone()),
             ("partition".to_owned(), partition.to_string()),
@@ -134,7 +146,7 @@ impl Consumed {
             }
         }
         Event {
-            id: idempotency_key.clone(),
+            id: format!("{}/{partition}/{offset}", self.topic),
             source: format!("topic://{}", self.topic),
             event_type: MESSAGE.to_owned(),
             subject: self.message.key,

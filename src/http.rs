@@ -59,6 +59,7 @@ fn storage_error(e: StorageError) -> Response {
         StorageError::NotFound { .. } => StatusCode::NOT_FOUND,
         StorageError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         StorageError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        StorageError::Rejected(_) => StatusCode::BAD_GATEWAY,
     };
     error(status, e.to_string())
 }

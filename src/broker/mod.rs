@@ -6,6 +6,8 @@
 //! and a producer id that makes republishing the same output harmless.
 
 pub mod embedded;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 
 use async_trait::async_trait;
 
@@ -20,6 +22,9 @@ pub enum BrokerError {
     InvalidTopic(String),
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The broker refuses messages this large; retrying cannot help.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl BrokerError {

@@ -2,6 +2,7 @@
 //! the limits of this process. Every field is optional; the defaults run
 //! everything embedded under `data_dir`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -49,6 +50,9 @@ pub enum BrokerConfig {
         /// Messages older than this are deleted (default 7d).
         retention: Duration,
     },
+    /// A Kafka-API broker; `properties` are librdkafka settings, starting
+    /// with `bootstrap.servers`.
+    Kafka { properties: Vec<(String, String)> },
 }
 
 #[derive(Clone, Debug)]
@@ -150,40 +154,11 @@ fn read(root: Table<'_, '_>, file: &Path, data_dir: Option<&Path>) -> RuntimeCon
         t.finish();
     }
     if let Some(t) = root.table("storage") {
-        only_type(&t, "storage", "local");
-        let durability = durability(&t);
-        let StorageConfig::Local {
-            root: dir,
-            durability: d,
-        } = &mut config.storage;
-        if let Some(p) = path(&t, "root") {
-            *dir = p;
-        }
-        if let Some(v) = durability {
-            *d = v;
-        }
+        read_storage(&t, &mut config.storage, &path, &config.data_dir);
         t.finish();
     }
     if let Some(t) = root.table("broker") {
-        only_type(&t, "broker", "embedded");
-        let BrokerConfig::Embedded {
-            path: p,
-            partitions,
-            durability: d,
-            retention,
-        } = &mut config.broker;
-        if let Some(v) = path(&t, "path") {
-            *p = v;
-        }
-        if let Some(n) = t.get("partitions").and_then(|f| f.integer_in(1..=1024)) {
-            *partitions = n as u32;
-        }
-        if let Some(v) = durability(&t) {
-            *d = v;
-        }
-        if let Some(v) = t.duration("retention") {
-            *retention = v;
-        }
+        read_broker(&t, &mut config.broker, &path);
         t.finish();
     }
     if let Some(t) = root.table("idempotency") {
@@ -214,6 +189,161 @@ fn read(root: Table<'_, '_>, file: &Path, data_dir: Option<&Path>) -> RuntimeCon
     }
     root.finish();
     config
+}
+
+fn read_storage(
+    t: &Table<'_, '_>,
+    storage: &mut StorageConfig,
+    path: &dyn Fn(&Table<'_, '_>, &str) -> Option<PathBuf>,
+    data_dir: &Path,
+) {
+    let kind = t.get("type").and_then(|f| f.string());
+    match kind.as_deref().unwrap_or("local") {
+        "local" => {
+            let StorageConfig::Local {
+                root,
+                durability: d,
+            } = storage
+            else {
+                unreachable!("the default storage is local")
+            };
+            if let Some(p) = path(t, "root") {
+                *root = p;
+            }
+            if let Some(v) = durability(t) {
+                *d = v;
+            }
+        }
+        #[cfg(feature = "s3")]
+        "s3" => {
+            if let Some(config) = read_s3(t, data_dir) {
+                *storage = StorageConfig::S3(Box::new(config));
+            }
+        }
+        other => {
+            let _ = data_dir;
+            if let Some(field) = t.get("type") {
+                field.error(format!(
+                    "unknown storage type {other:?}; expected \"local\" or \"s3\""
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(feature = "s3")]
+fn read_s3(t: &Table<'_, '_>, data_dir: &Path) -> Option<crate::storage::s3::S3Config> {
+    use crate::storage::s3::{S3Config, S3Events};
+    let events = match t.get("events").and_then(|f| f.table()) {
+        None => {
+            t.missing("events");
+            None
+        }
+        Some(e) => {
+            let kind = e.required_string("type");
+            let events = match kind.as_deref() {
+                Some("sqs") => {
+                    let mut queues = BTreeMap::new();
+                    if let Some(q) = e.required("queues").and_then(|f| f.table()) {
+                        for (bucket, field) in q.entries() {
+                            if let Some(url) = field.string() {
+                                queues.insert(bucket, url);
+                            }
+                        }
+                    }
+                    Some(S3Events::Sqs {
+                        queues,
+                        wait: e.duration("wait").unwrap_or(Duration::from_secs(20)),
+                        visibility_timeout: e
+                            .duration("visibility_timeout")
+                            .unwrap_or(Duration::from_secs(300)),
+                    })
+                }
+                Some("topic") => e
+                    .required_string("topic")
+                    .map(|topic| S3Events::Topic { topic }),
+                Some("poll") => Some(S3Events::Poll {
+                    interval: e.duration("interval").unwrap_or(Duration::from_secs(10)),
+                    checkpoint: data_dir.join("s3-poll.db"),
+                }),
+                Some(other) => {
+                    if let Some(f) = e.get("type") {
+                        f.error(format!("unknown event source {other:?}; expected \"sqs\", \"topic\" or \"poll\""));
+                    }
+                    None
+                }
+                None => None,
+            };
+            e.finish();
+            events
+        }
+    };
+    let config = S3Config {
+        endpoint: t.string("endpoint"),
+        region: t.string("region"),
+        force_path_style: t.boolean("force_path_style").unwrap_or(false),
+        access_key_id: t.string("access_key_id").filter(|s| !s.is_empty()),
+        secret_access_key: t.string("secret_access_key").filter(|s| !s.is_empty()),
+        multipart_threshold: t.size("multipart_threshold").unwrap_or(16 << 20),
+        events: events?,
+    };
+    Some(config)
+}
+
+fn read_broker(
+    t: &Table<'_, '_>,
+    broker: &mut BrokerConfig,
+    path: &dyn Fn(&Table<'_, '_>, &str) -> Option<PathBuf>,
+) {
+    let kind = t.get("type").and_then(|f| f.string());
+    match kind.as_deref().unwrap_or("embedded") {
+        "embedded" => {
+            let BrokerConfig::Embedded {
+                path: p,
+                partitions,
+                durability: d,
+                retention,
+            } = broker
+            else {
+                unreachable!("the default broker is embedded")
+            };
+            if let Some(v) = path(t, "path") {
+                *p = v;
+            }
+            if let Some(n) = t.get("partitions").and_then(|f| f.integer_in(1..=1024)) {
+                *partitions = n as u32;
+            }
+            if let Some(v) = durability(t) {
+                *d = v;
+            }
+            if let Some(v) = t.duration("retention") {
+                *retention = v;
+            }
+        }
+        "kafka" => {
+            let mut properties = Vec::new();
+            if let Some(servers) = t.required_string("bootstrap_servers") {
+                properties.push(("bootstrap.servers".to_owned(), servers));
+            }
+            // Everything librdkafka knows (security.protocol, sasl.*,
+            // ssl.*), passed through; values may use ${ENV} for secrets.
+            if let Some(options) = t.table("options") {
+                for (key, field) in options.entries() {
+                    if let Some(value) = field.to_config_string() {
+                        properties.push((key, value));
+                    }
+                }
+            }
+            *broker = BrokerConfig::Kafka { properties };
+        }
+        other => {
+            if let Some(field) = t.get("type") {
+                field.error(format!(
+                    "unknown broker type {other:?}; expected \"embedded\" or \"kafka\""
+                ));
+            }
+        }
+    }
 }
 
 /// Checks `type`: this build has one backend per section.

@@ -7,6 +7,12 @@
 //! storage keeps its own durable change feed).
 
 pub mod local;
+#[cfg(feature = "s3")]
+pub mod s3;
+#[cfg(feature = "s3")]
+mod s3_events;
+#[cfg(feature = "s3")]
+mod s3_poll;
 
 use std::collections::BTreeMap;
 
@@ -47,6 +53,10 @@ pub enum StorageError {
     },
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The store refused the request (access denied, bad request, missing
+    /// bucket, misconfiguration): retrying will not help.
+    #[error("storage refused: {0}")]
+    Rejected(String),
 }
 
 impl StorageError {

@@ -2,6 +2,9 @@
 //! around it: an HTTP client, a webhook receiver, metric lookups.
 #![allow(dead_code)]
 
+#[cfg(all(feature = "kafka", feature = "s3"))]
+pub mod services;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,7 +25,7 @@ fn cache_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("runnel-component-cache")
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -37,18 +40,20 @@ pub struct Runnel {
     pub client: reqwest::Client,
     pipelines: Vec<PathBuf>,
     env: Vec<(String, String)>,
-    http_extra: String,
+    extra_toml: String,
     log: PathBuf,
 }
 
 impl Runnel {
-    /// Starts `runnel up` on `pipelines` in a fresh data directory under `dir`;
-    /// `http_extra` is added to the `[http]` table of its runtime config.
+    /// Starts `runnel up` on `pipelines` in a fresh data directory under `dir`.
+    /// `extra_toml` is inserted into its runtime config right after the
+    /// `[http]` table's `listen`: leading lines are more `[http]` settings,
+    /// and it may go on with other tables (`[storage]`, `[broker]`).
     pub async fn start(
         dir: &Path,
         pipelines: &[PathBuf],
         env: &[(&str, &str)],
-        http_extra: &str,
+        extra_toml: &str,
     ) -> Self {
         let mut runnel = Self {
             child: None,
@@ -60,7 +65,7 @@ impl Runnel {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            http_extra: http_extra.to_owned(),
+            extra_toml: extra_toml.to_owned(),
             log: dir.join("runnel.log"),
         };
         runnel.spawn().await;
@@ -74,7 +79,7 @@ impl Runnel {
             self.dir.join("data"),
             "",
             self.addr,
-            self.http_extra,
+            self.extra_toml,
             cache_dir(),
         );
         std::fs::write(&file, text).unwrap();

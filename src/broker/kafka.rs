@@ -1,0 +1,295 @@
+//! Topics on Kafka (any Kafka-API broker), through librdkafka.
+//!
+//! Publishing uses the idempotent producer (`enable.idempotence`, acks from
+//! all in-sync replicas), keyed by the output's key so ordering per key
+//! holds, with CloudEvents attributes as `ce_*` headers. Kafka's producer
+//! dedupe only covers its own retries; across redeliveries of an event the
+//! consumer side recognises a repeat by its `ce_id` (see
+//! [`Consumed::into_event`](crate::event::Consumed::into_event)).
+//!
+//! Consuming uses a consumer group with automatic commits off: the
+//! pipeline's [`Acks`](crate::sources::feed::Acks) commit per partition only
+//! the offset below which every event is finished. After a rebalance the
+//! new owner starts at that commit, so nothing unfinished is skipped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{Broker, BrokerError, validate_topic};
+use crate::event::{Consumed, Message, Position};
+use crate::sources::feed::{Commit, Feed, FeedError, Item};
+
+/// How long a publish may wait in librdkafka's queue (broker outages
+/// included) before it fails and the pipeline's retry policy takes over.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct KafkaBroker {
+    /// librdkafka properties shared by producer and consumers.
+    properties: Vec<(String, String)>,
+    producer: FutureProducer,
+}
+
+fn unavailable(what: &str, error: KafkaError) -> BrokerError {
+    BrokerError::Unavailable(format!("{what}: {error}"))
+}
+
+impl KafkaBroker {
+    /// `properties` are librdkafka settings (`bootstrap.servers`,
+    /// `security.protocol`, `sasl.*`, `ssl.*`, ...), passed through.
+    pub fn new(properties: Vec<(String, String)>) -> Result<Self, BrokerError> {
+        let mut config = client_config(&properties);
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set(
+                "message.timeout.ms",
+                PUBLISH_TIMEOUT.as_millis().to_string(),
+            );
+        let producer = config
+            .create()
+            .map_err(|e| unavailable("creating the Kafka producer", e))?;
+        Ok(Self {
+            properties,
+            producer,
+        })
+    }
+}
+
+fn client_config(properties: &[(String, String)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("client.id", "runnel");
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    config
+}
+
+#[async_trait]
+impl Broker for KafkaBroker {
+    async fn publish(
+        &self,
+        topic: &str,
+        _producer_id: Option<String>,
+        message: Message,
+    ) -> Result<Position, BrokerError> {
+        validate_topic(topic)?;
+        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+        for (key, value) in &message.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let mut record = FutureRecord::to(topic)
+            .payload(&message.payload[..])
+            .headers(headers);
+        if let Some(key) = &message.key {
+            record = record.key(key.as_bytes());
+        }
+        match self.producer.send(record, PUBLISH_TIMEOUT).await {
+            Ok(delivery) => Ok(Position {
+                partition: delivery.partition as u32,
+                offset: delivery.offset as u64,
+            }),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
+                Err(BrokerError::TooLarge(format!(
+                    "message of {} bytes is over the broker's limit for topic {topic}",
+                    message.payload.len()
+                )))
+            }
+            Err((error, _)) => Err(unavailable(&format!("publishing to {topic}"), error)),
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        group: &str,
+    ) -> Result<Box<dyn Feed<Consumed>>, BrokerError> {
+        validate_topic(topic)?;
+        let mut config = client_config(&self.properties);
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false");
+        let consumer: StreamConsumer = config
+            .create()
+            .map_err(|e| unavailable("creating the Kafka consumer", e))?;
+        consumer
+            .subscribe(&[topic])
+            .map_err(|e| unavailable(&format!("subscribing to {topic}"), e))?;
+        let consumer = Arc::new(consumer);
+        Ok(Box::new(KafkaFeed {
+            topic: topic.to_owned(),
+            committer: Arc::new(KafkaCommit {
+                topic: topic.to_owned(),
+                consumer: consumer.clone(),
+            }),
+            consumer,
+        }))
+    }
+
+    async fn peek(
+        &self,
+        topic: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Consumed>, BrokerError> {
+        validate_topic(topic)?;
+        let mut config = client_config(&self.properties);
+        config
+            .set("group.id", "runnel-peek")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true");
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || peek_blocking(config, &topic, from, limit))
+            .await
+            .expect("peek task panicked")
+    }
+}
+
+/// Assigns every partition at `from` (no group membership, no commits) and
+/// reads until each partition's end or `limit` messages.
+fn peek_blocking(
+    config: ClientConfig,
+    topic: &str,
+    from: u64,
+    limit: usize,
+) -> Result<Vec<Consumed>, BrokerError> {
+    let consumer: BaseConsumer = config
+        .create()
+        .map_err(|e| unavailable("creating the Kafka consumer", e))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| unavailable(&format!("reading metadata of {topic}"), e))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut assignment = TopicPartitionList::new();
+    for &partition in &partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Offset(from as i64))
+            .map_err(|e| unavailable("assigning partitions", e))?;
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|e| unavailable("assigning partitions", e))?;
+    let mut out = Vec::new();
+    let mut finished = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while out.len() < limit && finished < partitions.len() && std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => out.push(consumed(topic, &message)),
+            Some(Err(KafkaError::PartitionEOF(_))) => finished += 1,
+            Some(Err(error)) => return Err(unavailable(&format!("reading {topic}"), error)),
+            None => {}
+        }
+    }
+    out.sort_by_key(|c| c.position);
+    Ok(out)
+}
+
+fn consumed(topic: &str, message: &impl rdkafka::Message) -> Consumed {
+    let headers = message
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|header| {
+                    let value = header
+                        .value
+                        .map(|v| String::from_utf8_lossy(v).into_owned());
+                    (header.key.to_owned(), value.unwrap_or_default())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Consumed {
+        topic: topic.to_owned(),
+        position: Position {
+            partition: message.partition() as u32,
+            offset: message.offset() as u64,
+        },
+        message: Message {
+            key: message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
+            headers,
+            payload: bytes::Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+        },
+    }
+}
+
+struct KafkaFeed {
+    topic: String,
+    consumer: Arc<StreamConsumer>,
+    committer: Arc<KafkaCommit>,
+}
+
+#[async_trait]
+impl Feed<Consumed> for KafkaFeed {
+    async fn poll(&mut self, max: usize) -> Result<Vec<Item<Consumed>>, FeedError> {
+        let mut items = Vec::new();
+        // Wait for the first message, then take what is already fetched.
+        let first = self
+            .consumer
+            .recv()
+            .await
+            .map_err(|e| FeedError(format!("consuming {}: {e}", self.topic)))?;
+        items.push(item(&self.topic, &first));
+        while items.len() < max {
+            match tokio::time::timeout(Duration::from_millis(1), self.consumer.recv()).await {
+                Ok(Ok(message)) => items.push(item(&self.topic, &message)),
+                Ok(Err(e)) => return Err(FeedError(format!("consuming {}: {e}", self.topic))),
+                Err(_) => break,
+            }
+        }
+        Ok(items)
+    }
+
+    fn committer(&self) -> Arc<dyn Commit> {
+        self.committer.clone()
+    }
+}
+
+fn item(topic: &str, message: &impl rdkafka::Message) -> Item<Consumed> {
+    let consumed = consumed(topic, message);
+    Item {
+        position: consumed.position,
+        item: Ok(consumed),
+    }
+}
+
+struct KafkaCommit {
+    topic: String,
+    consumer: Arc<StreamConsumer>,
+}
+
+#[async_trait]
+impl Commit for KafkaCommit {
+    async fn commit(&self, partition: u32, next_offset: u64) -> Result<(), FeedError> {
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(
+                &self.topic,
+                partition as i32,
+                Offset::Offset(next_offset as i64),
+            )
+            .map_err(|e| FeedError(e.to_string()))?;
+        // Asynchronous: a lost commit only means redelivery, which the
+        // idempotency store absorbs; waiting would stall the pipeline.
+        self.consumer
+            .commit(&offsets, CommitMode::Async)
+            .map_err(|e| FeedError(format!("committing {}/{partition}: {e}", self.topic)))
+    }
+}

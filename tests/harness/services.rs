@@ -1,0 +1,220 @@
+//! Real services for the Kafka and S3 tests, started on loopback and
+//! ephemeral ports and stopped when dropped: `tansu` (a Kafka-API broker)
+//! and `moto_server` (S3 and SQS). `scripts/test` installs both; a test
+//! that cannot find them fails with a message saying so, it never skips.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::free_port;
+
+fn find(binary: &str) -> PathBuf {
+    let candidates = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin")));
+    for dir in candidates {
+        let path = dir.join(binary);
+        if path.is_file() {
+            return path;
+        }
+    }
+    panic!("{binary} is not installed; run scripts/test, which installs it");
+}
+
+fn wait_for_port(port: u16, what: &str, child: &mut Child, log: &std::path::Path) {
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "{what} exited with {status}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{what} did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A service process that is stopped on drop: SIGINT first (tansu ignores
+/// SIGTERM), SIGKILL after a grace period.
+pub struct Service {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Service {
+    fn spawn(binary: &str, args: Vec<String>, port: u16, log: PathBuf) -> Self {
+        let out = std::fs::File::create(&log).unwrap();
+        let mut child = Command::new(find(binary))
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
+        wait_for_port(port, binary, &mut child, &log);
+        Self {
+            child: Some(child),
+            port,
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-INT")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if child.try_wait().unwrap().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A tansu broker with in-memory storage.
+pub fn tansu(dir: &std::path::Path) -> Service {
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    Service::spawn(
+        "tansu",
+        vec![
+            "broker".into(),
+            "--listener-url".into(),
+            url.clone(),
+            "--advertised-listener-url".into(),
+            url,
+            "--storage-engine".into(),
+            "memory://tansu/".into(),
+        ],
+        port,
+        dir.join("tansu.log"),
+    )
+}
+
+/// moto's server: S3 and SQS in memory.
+pub fn moto(dir: &std::path::Path) -> Service {
+    let port = free_port();
+    Service::spawn(
+        "moto_server",
+        vec![
+            "-H".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ],
+        port,
+        dir.join("moto.log"),
+    )
+}
+
+/// Creates topics (tansu does not create them on first use).
+pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let new: Vec<_> = topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        result.unwrap_or_else(|(topic, e)| panic!("creating topic {topic}: {e}"));
+    }
+}
+
+/// S3 and SQS clients for moto (any credentials work).
+pub async fn aws_clients(endpoint: &str) -> (aws_sdk_s3::Client, aws_sdk_sqs::Client) {
+    let credentials =
+        aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "tests");
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(credentials)
+        .endpoint_url(endpoint)
+        .http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                ))
+                .build_https(),
+        )
+        .load()
+        .await;
+    let s3 = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(true)
+        .build();
+    (
+        aws_sdk_s3::Client::from_conf(s3),
+        aws_sdk_sqs::Client::new(&shared),
+    )
+}
+
+/// Creates buckets, and for `notify_bucket` an SQS queue that receives its
+/// object-created notifications; returns the queue URL.
+pub async fn s3_with_notifications(
+    s3: &aws_sdk_s3::Client,
+    sqs: &aws_sdk_sqs::Client,
+    buckets: &[&str],
+    notify_bucket: &str,
+) -> String {
+    use aws_sdk_s3::types::{Event, NotificationConfiguration, QueueConfiguration};
+    for bucket in buckets {
+        s3.create_bucket().bucket(*bucket).send().await.unwrap();
+    }
+    let queue = sqs
+        .create_queue()
+        .queue_name(format!("{notify_bucket}-events"))
+        .send()
+        .await
+        .unwrap();
+    let url = queue.queue_url().unwrap().to_owned();
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap();
+    let arn =
+        attributes.attributes().unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn].clone();
+    let notifications = NotificationConfiguration::builder()
+        .queue_configurations(
+            QueueConfiguration::builder()
+                .queue_arn(arn)
+                .events(Event::S3ObjectCreated)
+                .build()
+                .unwrap(),
+        )
+        .build();
+    s3.put_bucket_notification_configuration()
+        .bucket(notify_bucket)
+        .notification_configuration(notifications)
+        .send()
+        .await
+        .unwrap();
+    url
+}
