@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, EmbeddedBroker};
 use crate::config::pipeline::PipelineConfig;
-use crate::config::runtime::{BrokerConfig, IdempotencyConfig, RuntimeConfig, StorageConfig};
+use crate::config::runtime::{
+    BrokerConfig, FunctionsConfig, IdempotencyConfig, RuntimeConfig, StorageConfig,
+};
 use crate::http::{ApiState, router};
 use crate::idempotency::{EmbeddedIdempotency, IdempotencyStore};
 use crate::pipeline::Pipeline;
@@ -94,19 +96,38 @@ pub async fn open_backends(config: &RuntimeConfig) -> anyhow::Result<Opened> {
     })
 }
 
-/// The component file of a function, building its crate when needed.
-pub fn component_path(function: &FunctionConfig, build_crates: bool) -> anyhow::Result<PathBuf> {
+/// The component file of a function: for a crate, the prebuilt component in
+/// `functions.components_dir` when that is set, else the crate built now.
+pub fn component_path(
+    function: &FunctionConfig,
+    config: &FunctionsConfig,
+) -> anyhow::Result<PathBuf> {
     match &function.location {
         FunctionLocation::Component(path) => Ok(path.clone()),
-        FunctionLocation::Crate(dir) if build_crates => {
+        FunctionLocation::Crate(dir) => {
+            if let Some(components) = &config.components_dir {
+                let name = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().replace('-', "_"))
+                    .unwrap_or_default();
+                let path = components.join(format!("{name}.wasm"));
+                anyhow::ensure!(
+                    path.is_file(),
+                    "function {}: no prebuilt component at {} (functions.components_dir)",
+                    function.name,
+                    path.display()
+                );
+                return Ok(path);
+            }
+            anyhow::ensure!(
+                config.build,
+                "function {} is a crate ({}) and functions.build is off; set functions.components_dir or point `path` at a .wasm component",
+                function.name,
+                dir.display()
+            );
             tracing::info!(function = %function.name, crate_dir = %dir.display(), "building function");
             Ok(build::build_crate(dir)?)
         }
-        FunctionLocation::Crate(dir) => anyhow::bail!(
-            "function {} is a crate ({}) and functions.build is off; point `path` at a .wasm component",
-            function.name,
-            dir.display()
-        ),
     }
 }
 
@@ -124,7 +145,7 @@ pub fn load_functions(
         let path = match built.get(&key) {
             Some(path) => path.clone(),
             None => {
-                let path = component_path(&pipeline.function, config.functions.build)
+                let path = component_path(&pipeline.function, &config.functions)
                     .with_context(|| format!("pipeline {}", pipeline.name))?;
                 built.insert(key, path.clone());
                 path

@@ -164,7 +164,7 @@ pub fn run(
     out: Option<&PathBuf>,
 ) -> anyhow::Result<bool> {
     let function_config = target.function();
-    let wasm = crate::app::component_path(function_config, runtime_config.functions.build)?;
+    let wasm = crate::app::component_path(function_config, &runtime_config.functions)?;
     let runtime = Runtime::new(&RuntimeSettings {
         pooling: false,
         max_instances: 1,

@@ -21,6 +21,9 @@ struct Cli {
     /// Directory for embedded backends' data [default: data].
     #[arg(long, global = true, env = "RUNNEL_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Prebuilt components of crate functions (see functions.components_dir).
+    #[arg(long, global = true, env = "RUNNEL_COMPONENTS_DIR")]
+    components_dir: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, global = true, env = "RUNNEL_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -98,6 +101,14 @@ fn print_diagnostics(diagnostics: &[Diagnostic]) {
 }
 
 fn runtime_config(cli: &Cli) -> Result<RuntimeConfig, Vec<Diagnostic>> {
+    let mut config = runtime_config_file(cli)?;
+    if let Some(dir) = &cli.components_dir {
+        config.functions.components_dir = Some(dir.clone());
+    }
+    Ok(config)
+}
+
+fn runtime_config_file(cli: &Cli) -> Result<RuntimeConfig, Vec<Diagnostic>> {
     let file = cli.config.clone().or_else(|| {
         Path::new("runnel.toml")
             .is_file()

@@ -144,7 +144,8 @@ async fn image_pipeline_on_kafka_and_s3_with_sqs_notifications() {
 }
 
 /// Object-created events as S3 event JSON on a Kafka topic (how MinIO and
-/// RustFS deliver them), for objects written to S3 directly.
+/// RustFS deliver them), for objects written to S3 directly, with the
+/// runtime config shipped in `deploy/`.
 #[tokio::test(flavor = "multi_thread")]
 async fn events_from_a_kafka_topic_carrying_s3_event_json() {
     let dir = tempfile::tempdir().unwrap();
@@ -159,13 +160,18 @@ async fn events_from_a_kafka_topic_carrying_s3_event_json() {
             .await
             .unwrap();
     }
-    let runnel = Runnel::start(
-        work.path(),
-        &pipelines(),
-        &[],
-        &infra.runtime_toml("type = \"topic\"\ntopic = \"s3-events\""),
-    )
-    .await;
+    // The same runtime config docker-compose.yml uses, bound by environment.
+    let deploy =
+        std::fs::read_to_string(harness::repo().join("deploy/runnel.kafka-s3.toml")).unwrap();
+    let s3_endpoint = format!("http://127.0.0.1:{}", infra.s3.port);
+    let bootstrap = format!("127.0.0.1:{}", infra.kafka.port);
+    let env = [
+        ("S3_ENDPOINT", s3_endpoint.as_str()),
+        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.as_str()),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ];
+    let runnel = Runnel::start(work.path(), &pipelines(), &env, &deploy).await;
 
     let photo = photo_jpeg(600, 400);
     let put = infra

@@ -38,6 +38,9 @@ pub enum StorageConfig {
         root: PathBuf,
         durability: Durability,
     },
+    /// An S3-compatible store.
+    #[cfg(feature = "s3")]
+    S3(Box<crate::storage::s3::S3Config>),
 }
 
 #[derive(Clone, Debug)]
@@ -71,6 +74,10 @@ pub struct FunctionsConfig {
     pub build: bool,
     /// Where compiled components are cached (default `<data_dir>/cache`).
     pub cache_dir: PathBuf,
+    /// Where prebuilt components of crate functions are, as `<crate
+    /// directory name>.wasm` (`-` as `_`); when set, crates are not built
+    /// (a container image without a Rust toolchain).
+    pub components_dir: Option<PathBuf>,
 }
 
 impl RuntimeConfig {
@@ -101,6 +108,7 @@ impl RuntimeConfig {
                 cache: true,
                 build: true,
                 cache_dir: data_dir.join("cache"),
+                components_dir: None,
             },
             shutdown_grace: Duration::from_secs(30),
         }
@@ -184,6 +192,9 @@ fn read(root: Table<'_, '_>, file: &Path, data_dir: Option<&Path>) -> RuntimeCon
         }
         if let Some(v) = path(&t, "cache_dir") {
             config.functions.cache_dir = v;
+        }
+        if let Some(v) = path(&t, "components_dir") {
+            config.functions.components_dir = Some(v);
         }
         t.finish();
     }
@@ -279,7 +290,7 @@ fn read_s3(t: &Table<'_, '_>, data_dir: &Path) -> Option<crate::storage::s3::S3C
         }
     };
     let config = S3Config {
-        endpoint: t.string("endpoint"),
+        endpoint: t.string("endpoint").filter(|s| !s.is_empty()),
         region: t.string("region"),
         force_path_style: t.boolean("force_path_style").unwrap_or(false),
         access_key_id: t.string("access_key_id").filter(|s| !s.is_empty()),

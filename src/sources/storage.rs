@@ -126,9 +126,17 @@ impl ObjectLoader {
             .get(&created.bucket, &created.key, self.max_object_size)
             .await
         {
-            // The notification's etag names the version the event is about;
-            // the metadata (content type, user metadata) comes with it.
-            Ok((_, body)) => Ok(created.clone().into_event(body)),
+            // The notification's etag names the version the event is about.
+            // Content type and user metadata come from the object itself:
+            // AWS's notifications do not carry them.
+            Ok((stored, body)) => {
+                let mut created = created.clone();
+                created.content_type = stored.content_type.or(created.content_type);
+                if !stored.metadata.is_empty() {
+                    created.metadata = stored.metadata;
+                }
+                Ok(created.into_event(body))
+            }
             Err(error @ StorageError::NotFound { .. }) => Err(LoadError {
                 message: format!("{error} (deleted after the event was emitted)"),
                 retryable: false,
