@@ -20,6 +20,8 @@ pub const BILLED_GB_SECONDS: &str = "runnel_billed_gb_seconds_total";
 pub const EVENTS_COMPLETED: &str = "runnel_events_completed_total";
 pub const SOURCE_ERRORS: &str = "runnel_source_errors_total";
 pub const UPLOADS: &str = "runnel_uploads_total";
+pub const SOURCE_LAG: &str = "runnel_source_lag";
+pub const SOURCE_PARTITIONS: &str = "runnel_source_partitions";
 
 const DURATION_BUCKETS: &[f64] = &[
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -82,4 +84,12 @@ fn describe() {
         "Failures to read or commit a source; the source retries."
     );
     describe_counter!(UPLOADS, "Objects stored through the HTTP API.");
+    describe_gauge!(
+        SOURCE_LAG,
+        "Kafka: messages between the group's committed offset and the end of each assigned partition."
+    );
+    describe_gauge!(
+        SOURCE_PARTITIONS,
+        "Kafka: partitions of the topic assigned to this process's consumer."
+    );
 }

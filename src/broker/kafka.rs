@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -121,13 +123,22 @@ impl Broker for KafkaBroker {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false");
-        let consumer: StreamConsumer = config
-            .create()
+        let context = GroupContext {
+            topic: topic.to_owned(),
+            group: group.to_owned(),
+        };
+        let consumer: StreamConsumer<GroupContext> = config
+            .create_with_context(context)
             .map_err(|e| unavailable("creating the Kafka consumer", e))?;
         consumer
             .subscribe(&[topic])
             .map_err(|e| unavailable(&format!("subscribing to {topic}"), e))?;
         let consumer = Arc::new(consumer);
+        tokio::spawn(export_lag(
+            Arc::downgrade(&consumer),
+            topic.to_owned(),
+            group.to_owned(),
+        ));
         Ok(Box::new(KafkaFeed {
             topic: topic.to_owned(),
             committer: Arc::new(KafkaCommit {
@@ -232,7 +243,7 @@ fn consumed(topic: &str, message: &impl rdkafka::Message) -> Consumed {
 
 struct KafkaFeed {
     topic: String,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<GroupContext>>,
     committer: Arc<KafkaCommit>,
 }
 
@@ -272,7 +283,81 @@ fn item(topic: &str, message: &impl rdkafka::Message) -> Item<Consumed> {
 
 struct KafkaCommit {
     topic: String,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<GroupContext>>,
+}
+
+/// Follows the group's partition assignment, for logs and
+/// `runnel_source_partitions`.
+struct GroupContext {
+    topic: String,
+    group: String,
+}
+
+impl rdkafka::ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let assigned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        match rebalance {
+            Rebalance::Assign(_) | Rebalance::Revoke(_) => tracing::info!(
+                topic = %self.topic,
+                group = %self.group,
+                assigned,
+                "consumer group rebalanced"
+            ),
+            Rebalance::Error(error) => {
+                tracing::warn!(topic = %self.topic, group = %self.group, %error, "rebalance failed")
+            }
+        }
+        metrics::gauge!(crate::metrics::SOURCE_PARTITIONS, "topic" => self.topic.clone(), "group" => self.group.clone())
+            .set(assigned as f64);
+    }
+}
+
+/// Every few seconds, exports how far the group's committed offsets trail
+/// the end of each assigned partition. Ends with the consumer.
+async fn export_lag(
+    consumer: std::sync::Weak<StreamConsumer<GroupContext>>,
+    topic: String,
+    group: String,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let Some(consumer) = consumer.upgrade() else {
+            return;
+        };
+        let (topic, group) = (topic.clone(), group.clone());
+        let lags = tokio::task::spawn_blocking(move || {
+            let assignment = consumer.assignment().ok()?;
+            let committed = consumer
+                .committed_offsets(assignment, Duration::from_secs(5))
+                .ok()?;
+            let mut lags = Vec::new();
+            for element in committed.elements() {
+                let (_, high) = consumer
+                    .fetch_watermarks(&topic, element.partition(), Duration::from_secs(5))
+                    .ok()?;
+                let done = match element.offset() {
+                    Offset::Offset(n) => n,
+                    _ => 0,
+                };
+                lags.push((element.partition(), (high - done).max(0)));
+            }
+            Some((topic, group, lags))
+        })
+        .await;
+        if let Ok(Some((topic, group, lags))) = lags {
+            for (partition, lag) in lags {
+                metrics::gauge!(
+                    crate::metrics::SOURCE_LAG,
+                    "topic" => topic.clone(),
+                    "group" => group.clone(),
+                    "partition" => partition.to_string()
+                )
+                .set(lag as f64);
+            }
+        }
+    }
 }
 
 #[async_trait]

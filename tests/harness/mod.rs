@@ -55,6 +55,7 @@ impl Runnel {
         env: &[(&str, &str)],
         extra_toml: &str,
     ) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
         let mut runnel = Self {
             child: None,
             dir: dir.to_owned(),
@@ -312,6 +313,11 @@ pub struct WebhookReceiver {
 
 impl WebhookReceiver {
     pub async fn start() -> Self {
+        Self::start_with_delay(std::time::Duration::ZERO).await
+    }
+
+    /// A receiver that takes `delay` to answer each request (a slow endpoint).
+    pub async fn start_with_delay(delay: std::time::Duration) -> Self {
         use axum::{Router, extract::State, http::HeaderMap, routing::post};
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -320,9 +326,10 @@ impl WebhookReceiver {
             .route(
                 "/hook",
                 post(
-                    |State(r): State<Arc<Mutex<Vec<Received>>>>,
-                     headers: HeaderMap,
-                     body: String| async move {
+                    move |State(r): State<Arc<Mutex<Vec<Received>>>>,
+                          headers: HeaderMap,
+                          body: String| async move {
+                        tokio::time::sleep(delay).await;
                         let header = |n: &str| {
                             headers
                                 .get(n)
