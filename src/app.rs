@@ -241,6 +241,7 @@ pub async fn up(config: RuntimeConfig, pipelines: Vec<PipelineConfig>) -> anyhow
         broker: opened.backends.broker.clone(),
         metrics,
         max_upload_size: config.http.max_upload_size,
+        s3_webhook: s3_webhook(&config.storage),
     };
     tracing::info!(listen = %listener.local_addr()?, pipelines = pipelines.len(), "runnel is up");
     let server = {
@@ -265,6 +266,22 @@ pub async fn up(config: RuntimeConfig, pipelines: Vec<PipelineConfig>) -> anyhow
     drop(runtime);
     tracing::info!("stopped");
     Ok(())
+}
+
+fn s3_webhook(storage: &StorageConfig) -> Option<crate::http::S3Webhook> {
+    match storage {
+        #[cfg(feature = "s3")]
+        StorageConfig::S3(s3) => match &s3.events {
+            crate::storage::s3::S3Events::Webhook { topic, auth_token } => {
+                Some(crate::http::S3Webhook {
+                    topic: topic.clone(),
+                    auth_token: auth_token.clone(),
+                })
+            }
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 async fn wait_for_signal() {

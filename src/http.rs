@@ -34,6 +34,15 @@ pub struct ApiState {
     pub broker: Arc<dyn Broker>,
     pub metrics: PrometheusHandle,
     pub max_upload_size: u64,
+    /// Where `POST /v1/events/s3` queues S3 notifications, when configured.
+    pub s3_webhook: Option<S3Webhook>,
+}
+
+/// `[storage.events] type = "webhook"`: the topic and the expected token.
+#[derive(Clone)]
+pub struct S3Webhook {
+    pub topic: String,
+    pub auth_token: Option<String>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -43,6 +52,7 @@ pub fn router(state: ApiState) -> Router {
             get(get_object).put(put_object),
         )
         .route("/v1/topics/{topic}", get(read_topic))
+        .route("/v1/events/s3", axum::routing::post(s3_notification))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::disable())
@@ -223,6 +233,70 @@ async fn read_topic(
         Err(e @ BrokerError::InvalidTopic(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
+}
+
+/// Receives S3 event notifications (MinIO's webhook target) and queues each
+/// record on the configured topic before answering, so an acknowledged
+/// notification is never lost. The store retries what is not acknowledged.
+async fn s3_notification(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(webhook) = &state.s3_webhook else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "S3 notifications are not received here: set [storage.events] type = \"webhook\"",
+        );
+    };
+    if let Some(token) = &webhook.auth_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if given != Some(&format!("Bearer {token}")) {
+            return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        }
+    }
+    let notification: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(value) => value,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("malformed S3 event notification: {e}"),
+            );
+        }
+    };
+    let records = notification["Records"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for record in records {
+        let s3 = &record["s3"];
+        // The same notification delivered twice is queued once.
+        let producer_id = format!(
+            "{}/{}@{}/{}",
+            s3["bucket"]["name"].as_str().unwrap_or_default(),
+            s3["object"]["key"].as_str().unwrap_or_default(),
+            s3["object"]["eTag"].as_str().unwrap_or_default(),
+            s3["object"]["sequencer"].as_str().unwrap_or_default(),
+        );
+        let message = crate::event::Message {
+            key: s3["object"]["key"].as_str().map(str::to_owned),
+            headers: Vec::new(),
+            payload: json!({ "Records": [record] }).to_string().into(),
+        };
+        if let Err(e) = state
+            .broker
+            .publish(&webhook.topic, Some(producer_id), message)
+            .await
+        {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("queueing the notification: {e}"),
+            );
+        }
+    }
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {

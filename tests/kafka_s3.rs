@@ -282,3 +282,83 @@ async fn events_by_polling_the_bucket() {
         "each object is processed once, however often it is listed"
     );
 }
+
+/// Notifications POSTed to runnel (MinIO's webhook target) are queued and
+/// processed; a wrong token is refused and the same notification twice is
+/// processed once. The broker here is the embedded one: the webhook only
+/// needs somewhere durable to queue.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_from_the_s3_webhook_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let s3 = services::moto(dir.path());
+    let (s3_client, _) = services::aws_clients(&format!("http://127.0.0.1:{}", s3.port)).await;
+    for bucket in BUCKETS {
+        s3_client
+            .create_bucket()
+            .bucket(*bucket)
+            .send()
+            .await
+            .unwrap();
+    }
+    let storage = format!(
+        "[storage]\ntype = \"s3\"\nendpoint = \"http://127.0.0.1:{}\"\nforce_path_style = true\n\
+         access_key_id = \"testing\"\nsecret_access_key = \"testing\"\n\
+         [storage.events]\ntype = \"webhook\"\ntopic = \"s3-events\"\nauth_token = \"sesame\"\n",
+        s3.port
+    );
+    let runnel = Runnel::start(work.path(), &pipelines()[..1], &[], &storage).await;
+    let photo = photo_jpeg(400, 300);
+    let put = s3_client
+        .put_object()
+        .bucket("uploads")
+        .key("hooked.jpg")
+        .body(photo.clone().into())
+        .send()
+        .await
+        .unwrap();
+    let notification = serde_json::json!({"EventName": "s3:ObjectCreated:Put", "Records": [{
+        "eventName": "s3:ObjectCreated:Put",
+        "s3": {"bucket": {"name": "uploads"}, "object": {
+            "key": "hooked.jpg", "size": photo.len(), "eTag": put.e_tag().unwrap(), "sequencer": "1"}}}]});
+    let post = |token: &'static str| {
+        runnel
+            .client
+            .post(runnel.url("/v1/events/s3"))
+            .bearer_auth(token)
+            .json(&notification)
+            .send()
+    };
+    assert_eq!(post("wrong").await.unwrap().status(), 401);
+    assert_eq!(post("sesame").await.unwrap().status(), 204);
+    assert_eq!(
+        post("sesame").await.unwrap().status(),
+        204,
+        "a repeat is accepted"
+    );
+    let (_, bytes) = eventually("the thumbnail", WAIT, || async {
+        runnel.object("thumbnails", "hooked-128.jpg").await
+    })
+    .await;
+    assert_eq!(image_dims(&bytes), (128, 96));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        runnel
+            .metric(
+                "runnel_events_received_total",
+                &[("pipeline", "image-upload")]
+            )
+            .await,
+        1.0,
+        "the repeated notification was queued once"
+    );
+    let bad = runnel
+        .client
+        .post(runnel.url("/v1/events/s3"))
+        .bearer_auth("sesame")
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}

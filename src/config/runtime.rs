@@ -273,13 +273,17 @@ fn read_s3(t: &Table<'_, '_>, data_dir: &Path) -> Option<crate::storage::s3::S3C
                 Some("topic") => e
                     .required_string("topic")
                     .map(|topic| S3Events::Topic { topic }),
+                Some("webhook") => e.required_string("topic").map(|topic| S3Events::Webhook {
+                    topic,
+                    auth_token: e.string("auth_token").filter(|t| !t.is_empty()),
+                }),
                 Some("poll") => Some(S3Events::Poll {
                     interval: e.duration("interval").unwrap_or(Duration::from_secs(10)),
                     checkpoint: data_dir.join("s3-poll.db"),
                 }),
                 Some(other) => {
                     if let Some(f) = e.get("type") {
-                        f.error(format!("unknown event source {other:?}; expected \"sqs\", \"topic\" or \"poll\""));
+                        f.error(format!("unknown event source {other:?}; expected \"sqs\", \"topic\", \"webhook\" or \"poll\""));
                     }
                     None
                 }

@@ -39,6 +39,14 @@ pub enum S3Events {
     },
     /// A topic on the configured broker carrying S3 event JSON.
     Topic { topic: String },
+    /// Notifications POSTed to runnel's `/v1/events/s3` (MinIO's webhook
+    /// target); each record is queued on `topic` before the answer, then
+    /// consumed like [`S3Events::Topic`].
+    Webhook {
+        topic: String,
+        /// Required as `Authorization: Bearer <token>` when set.
+        auth_token: Option<String>,
+    },
     /// `ListObjectsV2` every `interval`; what was seen is kept in SQLite.
     Poll {
         interval: Duration,
@@ -349,7 +357,7 @@ impl ObjectStore for S3Storage {
                     }),
                 }))
             }
-            S3Events::Topic { topic } => {
+            S3Events::Topic { topic } | S3Events::Webhook { topic, .. } => {
                 let feed = self
                     .broker
                     .subscribe(topic, consumer)
