@@ -123,6 +123,29 @@ async fn image_pipeline_on_kafka_and_s3_with_sqs_notifications() {
     assert_eq!(processed[0]["headers"]["ce_specversion"], "1.0");
     assert_eq!(runnel.topic("notifications").await.len(), 1);
 
+    // Large objects go up in parts and come back whole, metadata included.
+    let big: Vec<u8> = (0..17u32 << 20).map(|i| (i % 251) as u8).collect();
+    let response = runnel
+        .upload("thumbnails", "big/blob.bin", big.clone(), Some("alice"))
+        .await;
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let head = infra
+        .s3_client
+        .head_object()
+        .bucket("thumbnails")
+        .key("big/blob.bin")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        head.e_tag().unwrap().contains('-'),
+        "a multipart etag: {:?}",
+        head.e_tag()
+    );
+    assert_eq!(head.metadata().unwrap()["user"], "alice");
+    let (_, fetched) = runnel.object("thumbnails", "big/blob.bin").await.unwrap();
+    assert!(fetched == big, "the object round-trips");
+
     // The SQS message is deleted once its event is done.
     eventually("the queue to drain", WAIT, || async {
         let attributes = infra

@@ -176,6 +176,7 @@ impl S3Storage {
                 }
             }
         }
+        let part_count = parts.len();
         let done = self
             .s3
             .complete_multipart_upload()
@@ -188,13 +189,41 @@ impl S3Storage {
                     .build(),
             )
             .send()
-            .await
-            .map_err(|e| classify(bucket, key, &what(), e))?;
-        Ok(done
-            .e_tag()
-            .unwrap_or_default()
-            .trim_matches('"')
-            .to_owned())
+            .await;
+        match done {
+            Ok(done) => Ok(done
+                .e_tag()
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_owned()),
+            // Some S3-compatible stores answer 200 with a body the SDK cannot
+            // parse (moto names the root element differently). The upload
+            // is then complete: confirm it by the object's multipart etag.
+            Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 200 => {
+                let head = self
+                    .s3
+                    .head_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .map_err(|e| classify(bucket, key, &what(), e))?;
+                let etag = head
+                    .e_tag()
+                    .unwrap_or_default()
+                    .trim_matches('"')
+                    .to_owned();
+                if etag.ends_with(&format!("-{part_count}")) {
+                    Ok(etag)
+                } else {
+                    Err(StorageError::Unavailable(format!(
+                        "{}: the store's completion answer was unreadable and the object is not the upload",
+                        what()
+                    )))
+                }
+            }
+            Err(e) => Err(classify(bucket, key, &what(), e)),
+        }
     }
 }
 
