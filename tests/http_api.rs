@@ -8,12 +8,10 @@ use std::time::Duration;
 use harness::{Runnel, pipelines};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Sends a raw request line, so no client normalises the path first.
-async fn raw_status(runnel: &Runnel, method: &str, path: &str) -> u16 {
+/// Sends a request as raw text, so no client normalises the path first,
+/// and returns the whole response.
+async fn raw_request(runnel: &Runnel, request: &str) -> String {
     let mut stream = tokio::net::TcpStream::connect(runnel.addr).await.unwrap();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi"
-    );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     tokio::time::timeout(
@@ -23,6 +21,14 @@ async fn raw_status(runnel: &Runnel, method: &str, path: &str) -> u16 {
     .await
     .unwrap()
     .unwrap();
+    response
+}
+
+async fn raw_status(runnel: &Runnel, method: &str, path: &str) -> u16 {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi"
+    );
+    let response = raw_request(runnel, &request).await;
     response.split(' ').nth(1).unwrap().parse().unwrap()
 }
 
@@ -41,20 +47,11 @@ async fn refuses_oversized_uploads_and_escaping_keys() {
 
     // The declared length is enough to refuse, before any body is sent
     // (a client writing the body regardless may see the connection close).
-    let mut stream = tokio::net::TcpStream::connect(runnel.addr).await.unwrap();
     let request = format!(
         "PUT /v1/objects/uploads/big.bin HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         (1 << 20) + 1
     );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        stream.read_to_string(&mut response),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let response = raw_request(&runnel, &request).await;
     assert!(response.starts_with("HTTP/1.1 413"), "{response}");
     assert!(
         response.contains("1MiB (http.max_upload_size)"),

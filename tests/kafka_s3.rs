@@ -45,6 +45,17 @@ impl Infra {
         }
     }
 
+    async fn create_buckets(&self) {
+        for bucket in BUCKETS {
+            self.s3_client
+                .create_bucket()
+                .bucket(*bucket)
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+
     /// Runtime config binding "storage" and "broker" to these services.
     fn runtime_toml(&self, events: &str) -> String {
         format!(
@@ -174,15 +185,7 @@ async fn events_from_a_kafka_topic_carrying_s3_event_json() {
     let dir = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let infra = Infra::start(dir).await;
-    for bucket in BUCKETS {
-        infra
-            .s3_client
-            .create_bucket()
-            .bucket(*bucket)
-            .send()
-            .await
-            .unwrap();
-    }
+    infra.create_buckets().await;
     // The same runtime config docker-compose.yml uses, bound by environment.
     let deploy =
         std::fs::read_to_string(harness::repo().join("deploy/runnel.kafka-s3.toml")).unwrap();
@@ -255,15 +258,7 @@ async fn events_by_polling_the_bucket() {
     let dir = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let infra = Infra::start(dir).await;
-    for bucket in BUCKETS {
-        infra
-            .s3_client
-            .create_bucket()
-            .bucket(*bucket)
-            .send()
-            .await
-            .unwrap();
-    }
+    infra.create_buckets().await;
     let runnel = Runnel::start(
         work.path(),
         &pipelines()[..1],
