@@ -8,7 +8,7 @@
 //! crash, everything past the last commit is delivered again; idempotency
 //! keys make that harmless.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -103,7 +103,9 @@ pub struct Acks {
 
 #[derive(Default)]
 struct Partition {
-    in_flight: BTreeSet<u64>,
+    /// Offsets handed out and not finished, with how many times: after a
+    /// rebalance hands a partition back, an offset can be in flight twice.
+    in_flight: BTreeMap<u64, u32>,
     /// One past the highest offset handed out.
     next: u64,
     committed: u64,
@@ -124,7 +126,7 @@ impl Acks {
         if partition.in_flight.is_empty() && partition.next == 0 {
             partition.committed = position.offset;
         }
-        partition.in_flight.insert(position.offset);
+        *partition.in_flight.entry(position.offset).or_default() += 1;
         partition.next = partition.next.max(position.offset + 1);
     }
 
@@ -133,10 +135,16 @@ impl Acks {
     pub async fn finished(&self, position: Position) -> Result<(), FeedError> {
         let mut state = self.state.lock().await;
         let partition = state.entry(position.partition).or_default();
-        partition.in_flight.remove(&position.offset);
+        if let Some(count) = partition.in_flight.get_mut(&position.offset) {
+            *count -= 1;
+            if *count == 0 {
+                partition.in_flight.remove(&position.offset);
+            }
+        }
         let watermark = partition
             .in_flight
-            .first()
+            .keys()
+            .next()
             .copied()
             .unwrap_or(partition.next);
         if watermark > partition.committed {
@@ -183,5 +191,25 @@ mod tests {
         acks.finished(at(5)).await.unwrap();
         acks.finished(at(8)).await.unwrap();
         assert_eq!(*recorder.0.lock().unwrap(), vec![(0, 8), (0, 9)]);
+    }
+
+    #[tokio::test]
+    async fn an_offset_in_flight_twice_holds_the_watermark_until_both_finish() {
+        let recorder = Arc::new(Recorder::default());
+        let acks = Acks::new(recorder.clone());
+        let at = |offset| Position {
+            partition: 0,
+            offset,
+        };
+        acks.started(at(3)).await;
+        // The partition came back after a rebalance: 3 is delivered again.
+        acks.started(at(3)).await;
+        acks.finished(at(3)).await.unwrap();
+        assert!(
+            recorder.0.lock().unwrap().is_empty(),
+            "the other 3 still runs"
+        );
+        acks.finished(at(3)).await.unwrap();
+        assert_eq!(*recorder.0.lock().unwrap(), vec![(0, 4)]);
     }
 }
