@@ -62,6 +62,8 @@ fn main() {
         memory_limit: 64 << 20,
         timeout: Duration::from_secs(10),
         config: vec![("mode".into(), "noop".into())],
+        max_outputs: runnel::runtime::DEFAULT_MAX_OUTPUTS,
+        max_output_bytes: runnel::runtime::DEFAULT_MAX_OUTPUT_BYTES,
     };
     let runtime = Runtime::new(&RuntimeSettings {
         pooling: true,

@@ -75,6 +75,8 @@ pub fn bare_function(path: &Path) -> anyhow::Result<FunctionConfig> {
         memory_limit: crate::runtime::DEFAULT_MEMORY_LIMIT,
         timeout: crate::runtime::DEFAULT_TIMEOUT,
         config: Vec::new(),
+        max_outputs: crate::runtime::DEFAULT_MAX_OUTPUTS,
+        max_output_bytes: crate::runtime::DEFAULT_MAX_OUTPUT_BYTES,
     })
 }
 

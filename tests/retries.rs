@@ -30,6 +30,9 @@ async fn failures_are_retried_or_not_and_dead_lettered() {
         ("spin", "mode:spin", 1, "timeout"),
         ("hog", "mode:hog", 1, "oom"),
         ("trap", "mode:trap", 1, "trap"),
+        // Over the pipeline's output limits: refused, not written.
+        ("many", "mode:many", 1, "ok"),
+        ("big", "mode:big", 1, "ok"),
     ];
     for (name, body, _, _) in cases {
         assert_eq!(
@@ -81,7 +84,26 @@ async fn failures_are_retried_or_not_and_dead_lettered() {
         runnel
             .metric("runnel_dead_letters_total", &[("pipeline", "probe")])
             .await,
-        5.0
+        7.0
+    );
+    let many: serde_json::Value = serde_json::from_slice(
+        &runnel
+            .object("dead-letters", &dead_letter_key("many", b"mode:many"))
+            .await
+            .unwrap()
+            .1,
+    )
+    .unwrap();
+    assert!(
+        many["error"]
+            .as_str()
+            .unwrap()
+            .contains("function.max_outputs = 5"),
+        "{many}"
+    );
+    assert!(
+        runnel.object("probe-out", "many-0").await.is_none(),
+        "nothing of a refused result is written"
     );
 
     let trap: serde_json::Value = serde_json::from_slice(

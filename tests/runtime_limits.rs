@@ -50,6 +50,8 @@ fn limits_stop_runaway_functions_and_are_classified() {
         memory_limit: 32 << 20,
         timeout: Duration::from_millis(300),
         config: vec![],
+        max_outputs: runnel::runtime::DEFAULT_MAX_OUTPUTS,
+        max_output_bytes: runnel::runtime::DEFAULT_MAX_OUTPUT_BYTES,
     };
     let runtime = Runtime::new(&RuntimeSettings {
         pooling: true,

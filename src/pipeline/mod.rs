@@ -46,6 +46,8 @@ pub struct Pipeline {
     retry: retry::RetryConfig,
     concurrency: usize,
     idempotency: Arc<dyn IdempotencyStore>,
+    max_outputs: usize,
+    max_output_bytes: u64,
 }
 
 /// Why one attempt failed, classified where it happened.
@@ -88,6 +90,8 @@ impl Pipeline {
             retry: config.retry.clone(),
             concurrency: config.concurrency,
             idempotency,
+            max_outputs: config.function.max_outputs,
+            max_output_bytes: config.function.max_output_bytes,
         }
     }
 
@@ -304,6 +308,20 @@ impl Pipeline {
             message: e.to_string(),
             outcome: Some(e.outcome()),
         })?;
+        let bytes: u64 = outputs.iter().map(|o| o.data.len() as u64).sum();
+        if outputs.len() > self.max_outputs || bytes > self.max_output_bytes {
+            return Err(Failure {
+                stage: "invoke",
+                message: format!(
+                    "function returned {} outputs of {bytes} bytes in all, over its limits (function.max_outputs = {}, function.max_output_bytes = {})",
+                    outputs.len(),
+                    self.max_outputs,
+                    self.max_output_bytes
+                ),
+                retryable: false,
+                outcome: Some("ok"),
+            });
+        }
         if let Some(bad) = outputs.iter().find(|o| !self.sinks.contains_key(&o.sink)) {
             let declared: Vec<_> = self.sinks.keys().map(String::as_str).collect();
             return Err(Failure {

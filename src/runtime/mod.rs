@@ -67,7 +67,14 @@ pub struct FunctionConfig {
     pub timeout: Duration,
     /// `[function.config]`: strings as they are, other values as JSON.
     pub config: Vec<(String, String)>,
+    /// Most outputs one invocation may return (default 1000).
+    pub max_outputs: usize,
+    /// Most bytes all outputs of one invocation may hold (default 256 MiB).
+    pub max_output_bytes: u64,
 }
+
+pub const DEFAULT_MAX_OUTPUTS: usize = 1000;
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 256 << 20;
 
 impl FunctionConfig {
     pub fn read(table: Table<'_, '_>, base: &Path) -> Option<Self> {
@@ -110,6 +117,13 @@ impl FunctionConfig {
             }),
             None => Some(DEFAULT_TIMEOUT),
         };
+        let max_outputs = match table.get("max_outputs") {
+            Some(f) => f.integer_in(1..=1_000_000).map(|n| n as usize),
+            None => Some(DEFAULT_MAX_OUTPUTS),
+        };
+        let max_output_bytes = table
+            .size("max_output_bytes")
+            .unwrap_or(DEFAULT_MAX_OUTPUT_BYTES);
         let mut config = Vec::new();
         if let Some(t) = table.table("config") {
             for (key, field) in t.entries() {
@@ -136,6 +150,8 @@ impl FunctionConfig {
             memory_limit: memory_limit?,
             timeout: timeout?,
             config,
+            max_outputs: max_outputs?,
+            max_output_bytes,
         })
     }
 }
