@@ -406,3 +406,102 @@ async fn webhook_is_optional_and_sigterm_stops_cleanly() {
     assert!(status.success(), "{status}; log:\n{}", runnel.log_text());
     assert!(runnel.log_text().contains("stopped"));
 }
+
+/// A PNG claiming `width`x`height` with almost no pixel data: the shape
+/// of a decompression bomb.
+fn png_bomb(width: u32, height: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for &b in bytes {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 6, 0, 0, 0]); // 8-bit RGBA
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend_from_slice(&13u32.to_be_bytes());
+    png.extend_from_slice(&ihdr);
+    png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+    // A token of pixel data (an empty zlib stream) and the end.
+    for (kind, data) in [
+        (
+            &b"IDAT"[..],
+            &[0x78, 0x01, 0x01, 0x00, 0x00, 0xff, 0xff, 0, 0, 0, 1][..],
+        ),
+        (b"IEND", &[]),
+    ] {
+        let mut chunk = kind.to_vec();
+        chunk.extend_from_slice(data);
+        png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        png.extend_from_slice(&chunk);
+        png.extend_from_slice(&crc32(&chunk).to_be_bytes());
+    }
+    png
+}
+
+/// Hostile images — a header claiming 50000x50000 pixels, a zero-byte
+/// file — are refused with an error naming the object, before decoding,
+/// and the pipeline keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_images_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let runnel = Runnel::start(dir.path(), &pipelines()[..1], &[], "").await;
+    let cases: [(&str, Vec<u8>, &str); 2] = [
+        ("bomb.png", png_bomb(50_000, 50_000), "pixel limit"),
+        ("empty.jpg", Vec::new(), "empty.jpg"),
+    ];
+    for (name, body, _) in &cases {
+        assert_eq!(
+            runnel
+                .upload("uploads", name, body.clone(), None)
+                .await
+                .status(),
+            201
+        );
+    }
+    for (name, body, expected) in &cases {
+        let etag = hex::encode(<md5::Md5 as md5::Digest>::digest(body));
+        let key = format!("image-upload/uploads_{name}@{etag}.json");
+        let (_, bytes) = eventually(&key, WAIT, || async {
+            runnel.object("dead-letters", &key).await
+        })
+        .await;
+        let record: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let error = record["error"].as_str().unwrap();
+        assert!(
+            error.contains(name) && error.contains(expected),
+            "{name}: {error}"
+        );
+        assert_eq!(record["retryable"], false);
+    }
+    let peak = runnel
+        .metrics()
+        .await
+        .lines()
+        .any(|l| l.starts_with("runnel_invocations_total") && l.contains("outcome=\"oom\""));
+    assert!(
+        !peak,
+        "refused by declared size, not by running out of memory"
+    );
+    assert_eq!(
+        runnel
+            .upload("uploads", "fine.jpg", photo_jpeg(300, 200), None)
+            .await
+            .status(),
+        201
+    );
+    eventually("a thumbnail after them", WAIT, || async {
+        runnel.object("thumbnails", "fine-128.jpg").await
+    })
+    .await;
+}

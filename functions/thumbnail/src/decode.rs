@@ -65,6 +65,9 @@ pub enum DecodeError {
         width: u32,
         height: u32,
     },
+    /// The header declares a size the decoder refuses to allocate for
+    /// (a decompression bomb), before we could read the dimensions.
+    OverLimit,
 }
 
 impl fmt::Display for DecodeError {
@@ -83,6 +86,10 @@ impl fmt::Display for DecodeError {
             DecodeError::TooLarge { width, height } => write!(
                 f,
                 "image is {width}x{height}, larger than the {MAX_PIXELS}-pixel limit"
+            ),
+            DecodeError::OverLimit => write!(
+                f,
+                "image declares a size beyond the {MAX_PIXELS}-pixel limit; refused before decoding"
             ),
         }
     }
@@ -106,6 +113,19 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         .expect("reading from memory cannot fail");
     if reader.format() == Some(ImageFormat::Jpeg) && !jpeg_end::reaches_end_of_image(bytes) {
         return Err(DecodeError::TruncatedJpeg);
+    }
+    // Refuse a decompression bomb by the size its header declares, before
+    // any decoder allocates for it, and say what it claimed.
+    let mut header = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .expect("reading from memory cannot fail");
+    // Reading the header allocates nothing for pixels; without lifting the
+    // limits some decoders refuse here with a message that names no size.
+    header.no_limits();
+    if let Ok((width, height)) = header.into_dimensions()
+        && u64::from(width) * u64::from(height) > MAX_PIXELS
+    {
+        return Err(DecodeError::TooLarge { width, height });
     }
     // 16-bit RGBA is 8 bytes a pixel: room for the largest allowed image.
     let mut limits = Limits::default();
@@ -141,6 +161,7 @@ fn is_rgb_profile(profile: &[u8]) -> bool {
 fn classify(error: ImageError) -> DecodeError {
     match error {
         ImageError::Unsupported(_) => DecodeError::Unsupported(error),
+        ImageError::Limits(_) => DecodeError::OverLimit,
         _ => DecodeError::Invalid(error),
     }
 }
