@@ -129,3 +129,73 @@ async fn failures_are_retried_or_not_and_dead_lettered() {
     .await;
     assert_eq!(echoed, b"hello");
 }
+
+/// A webhook answering 503 with `Retry-After: 1` is retried after that
+/// second, not the pipeline's shorter backoff, and then succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_after_is_honoured() {
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    let calls: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let app =
+        axum::Router::new()
+            .route(
+                "/hook",
+                axum::routing::post(
+                    |axum::extract::State(calls): axum::extract::State<
+                        Arc<Mutex<Vec<Instant>>>,
+                    >| async move {
+                        let mut calls = calls.lock().unwrap();
+                        calls.push(Instant::now());
+                        if calls.len() == 1 {
+                            (
+                                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                                [("retry-after", "1")],
+                            )
+                                .into_response()
+                        } else {
+                            "ok".into_response()
+                        }
+                    },
+                ),
+            )
+            .with_state(calls.clone());
+    use axum::response::IntoResponse;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let runnel = Runnel::start(
+        dir.path(),
+        &harness::pipelines(),
+        &[("NOTIFY_WEBHOOK_URL", &url)],
+        "",
+    )
+    .await;
+    assert_eq!(
+        runnel
+            .upload("uploads", "r.jpg", harness::photo_jpeg(200, 100), None)
+            .await
+            .status(),
+        201
+    );
+    eventually("the retried notification", WAIT, || async {
+        (calls.lock().unwrap().len() >= 2).then_some(())
+    })
+    .await;
+    let calls = calls.lock().unwrap().clone();
+    let waited = calls[1] - calls[0];
+    // notify.toml's first backoff cap is 500ms; Retry-After asked for 1s.
+    assert!(
+        waited >= Duration::from_millis(950),
+        "retried after {waited:?}"
+    );
+    assert_eq!(
+        runnel
+            .metric("runnel_retries_total", &[("pipeline", "notify")])
+            .await,
+        1.0
+    );
+}

@@ -53,6 +53,8 @@ pub struct Pipeline {
 /// Why one attempt failed, classified where it happened.
 #[derive(Debug)]
 struct Failure {
+    /// How long the failing party asked us to wait (`Retry-After`).
+    retry_after: Option<Duration>,
     stage: &'static str,
     message: String,
     retryable: bool,
@@ -184,6 +186,7 @@ impl Pipeline {
         }
 
         let first_attempt_at = SystemTime::now();
+        let first_attempt_clock = Instant::now();
         let event: tokio::sync::OnceCell<Event> = tokio::sync::OnceCell::new();
         let attempts = std::sync::atomic::AtomicU32::new(0);
         let result = (|| async {
@@ -191,6 +194,7 @@ impl Pipeline {
             let ev = event
                 .get_or_try_init(|| async {
                     loader.load(&delivery.pending).await.map_err(|e| Failure {
+                        retry_after: None,
                         stage: "load",
                         message: e.message,
                         retryable: e.retryable,
@@ -202,7 +206,10 @@ impl Pipeline {
         })
         .retry(self.retry.delays())
         .sleep(tokio::time::sleep)
-        .when(|failure: &Failure| failure.retryable)
+        .when(|failure: &Failure| {
+            failure.retryable && self.retry.within_age(first_attempt_clock.elapsed())
+        })
+        .adjust(|failure: &Failure, delay| self.retry.adjust(delay, failure.retry_after))
         .notify(|failure: &Failure, delay: Duration| {
             counter!(m::RETRIES, "pipeline" => pipeline.clone()).increment(1);
             tracing::warn!(pipeline = %self.name, key = %key, stage = failure.stage, error = %failure.message, ?delay, "attempt failed; retrying");
@@ -249,6 +256,7 @@ impl Pipeline {
                 event_type: &event.event_type,
             };
             sink.write(output, &write_id).await.map_err(|e| Failure {
+                retry_after: e.retry_after,
                 stage: "write",
                 message: format!("sink {}: {}", output.sink, e.message),
                 retryable: e.retryable,
@@ -303,6 +311,7 @@ impl Pipeline {
             "invocation"
         );
         let outputs = result.map_err(|e: InvokeError| Failure {
+            retry_after: None,
             stage: "invoke",
             retryable: e.retryable(),
             message: e.to_string(),
@@ -311,6 +320,7 @@ impl Pipeline {
         let bytes: u64 = outputs.iter().map(|o| o.data.len() as u64).sum();
         if outputs.len() > self.max_outputs || bytes > self.max_output_bytes {
             return Err(Failure {
+                retry_after: None,
                 stage: "invoke",
                 message: format!(
                     "function returned {} outputs of {bytes} bytes in all, over its limits (function.max_outputs = {}, function.max_output_bytes = {})",
@@ -325,6 +335,7 @@ impl Pipeline {
         if let Some(bad) = outputs.iter().find(|o| !self.sinks.contains_key(&o.sink)) {
             let declared: Vec<_> = self.sinks.keys().map(String::as_str).collect();
             return Err(Failure {
+                retry_after: None,
                 stage: "invoke",
                 message: format!(
                     "function output names undeclared sink {:?} (declared: {})",

@@ -18,8 +18,10 @@ pub struct RetryConfig {
     pub max_attempts: u32,
     /// Cap of the first retry's delay (default 200ms); doubles each retry.
     pub initial_delay: Duration,
-    /// Largest delay cap (default 30s).
+    /// Largest delay cap (default 30s); also caps a `Retry-After`.
     pub max_delay: Duration,
+    /// No retry starts later than this after the first attempt (default: none).
+    pub max_age: Option<Duration>,
 }
 
 impl Default for RetryConfig {
@@ -28,6 +30,7 @@ impl Default for RetryConfig {
             max_attempts: 5,
             initial_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(30),
+            max_age: None,
         }
     }
 }
@@ -48,11 +51,13 @@ impl RetryConfig {
         {
             f.error(format!("must not exceed max_delay ({max_delay:?})"));
         }
+        let max_age = table.duration("max_age");
         table.finish();
         Some(Self {
             max_attempts: max_attempts?,
             initial_delay,
             max_delay,
+            max_age,
         })
     }
 
@@ -69,6 +74,21 @@ impl RetryConfig {
     }
 }
 
+impl RetryConfig {
+    /// The wait before the next retry: the backoff's, or what the failing
+    /// party asked for (`Retry-After`, capped at `max_delay`) when longer.
+    /// `None` (no more retries) stays `None`.
+    pub fn adjust(&self, backoff: Option<Duration>, asked: Option<Duration>) -> Option<Duration> {
+        let delay = backoff?;
+        Some(asked.map_or(delay, |asked| asked.min(self.max_delay).max(delay)))
+    }
+
+    /// Whether a retry may still start, `elapsed` after the first attempt.
+    pub fn within_age(&self, elapsed: Duration) -> bool {
+        self.max_age.is_none_or(|age| elapsed < age)
+    }
+}
+
 fn full_jitter(cap: Duration) -> Duration {
     let nanos = cap.as_nanos().min(u64::MAX as u128) as u64;
     Duration::from_nanos(fastrand::u64(0..=nanos))
@@ -79,11 +99,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn retry_after_is_honoured_up_to_max_delay_and_never_extends_attempts() {
+        let policy = RetryConfig {
+            max_delay: Duration::from_secs(5),
+            ..RetryConfig::default()
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(policy.adjust(Some(ms(100)), Some(ms(2000))), Some(ms(2000)));
+        assert_eq!(
+            policy.adjust(Some(ms(100)), Some(ms(60_000))),
+            Some(ms(5000))
+        );
+        assert_eq!(policy.adjust(Some(ms(900)), Some(ms(10))), Some(ms(900)));
+        assert_eq!(policy.adjust(None, Some(ms(10))), None);
+        let aged = RetryConfig {
+            max_age: Some(ms(1000)),
+            ..RetryConfig::default()
+        };
+        assert!(aged.within_age(ms(999)) && !aged.within_age(ms(1000)));
+    }
+
+    #[test]
     fn delays_are_capped_jittered_and_counted() {
         let policy = RetryConfig {
             max_attempts: 6,
             initial_delay: Duration::from_millis(100),
             max_delay: Duration::from_millis(300),
+            max_age: None,
         };
         let caps = [100, 200, 300, 300, 300];
         let delays: Vec<_> = policy.delays().collect();

@@ -97,6 +97,8 @@ pub struct Backends {
 pub struct SinkError {
     pub message: String,
     pub retryable: bool,
+    /// How long the receiver asked us to wait (`Retry-After`), if it did.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl SinkError {
@@ -104,6 +106,7 @@ impl SinkError {
         Self {
             message: message.into(),
             retryable: false,
+            retry_after: None,
         }
     }
 }

@@ -51,6 +51,7 @@ impl StorageSink {
             .await
             .map(drop)
             .map_err(|e| SinkError {
+                retry_after: None,
                 retryable: e.retryable(),
                 message: e.to_string(),
             })

@@ -66,6 +66,7 @@ impl TopicSink {
             .await
             .map(drop)
             .map_err(|e| SinkError {
+                retry_after: None,
                 retryable: e.retryable(),
                 message: format!("publishing to topic {}: {e}", self.topic),
             })

@@ -3,7 +3,8 @@
 //! Requests carry `Idempotency-Key` (stable across redeliveries) and the
 //! CloudEvents HTTP binding headers (`ce-id`, `ce-source`, `ce-type`), so a
 //! receiver can drop repeats. 2xx is success; 408, 429 and 5xx are worth
-//! retrying; other statuses are not.
+//! retrying (after `Retry-After` seconds when the answer gives them); other
+//! statuses are not.
 
 use std::time::Duration;
 
@@ -100,6 +101,7 @@ impl WebhookSink {
             .send()
             .await
             .map_err(|e| SinkError {
+                retry_after: None,
                 // Connection refused, reset, timed out: the endpoint may come back.
                 retryable: true,
                 message: format!("POST {url}: {e}"),
@@ -110,9 +112,17 @@ impl WebhookSink {
         }
         let retryable =
             status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
+        // Only the delay-seconds form; an HTTP date falls back to our backoff.
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let body = response.text().await.unwrap_or_default();
         let excerpt: String = body.chars().take(200).collect();
         Err(SinkError {
+            retry_after,
             retryable,
             message: format!("POST {url}: {status} {excerpt}"),
         })
