@@ -25,11 +25,13 @@
 //!   backends are built on.
 //! - [`http`]: upload API, `/metrics`, `/healthz`.
 //! - [`metrics`]: every metric name, described once.
-//! - [`app`]: the running process (`runnel up`); [`invoke`]: `runnel invoke`.
+//! - [`app`]: the running process (`runnel up`); [`invoke`]: `runnel invoke`;
+//!   [`dlq`]: `runnel dlq list|replay`.
 
 pub mod app;
 pub mod broker;
 pub mod config;
+pub mod dlq;
 pub mod event;
 pub mod http;
 pub mod idempotency;

@@ -32,7 +32,33 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum DlqCommand {
+    /// Print a pipeline's dead letters: key, outcome, attempts, time, error.
+    List {
+        /// The pipeline's name.
+        pipeline: String,
+        /// Where the pipeline files are.
+        #[arg(long, default_value = "pipelines")]
+        pipelines: Vec<PathBuf>,
+    },
+    /// Send dead letters through the pipeline again (all, or those given).
+    Replay {
+        pipeline: String,
+        /// Only the dead letter of this idempotency key (repeatable).
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        #[arg(long, default_value = "pipelines")]
+        pipelines: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
+    /// Inspect and replay dead letters.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqCommand,
+    },
     /// Run pipelines (files, or directories of *.toml) and the HTTP API.
     Up {
         #[arg(default_value = "pipelines")]
@@ -158,6 +184,47 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             tokio::runtime::Runtime::new()?.block_on(runnel::app::up(runtime, pipelines))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq { ref action } => {
+            let (name, paths) = match action {
+                DlqCommand::List {
+                    pipeline,
+                    pipelines,
+                }
+                | DlqCommand::Replay {
+                    pipeline,
+                    pipelines,
+                    ..
+                } => (pipeline, pipelines),
+            };
+            let (runtime, pipelines) =
+                match (runtime, config::load_pipelines(paths, &config::process_env)) {
+                    (Ok(r), Ok(p)) => (r, p),
+                    (r, p) => {
+                        let mut problems = r.err().unwrap_or_default();
+                        problems.extend(p.err().unwrap_or_default());
+                        print_diagnostics(&problems);
+                        return Ok(ExitCode::FAILURE);
+                    }
+                };
+            let Some(pipeline) = pipelines.iter().find(|p| &p.name == name) else {
+                let names: Vec<_> = pipelines.iter().map(|p| p.name.as_str()).collect();
+                anyhow::bail!("no pipeline named {name:?} (found: {})", names.join(", "));
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            let ok = match action {
+                DlqCommand::List { .. } => rt
+                    .block_on(runnel::dlq::print_list(&runtime, pipeline))
+                    .map(|()| true)?,
+                DlqCommand::Replay { ids, .. } => {
+                    rt.block_on(runnel::dlq::print_replay(&runtime, pipeline, ids))?
+                }
+            };
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Invoke {
             ref target,

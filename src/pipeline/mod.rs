@@ -186,40 +186,31 @@ impl Pipeline {
         }
 
         let first_attempt_at = SystemTime::now();
-        let first_attempt_clock = Instant::now();
         let event: tokio::sync::OnceCell<Event> = tokio::sync::OnceCell::new();
-        let attempts = std::sync::atomic::AtomicU32::new(0);
-        let result = (|| async {
-            let attempt = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            let ev = event
-                .get_or_try_init(|| async {
-                    loader.load(&delivery.pending).await.map_err(|e| Failure {
-                        retry_after: None,
-                        stage: "load",
-                        message: e.message,
-                        retryable: e.retryable,
-                        outcome: None,
+        let (event_ref, delivery_ref) = (&event, &delivery);
+        let (result, attempts) = self
+            .retrying(&key, |attempt| async move {
+                let ev = event_ref
+                    .get_or_try_init(|| async {
+                        loader
+                            .load(&delivery_ref.pending)
+                            .await
+                            .map_err(|e| Failure {
+                                retry_after: None,
+                                stage: "load",
+                                message: e.message,
+                                retryable: e.retryable,
+                                outcome: None,
+                            })
                     })
-                })
-                .await?;
-            self.attempt(ev, attempt).await
-        })
-        .retry(self.retry.delays())
-        .sleep(tokio::time::sleep)
-        .when(|failure: &Failure| {
-            failure.retryable && self.retry.within_age(first_attempt_clock.elapsed())
-        })
-        .adjust(|failure: &Failure, delay| self.retry.adjust(delay, failure.retry_after))
-        .notify(|failure: &Failure, delay: Duration| {
-            counter!(m::RETRIES, "pipeline" => pipeline.clone()).increment(1);
-            tracing::warn!(pipeline = %self.name, key = %key, stage = failure.stage, error = %failure.message, ?delay, "attempt failed; retrying");
-        })
-        .await;
+                    .await?;
+                self.attempt(ev, attempt).await
+            })
+            .await;
 
         let how = match result {
             Ok(()) => Completion::Done,
             Err(failure) => {
-                let attempts = attempts.load(std::sync::atomic::Ordering::Relaxed);
                 self.dead_letter(&key, event.get(), failure, attempts, first_attempt_at)
                     .await;
                 Completion::DeadLettered
@@ -231,6 +222,45 @@ impl Pipeline {
             tracing::warn!(pipeline = %self.name, %error, "recording completion failed; a redelivery would process the event again");
         }
         gauge!(m::INFLIGHT, "pipeline" => pipeline).decrement(1.0);
+    }
+
+    /// Runs `attempt` (given its number, from 1) under the retry policy;
+    /// returns the last result and how many attempts were made.
+    async fn retrying<F, Fut>(&self, key: &str, mut attempt: F) -> (Result<(), Failure>, u32)
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: std::future::Future<Output = Result<(), Failure>>,
+    {
+        let started = Instant::now();
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let result = (|| attempt(attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1))
+        .retry(self.retry.delays())
+        .sleep(tokio::time::sleep)
+        .when(|failure: &Failure| failure.retryable && self.retry.within_age(started.elapsed()))
+        .adjust(|failure: &Failure, delay| self.retry.adjust(delay, failure.retry_after))
+        .notify(|failure: &Failure, delay: Duration| {
+            counter!(m::RETRIES, "pipeline" => self.name.clone()).increment(1);
+            tracing::warn!(pipeline = %self.name, key, stage = failure.stage, error = %failure.message, ?delay, "attempt failed; retrying");
+        })
+        .await;
+        (result, attempts.into_inner())
+    }
+
+    /// Sends a dead-lettered event through the function and sinks again
+    /// (`runnel dlq replay`), under the retry policy; on success records it
+    /// as done. Returns the attempts it took, or why it failed again.
+    pub async fn replay(&self, event: &Event) -> Result<u32, String> {
+        let (result, attempts) = self
+            .retrying(&event.idempotency_key, |attempt| {
+                self.attempt(event, attempt)
+            })
+            .await;
+        result.map_err(|f| format!("{} (after {attempts} attempts)", f.message))?;
+        self.idempotency
+            .complete(&self.name, &event.idempotency_key, Completion::Done)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(attempts)
     }
 
     /// One attempt: invoke, then write each output.

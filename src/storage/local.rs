@@ -214,6 +214,49 @@ impl ObjectStore for LocalStorage {
         Ok((info, body))
     }
 
+    async fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StorageError> {
+        validate_bucket(bucket)?;
+        let (b, p) = (bucket.to_owned(), prefix.to_owned());
+        Ok(self
+            .journal
+            .transaction(move |tx, _| {
+                let mut stmt = tx.prepare(
+                    "SELECT key FROM objects WHERE bucket = ?1 AND substr(key, 1, length(?2)) = ?2
+                     ORDER BY key LIMIT ?3",
+                )?;
+                let keys = stmt
+                    .query_map(params![b, p, limit as i64], |row| row.get(0))?
+                    .collect::<rusqlite::Result<Vec<String>>>()?;
+                Ok(keys)
+            })
+            .await?)
+    }
+
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StorageError> {
+        let path = self.path_of(bucket, key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error("deleting", &path, e)),
+        }
+        let (b, k) = (bucket.to_owned(), key.to_owned());
+        self.journal
+            .transaction(move |tx, _| {
+                tx.execute(
+                    "DELETE FROM objects WHERE bucket = ?1 AND key = ?2",
+                    params![b, k],
+                )
+                .map(drop)
+            })
+            .await?;
+        Ok(())
+    }
+
     async fn subscribe(
         &self,
         bucket: &str,

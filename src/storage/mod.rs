@@ -86,6 +86,17 @@ pub trait ObjectStore: Send + Sync {
         max_size: u64,
     ) -> Result<(ObjectCreated, Bytes), StorageError>;
 
+    /// Keys in `bucket` starting with `prefix`, in key order (at most `limit`).
+    async fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StorageError>;
+
+    /// Deletes an object; deleting a missing object is not an error.
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StorageError>;
+
     /// Object-created notifications of `bucket`, for the named consumer,
     /// starting after what it last committed.
     async fn subscribe(

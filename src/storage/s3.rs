@@ -356,6 +356,50 @@ impl ObjectStore for S3Storage {
         Ok((info, body))
     }
 
+    async fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StorageError> {
+        validate_bucket(bucket)?;
+        let mut keys = Vec::new();
+        let mut pages = self
+            .s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page
+                .map_err(|e| classify(bucket, prefix, &format!("listing {bucket}/{prefix}"), e))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+            if keys.len() >= limit {
+                keys.truncate(limit);
+                break;
+            }
+        }
+        Ok(keys)
+    }
+
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StorageError> {
+        validate_bucket(bucket)?;
+        validate_key(key)?;
+        self.s3
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| classify(bucket, key, &format!("deleting {bucket}/{key}"), e))
+    }
+
     async fn subscribe(
         &self,
         bucket: &str,
