@@ -45,7 +45,7 @@ async fn dead_letters_are_listed_and_replayed_after_a_fix() {
     let dir = tempfile::tempdir().unwrap();
     let broken = probe_pipeline(dir.path(), "reject");
     let fixed = probe_pipeline(dir.path(), "echo");
-    let mut runnel = Runnel::start(dir.path(), &[broken.clone()], &[], "").await;
+    let mut runnel = Runnel::start(dir.path(), std::slice::from_ref(&broken), &[], "").await;
     assert_eq!(
         runnel
             .upload("probe-in", "doc.txt", b"hello".to_vec(), None)
