@@ -72,11 +72,24 @@ pub async fn open_backends(config: &RuntimeConfig) -> anyhow::Result<Opened> {
             Arc::new(crate::storage::s3::S3Storage::connect((**s3).clone(), broker.clone()).await)
         }
     };
-    let IdempotencyConfig::Embedded { path, ttl } = &config.idempotency;
-    let idempotency: Arc<dyn IdempotencyStore> = Arc::new(
-        EmbeddedIdempotency::open(path, crate::sqlite::Durability::Full, *ttl)
-            .with_context(|| format!("opening the idempotency store at {}", path.display()))?,
-    );
+    let idempotency: Arc<dyn IdempotencyStore> = match &config.idempotency {
+        IdempotencyConfig::Embedded { path, ttl } => Arc::new(
+            EmbeddedIdempotency::open(path, crate::sqlite::Durability::Full, *ttl)
+                .with_context(|| format!("opening the idempotency store at {}", path.display()))?,
+        ),
+        #[cfg(feature = "redis")]
+        IdempotencyConfig::Redis { url, prefix, ttl } => Arc::new(
+            crate::idempotency::redis::RedisIdempotency::connect(url, prefix, *ttl)
+                .await
+                .context("connecting the idempotency store (idempotency.url)")?,
+        ),
+        #[cfg(not(feature = "redis"))]
+        IdempotencyConfig::Redis { .. } => {
+            anyhow::bail!(
+                "idempotency.type = \"redis\" needs a runnel built with the `redis` feature"
+            )
+        }
+    };
     // TLS for https webhooks; ring keeps the build free of a C toolchain
     // dependency heavier than the one SQLite already needs.
     let _ = rustls::crypto::ring::default_provider().install_default();

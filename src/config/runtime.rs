@@ -62,6 +62,12 @@ pub enum BrokerConfig {
 pub enum IdempotencyConfig {
     /// Completed keys in SQLite (default `<data_dir>/idempotency.db`).
     Embedded { path: PathBuf, ttl: Duration },
+    /// Completed keys in Redis, shared by every process (`url`: `redis://...`).
+    Redis {
+        url: String,
+        prefix: String,
+        ttl: Duration,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -170,14 +176,7 @@ fn read(root: Table<'_, '_>, file: &Path, data_dir: Option<&Path>) -> RuntimeCon
         t.finish();
     }
     if let Some(t) = root.table("idempotency") {
-        only_type(&t, "idempotency", "embedded");
-        let IdempotencyConfig::Embedded { path: p, ttl } = &mut config.idempotency;
-        if let Some(v) = path(&t, "path") {
-            *p = v;
-        }
-        if let Some(v) = t.duration("ttl") {
-            *ttl = v;
-        }
+        read_idempotency(&t, &mut config.idempotency, &path);
         t.finish();
     }
     if let Some(t) = root.table("functions") {
@@ -305,6 +304,46 @@ fn read_s3(t: &Table<'_, '_>, data_dir: &Path) -> Option<crate::storage::s3::S3C
     Some(config)
 }
 
+fn read_idempotency(
+    t: &Table<'_, '_>,
+    idempotency: &mut IdempotencyConfig,
+    path: &dyn Fn(&Table<'_, '_>, &str) -> Option<PathBuf>,
+) {
+    let IdempotencyConfig::Embedded {
+        path: default_path,
+        ttl: default_ttl,
+    } = idempotency.clone()
+    else {
+        unreachable!("the default idempotency store is embedded")
+    };
+    let ttl = t.duration("ttl").unwrap_or(default_ttl);
+    let kind = t.get("type").and_then(|f| f.string());
+    match kind.as_deref().unwrap_or("embedded") {
+        "embedded" => {
+            *idempotency = IdempotencyConfig::Embedded {
+                path: path(t, "path").unwrap_or(default_path),
+                ttl,
+            }
+        }
+        "redis" => {
+            if let Some(url) = t.required_string("url") {
+                *idempotency = IdempotencyConfig::Redis {
+                    url,
+                    prefix: t.string("prefix").unwrap_or_else(|| "runnel:".to_owned()),
+                    ttl,
+                };
+            }
+        }
+        other => {
+            if let Some(field) = t.get("type") {
+                field.error(format!(
+                    "unknown idempotency type {other:?}; expected \"embedded\" or \"redis\""
+                ));
+            }
+        }
+    }
+}
+
 fn read_broker(
     t: &Table<'_, '_>,
     broker: &mut BrokerConfig,
@@ -358,18 +397,6 @@ fn read_broker(
                 ));
             }
         }
-    }
-}
-
-/// Checks `type`: this build has one backend per section.
-fn only_type(t: &Table<'_, '_>, section: &str, supported: &str) {
-    if let Some(field) = t.get("type")
-        && let Some(kind) = field.string()
-        && kind != supported
-    {
-        field.error(format!(
-            "unknown {section} type {kind:?}; this build supports \"{supported}\""
-        ));
     }
 }
 

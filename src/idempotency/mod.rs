@@ -9,6 +9,8 @@
 //! TTL (default 7 days).
 
 pub mod embedded;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use async_trait::async_trait;
 

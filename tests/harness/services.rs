@@ -126,6 +126,26 @@ pub fn moto(dir: &std::path::Path) -> Service {
     )
 }
 
+/// A Redis server that keeps nothing on disk.
+pub fn redis(dir: &std::path::Path) -> Service {
+    let port = free_port();
+    Service::spawn(
+        "redis-server",
+        vec![
+            "--port".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            "no".into(),
+        ],
+        port,
+        dir.join("redis.log"),
+    )
+}
+
 /// Creates topics (tansu does not create them on first use).
 pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};

@@ -1,0 +1,100 @@
+//! The Redis idempotency store: completions are shared between processes
+//! and expire with the TTL; runnel records its completions there.
+#![cfg(all(feature = "kafka", feature = "s3", feature = "redis"))]
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::services;
+use harness::{Runnel, eventually, photo_jpeg, pipelines};
+use runnel::idempotency::redis::RedisIdempotency;
+use runnel::idempotency::{Completion, IdempotencyStore};
+
+/// Two stores on one Redis (two processes) see each other's completions,
+/// and completions expire after the TTL.
+#[tokio::test(flavor = "multi_thread")]
+async fn completions_are_shared_and_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = services::redis(dir.path());
+    let url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let a = RedisIdempotency::connect(&url, "t:", Duration::from_secs(1))
+        .await
+        .unwrap();
+    let b = RedisIdempotency::connect(&url, "t:", Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(b.completion("p", "k").await.unwrap(), None);
+    a.complete("p", "k", Completion::DeadLettered)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.completion("p", "k").await.unwrap(),
+        Some(Completion::DeadLettered)
+    );
+    assert_eq!(b.completion("other", "k").await.unwrap(), None);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        b.completion("p", "k").await.unwrap(),
+        None,
+        "expired with the TTL"
+    );
+}
+
+/// A pipeline configured with the Redis store records its completions
+/// there and skips a repeat by what Redis says.
+#[tokio::test(flavor = "multi_thread")]
+async fn runnel_records_completions_in_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let redis = services::redis(dir.path());
+    let url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let config = format!("[idempotency]\ntype = \"redis\"\nurl = \"{url}\"\nttl = \"1h\"\n");
+    let runnel = Runnel::start(work.path(), &pipelines()[..1], &[], &config).await;
+    let photo = photo_jpeg(300, 200);
+    let created: serde_json::Value = runnel
+        .upload("uploads", "r.jpg", photo.clone(), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let store = RedisIdempotency::connect(&url, "runnel:", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let key = format!("uploads/r.jpg@{}", created["etag"].as_str().unwrap());
+    eventually(
+        "the completion in Redis",
+        Duration::from_secs(60),
+        || async {
+            (store.completion("image-upload", &key).await.unwrap() == Some(Completion::Done))
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        runnel
+            .upload("uploads", "r.jpg", photo, None)
+            .await
+            .status(),
+        201
+    );
+    eventually(
+        "the repeat to be skipped",
+        Duration::from_secs(60),
+        || async {
+            (runnel
+                .metric(
+                    "runnel_duplicates_skipped_total",
+                    &[("pipeline", "image-upload")],
+                )
+                .await
+                == 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        !work.path().join("data/idempotency.db").exists(),
+        "the embedded store is not used"
+    );
+}
