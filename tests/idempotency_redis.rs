@@ -98,3 +98,42 @@ async fn runnel_records_completions_in_redis() {
         "the embedded store is not used"
     );
 }
+
+/// Claims keep two processes off one event: the second waits (Busy) while
+/// the first works, then sees it done; a claim whose holder crashed runs
+/// out with its lease and can be taken over.
+#[tokio::test(flavor = "multi_thread")]
+async fn claims_exclude_other_processes_until_done_or_expired() {
+    use runnel::idempotency::Claim;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = services::redis(dir.path());
+    let url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let ttl = Duration::from_secs(60);
+    let a = RedisIdempotency::connect(&url, "t:", ttl).await.unwrap();
+    let b = RedisIdempotency::connect(&url, "t:", ttl).await.unwrap();
+    let lease = Duration::from_millis(400);
+
+    assert_eq!(a.claim("p", "e1", lease).await.unwrap(), Claim::Acquired);
+    assert_eq!(b.claim("p", "e1", lease).await.unwrap(), Claim::Busy);
+    assert_eq!(
+        a.claim("p", "e1", lease).await.unwrap(),
+        Claim::Acquired,
+        "re-claiming extends"
+    );
+    assert_eq!(
+        b.completion("p", "e1").await.unwrap(),
+        None,
+        "in progress is not complete"
+    );
+    a.complete("p", "e1", Completion::Done).await.unwrap();
+    assert_eq!(
+        b.claim("p", "e1", lease).await.unwrap(),
+        Claim::Completed(Completion::Done)
+    );
+
+    // `a` "crashes" holding e2: after the lease, `b` takes over.
+    assert_eq!(a.claim("p", "e2", lease).await.unwrap(), Claim::Acquired);
+    assert_eq!(b.claim("p", "e2", lease).await.unwrap(), Claim::Busy);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(b.claim("p", "e2", lease).await.unwrap(), Claim::Acquired);
+}

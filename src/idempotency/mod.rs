@@ -2,11 +2,14 @@
 //! processed twice.
 //!
 //! Sources deliver at least once: after a crash everything past the last
-//! commit comes again. Before running the function the pipeline asks the
-//! store whether the event's idempotency key is already complete; after
-//! its outputs are written (or it is dead-lettered) it records completion,
-//! and only then acknowledges the source. Completed keys are kept for a
-//! TTL (default 7 days).
+//! commit comes again. Before running the function the pipeline *claims*
+//! the event's idempotency key: already complete means skip it; in
+//! progress elsewhere (a shared store, another process) means wait, since
+//! that process may still finish it — or crash, in which case its lease
+//! runs out and the claim succeeds. After the outputs are written (or the
+//! event is dead-lettered) the pipeline records completion, and only then
+//! acknowledges the source. Completed keys are kept for a TTL (default 7
+//! days).
 
 pub mod embedded;
 #[cfg(feature = "redis")]
@@ -38,8 +41,35 @@ impl Completion {
     }
 }
 
+/// The answer to a claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Ours to process (until the lease runs out; claim again to extend).
+    Acquired,
+    /// Already finished, within the TTL.
+    Completed(Completion),
+    /// Another process holds a live lease on it.
+    Busy,
+}
+
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync {
+    /// Claims the event for this process for `lease`. A store used by one
+    /// process only needs no leases: the default answers from
+    /// [`completion`](Self::completion).
+    async fn claim(
+        &self,
+        pipeline: &str,
+        key: &str,
+        lease: std::time::Duration,
+    ) -> Result<Claim, IdempotencyError> {
+        let _ = lease;
+        Ok(match self.completion(pipeline, key).await? {
+            Some(how) => Claim::Completed(how),
+            None => Claim::Acquired,
+        })
+    }
+
     /// How the event with this key ended, if it did (within the TTL).
     async fn completion(
         &self,

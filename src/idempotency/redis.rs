@@ -1,7 +1,9 @@
 //! The idempotency store on Redis, shared by every runnel process of a
 //! deployment: a completion recorded by one process is seen by the others,
 //! so an event redelivered to another consumer after a rebalance or a crash
-//! is skipped there too. Keys expire after the TTL (Redis does the pruning).
+//! is skipped there too, and a claim (`SET NX PX`, value naming the owner)
+//! keeps two processes from working on one event at once. Keys expire after
+//! the TTL, claims after their lease (Redis does the pruning).
 
 use std::time::Duration;
 
@@ -9,12 +11,17 @@ use async_trait::async_trait;
 use redis::AsyncCommands as _;
 use redis::aio::ConnectionManager;
 
-use super::{Completion, IdempotencyError, IdempotencyStore};
+use super::{Claim, Completion, IdempotencyError, IdempotencyStore};
+
+/// Value prefix of a key claimed and not finished.
+const IN_PROGRESS: &str = "in-progress:";
 
 pub struct RedisIdempotency {
     connection: ConnectionManager,
     prefix: String,
     ttl: Duration,
+    /// Who this process is in leases (random per process).
+    owner: String,
 }
 
 fn unavailable(error: redis::RedisError) -> IdempotencyError {
@@ -31,6 +38,7 @@ impl RedisIdempotency {
             connection,
             prefix: prefix.to_owned(),
             ttl,
+            owner: format!("{}-{:016x}", std::process::id(), fastrand::u64(..)),
         })
     }
 
@@ -39,8 +47,57 @@ impl RedisIdempotency {
     }
 }
 
+fn completion_of(value: &str) -> Completion {
+    match value {
+        "dead-lettered" => Completion::DeadLettered,
+        _ => Completion::Done,
+    }
+}
+
 #[async_trait]
 impl IdempotencyStore for RedisIdempotency {
+    async fn claim(
+        &self,
+        pipeline: &str,
+        key: &str,
+        lease: Duration,
+    ) -> Result<Claim, IdempotencyError> {
+        let mut connection = self.connection.clone();
+        let key = self.key(pipeline, key);
+        let mine = format!("{IN_PROGRESS}{}", self.owner);
+        let lease_ms = lease.as_millis().max(1) as u64;
+        // A key can expire between the two commands: look again then.
+        for _ in 0..3 {
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(&mine)
+                .arg("NX")
+                .arg("PX")
+                .arg(lease_ms)
+                .query_async(&mut connection)
+                .await
+                .map_err(unavailable)?;
+            if set.is_some() {
+                return Ok(Claim::Acquired);
+            }
+            let value: Option<String> = connection.get(&key).await.map_err(unavailable)?;
+            match value {
+                None => continue,
+                Some(v) if v == mine => {
+                    // Ours already (a retry): extend the lease.
+                    let _: bool = connection
+                        .pexpire(&key, lease_ms as i64)
+                        .await
+                        .map_err(unavailable)?;
+                    return Ok(Claim::Acquired);
+                }
+                Some(v) if v.starts_with(IN_PROGRESS) => return Ok(Claim::Busy),
+                Some(v) => return Ok(Claim::Completed(completion_of(&v))),
+            }
+        }
+        Ok(Claim::Busy)
+    }
+
     async fn completion(
         &self,
         pipeline: &str,
@@ -51,10 +108,9 @@ impl IdempotencyStore for RedisIdempotency {
             .get(self.key(pipeline, key))
             .await
             .map_err(unavailable)?;
-        Ok(how.map(|h| match h.as_str() {
-            "dead-lettered" => Completion::DeadLettered,
-            _ => Completion::Done,
-        }))
+        Ok(how
+            .filter(|v| !v.starts_with(IN_PROGRESS))
+            .map(|v| completion_of(&v)))
     }
 
     async fn complete(

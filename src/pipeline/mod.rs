@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::pipeline::PipelineConfig;
 use crate::event::Event;
-use crate::idempotency::{Completion, IdempotencyStore};
+use crate::idempotency::{Claim, Completion, IdempotencyStore};
 use crate::metrics as m;
 use crate::runtime::{Context, Function, InvokeError, LogLabel, Output};
 use crate::sinks::{Backends, Sink, WriteId};
@@ -48,6 +48,9 @@ pub struct Pipeline {
     idempotency: Arc<dyn IdempotencyStore>,
     max_outputs: usize,
     max_output_bytes: u64,
+    /// How long a claim on an event lasts: one attempt plus the longest
+    /// wait before the next, with a margin. Extended at every attempt.
+    lease: Duration,
 }
 
 /// Why one attempt failed, classified where it happened.
@@ -94,6 +97,7 @@ impl Pipeline {
             idempotency,
             max_outputs: config.function.max_outputs,
             max_output_bytes: config.function.max_output_bytes,
+            lease: config.function.timeout + config.retry.max_delay + Duration::from_secs(30),
         }
     }
 
@@ -170,24 +174,16 @@ impl Pipeline {
         counter!(m::EVENTS_RECEIVED, "pipeline" => pipeline.clone()).increment(1);
         gauge!(m::INFLIGHT, "pipeline" => pipeline.clone()).increment(1.0);
         let key = delivery.idempotency_key.clone();
-        match self.idempotency.completion(&self.name, &key).await {
-            Ok(Some(how)) => {
-                counter!(m::DUPLICATES_SKIPPED, "pipeline" => pipeline.clone()).increment(1);
-                tracing::info!(pipeline = %self.name, key = %key, how = how.as_str(), "skipping a redelivered event");
-                gauge!(m::INFLIGHT, "pipeline" => pipeline).decrement(1.0);
-                return;
-            }
-            Ok(None) => {}
-            // Without the store we cannot tell; processing again is the
-            // at-least-once choice, and outputs are idempotent.
-            Err(error) => {
-                tracing::warn!(pipeline = %self.name, %error, "idempotency lookup failed; processing anyway")
-            }
+        if let Some(how) = self.claim(&key).await {
+            counter!(m::DUPLICATES_SKIPPED, "pipeline" => pipeline.clone()).increment(1);
+            tracing::info!(pipeline = %self.name, key = %key, how = how.as_str(), "skipping a redelivered event");
+            gauge!(m::INFLIGHT, "pipeline" => pipeline).decrement(1.0);
+            return;
         }
 
         let first_attempt_at = SystemTime::now();
         let event: tokio::sync::OnceCell<Event> = tokio::sync::OnceCell::new();
-        let (event_ref, delivery_ref) = (&event, &delivery);
+        let (event_ref, delivery_ref, key_ref) = (&event, &delivery, key.as_str());
         let (result, attempts) = self
             .retrying(&key, |attempt| async move {
                 let ev = event_ref
@@ -204,6 +200,13 @@ impl Pipeline {
                             })
                     })
                     .await?;
+                if attempt > 1 {
+                    // Keep the claim alive across retries.
+                    let _ = self
+                        .idempotency
+                        .claim(&self.name, key_ref, self.lease)
+                        .await;
+                }
                 self.attempt(ev, attempt).await
             })
             .await;
@@ -222,6 +225,32 @@ impl Pipeline {
             tracing::warn!(pipeline = %self.name, %error, "recording completion failed; a redelivery would process the event again");
         }
         gauge!(m::INFLIGHT, "pipeline" => pipeline).decrement(1.0);
+    }
+
+    /// Claims the event: `Some(how)` when it already ended, `None` when it is
+    /// ours to process. While another process holds it, waits: that process
+    /// finishes it, or crashes and its lease runs out.
+    async fn claim(&self, key: &str) -> Option<Completion> {
+        let started = Instant::now();
+        loop {
+            match self.idempotency.claim(&self.name, key, self.lease).await {
+                Ok(Claim::Completed(how)) => return Some(how),
+                Ok(Claim::Acquired) => return None,
+                Ok(Claim::Busy) if started.elapsed() < self.lease * 2 => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Ok(Claim::Busy) => {
+                    tracing::warn!(pipeline = %self.name, key, "another process has held this event for twice its lease; processing it");
+                    return None;
+                }
+                // Without the store we cannot tell; processing again is the
+                // at-least-once choice, and outputs are idempotent.
+                Err(error) => {
+                    tracing::warn!(pipeline = %self.name, %error, "idempotency lookup failed; processing anyway");
+                    return None;
+                }
+            }
+        }
     }
 
     /// Runs `attempt` (given its number, from 1) under the retry policy;
