@@ -148,6 +148,23 @@ fn runtime_config_file(cli: &Cli) -> Result<RuntimeConfig, Vec<Diagnostic>> {
     }
 }
 
+/// The runtime config and the pipelines under `paths`, or `None` after
+/// printing every problem in any of them.
+fn with_pipelines(
+    runtime: Result<RuntimeConfig, Vec<Diagnostic>>,
+    paths: &[PathBuf],
+) -> Option<(RuntimeConfig, Vec<runnel::config::pipeline::PipelineConfig>)> {
+    match (runtime, config::load_pipelines(paths, &config::process_env)) {
+        (Ok(r), Ok(p)) => Some((r, p)),
+        (r, p) => {
+            let mut problems = r.err().unwrap_or_default();
+            problems.extend(p.err().unwrap_or_default());
+            print_diagnostics(&problems);
+            None
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = runtime_config(&cli);
     match cli.command {
@@ -169,16 +186,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Up { ref paths, listen } => {
-            let (mut runtime, pipelines) =
-                match (runtime, config::load_pipelines(paths, &config::process_env)) {
-                    (Ok(r), Ok(p)) => (r, p),
-                    (r, p) => {
-                        let mut problems = r.err().unwrap_or_default();
-                        problems.extend(p.err().unwrap_or_default());
-                        print_diagnostics(&problems);
-                        return Ok(ExitCode::FAILURE);
-                    }
-                };
+            let Some((mut runtime, pipelines)) = with_pipelines(runtime, paths) else {
+                return Ok(ExitCode::FAILURE);
+            };
             if let Some(listen) = listen {
                 runtime.http.listen = listen;
             }
@@ -197,16 +207,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ..
                 } => (pipeline, pipelines),
             };
-            let (runtime, pipelines) =
-                match (runtime, config::load_pipelines(paths, &config::process_env)) {
-                    (Ok(r), Ok(p)) => (r, p),
-                    (r, p) => {
-                        let mut problems = r.err().unwrap_or_default();
-                        problems.extend(p.err().unwrap_or_default());
-                        print_diagnostics(&problems);
-                        return Ok(ExitCode::FAILURE);
-                    }
-                };
+            let Some((runtime, pipelines)) = with_pipelines(runtime, paths) else {
+                return Ok(ExitCode::FAILURE);
+            };
             let Some(pipeline) = pipelines.iter().find(|p| &p.name == name) else {
                 let names: Vec<_> = pipelines.iter().map(|p| p.name.as_str()).collect();
                 anyhow::bail!("no pipeline named {name:?} (found: {})", names.join(", "));
