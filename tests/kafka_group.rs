@@ -9,7 +9,7 @@ mod harness;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use harness::services::{self, Service};
+use harness::services::{self, Service, notified_keys, processed, produce};
 use harness::{Runnel, WebhookReceiver, eventually, repo};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -19,34 +19,6 @@ fn broker_toml(kafka: &Service) -> String {
         "[broker]\ntype = \"kafka\"\nbootstrap_servers = \"127.0.0.1:{}\"\n",
         kafka.port
     )
-}
-
-/// What the thumbnail pipeline would have published for an upload.
-fn processed(key: &str, user: &str) -> String {
-    serde_json::json!({
-        "source": {"bucket": "uploads", "key": key, "etag": "e", "size": 1},
-        "metadata": {"user": user},
-        "thumbnails": [{"bucket": "thumbnails", "key": "t", "width": 1, "height": 1, "bytes": 1}],
-    })
-    .to_string()
-}
-
-async fn produce(kafka: &Service, messages: &[(String, String)]) {
-    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", format!("127.0.0.1:{}", kafka.port))
-        .create()
-        .unwrap();
-    for (key, payload) in messages {
-        producer
-            .send(
-                rdkafka::producer::FutureRecord::to("image-processed")
-                    .key(key)
-                    .payload(payload),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-    }
 }
 
 fn notify() -> Vec<std::path::PathBuf> {
@@ -75,23 +47,6 @@ async fn partitions(r: &Runnel) -> f64 {
 async fn received(r: &Runnel) -> f64 {
     r.metric("runnel_events_received_total", &[("pipeline", "notify")])
         .await
-}
-
-/// Which upload each webhook call was about, in the order received.
-fn notified_keys(webhook: &WebhookReceiver) -> Vec<(String, String)> {
-    webhook
-        .received
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-            (
-                body["source"]["key"].as_str().unwrap().to_owned(),
-                r.idempotency_key.clone(),
-            )
-        })
-        .collect()
 }
 
 /// Two processes in one consumer group split the partitions and together

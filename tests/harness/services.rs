@@ -238,3 +238,48 @@ pub async fn s3_with_notifications(
         .unwrap();
     url
 }
+
+/// What the thumbnail pipeline would have published for an upload.
+pub fn processed(key: &str, user: &str) -> String {
+    serde_json::json!({
+        "source": {"bucket": "uploads", "key": key, "etag": "e", "size": 1},
+        "metadata": {"user": user},
+        "thumbnails": [{"bucket": "thumbnails", "key": "t", "width": 1, "height": 1, "bytes": 1}],
+    })
+    .to_string()
+}
+
+pub async fn produce(kafka: &Service, messages: &[(String, String)]) {
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{}", kafka.port))
+        .create()
+        .unwrap();
+    for (key, payload) in messages {
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to("image-processed")
+                    .key(key)
+                    .payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// Which upload each webhook call was about, in the order received.
+pub fn notified_keys(webhook: &super::WebhookReceiver) -> Vec<(String, String)> {
+    webhook
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            (
+                body["source"]["key"].as_str().unwrap().to_owned(),
+                r.idempotency_key.clone(),
+            )
+        })
+        .collect()
+}
