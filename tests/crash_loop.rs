@@ -1,6 +1,10 @@
 //! Nothing lost, nothing repeated but what was in flight: runnel processes
 //! 2,000 events from Kafka while it is SIGKILLed at random moments ten
 //! times and restarted each time.
+//!
+//! The kills are spaced by more than the consumers' session timeout (10 s):
+//! tansu, the test broker, can leave a group with its live member assigned
+//! nothing when several dead members pile up at once.
 #![cfg(all(feature = "kafka", feature = "s3"))]
 
 mod harness;
@@ -25,7 +29,7 @@ async fn crash_loop_loses_nothing() {
     let bootstrap = format!("127.0.0.1:{}", kafka.port);
     services::create_topics(&bootstrap, &[("image-processed", 4), ("notifications", 4)]).await;
     // A slowish endpoint keeps events flowing while the kills land.
-    let webhook = WebhookReceiver::start_with_delay(Duration::from_millis(15)).await;
+    let webhook = WebhookReceiver::start_with_delay(Duration::from_millis(110)).await;
     let env = [("NOTIFY_WEBHOOK_URL", webhook.url.as_str())];
     let broker = format!("[broker]\ntype = \"kafka\"\nbootstrap_servers = \"{bootstrap}\"\n");
     let notify = [repo().join("pipelines/notify.toml")];
@@ -42,7 +46,7 @@ async fn crash_loop_loses_nothing() {
     let started = Instant::now();
     let mut kills_with_work_left = 0;
     for _ in 0..KILLS {
-        tokio::time::sleep(Duration::from_millis(rng.u64(200..1200))).await;
+        tokio::time::sleep(Duration::from_millis(rng.u64(10_500..12_500))).await;
         if webhook.count() < EVENTS {
             kills_with_work_left += 1;
         }
@@ -57,7 +61,7 @@ async fn crash_loop_loses_nothing() {
         "the kills must land while events are processed"
     );
 
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         let keys: BTreeSet<_> = notified_keys(&webhook)
             .into_iter()
