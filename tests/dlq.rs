@@ -5,9 +5,8 @@ mod harness;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use harness::{Runnel, eventually, repo};
+use harness::{Runnel, repo};
 
 /// The probe pipeline with its mode set in config: `reject` is the broken
 /// function, `echo` the fixed one.
@@ -53,14 +52,9 @@ async fn dead_letters_are_listed_and_replayed_after_a_fix() {
             .status(),
         201
     );
-    eventually("the dead letter", Duration::from_secs(60), || async {
-        (runnel
-            .metric("runnel_dead_letters_total", &[("pipeline", "probe")])
-            .await
-            == 1.0)
-            .then_some(())
-    })
-    .await;
+    runnel
+        .wait_for_metric("runnel_dead_letters_total", &[("pipeline", "probe")], 1.0)
+        .await;
     assert!(runnel.terminate().success());
 
     let (ok, listed) = dlq(dir.path(), &["list", "probe"], &broken);

@@ -78,21 +78,13 @@ async fn runnel_records_completions_in_redis() {
             .status(),
         201
     );
-    eventually(
-        "the repeat to be skipped",
-        Duration::from_secs(60),
-        || async {
-            (runnel
-                .metric(
-                    "runnel_duplicates_skipped_total",
-                    &[("pipeline", "image-upload")],
-                )
-                .await
-                == 1.0)
-                .then_some(())
-        },
-    )
-    .await;
+    runnel
+        .wait_for_metric(
+            "runnel_duplicates_skipped_total",
+            &[("pipeline", "image-upload")],
+            1.0,
+        )
+        .await;
     assert!(
         !work.path().join("data/idempotency.db").exists(),
         "the embedded store is not used"

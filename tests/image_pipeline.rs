@@ -177,17 +177,13 @@ async fn upload_makes_thumbnails_and_notifies() {
         .upload("uploads", "photos/photo.jpg", photo, Some("alice"))
         .await;
     assert_eq!(again.status(), 201);
-    eventually("the duplicate to be skipped", WAIT, || async {
-        (runnel
-            .metric(
-                "runnel_duplicates_skipped_total",
-                &[("pipeline", "image-upload")],
-            )
-            .await
-            == 1.0)
-            .then_some(())
-    })
-    .await;
+    runnel
+        .wait_for_metric(
+            "runnel_duplicates_skipped_total",
+            &[("pipeline", "image-upload")],
+            1.0,
+        )
+        .await;
     assert_eq!(runnel.topic("notifications").await.len(), 1);
 }
 
@@ -306,14 +302,13 @@ async fn bad_images_go_to_dead_letters_and_processing_goes_on() {
             201
         );
     }
-    eventually("two dead letters", WAIT, || async {
-        (runnel
-            .metric("runnel_dead_letters_total", &[("pipeline", "image-upload")])
-            .await
-            == 2.0)
-            .then_some(())
-    })
-    .await;
+    runnel
+        .wait_for_metric(
+            "runnel_dead_letters_total",
+            &[("pipeline", "image-upload")],
+            2.0,
+        )
+        .await;
     for name in ["not-an-image.jpg", "truncated.jpg"] {
         // Dead letters are named after the idempotency key, bucket/key@etag.
         let etag = hex::encode(<md5::Md5 as md5::Digest>::digest(fixture(name)));

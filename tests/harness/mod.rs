@@ -221,6 +221,15 @@ impl Runnel {
         body["messages"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Waits (up to a minute) until a metric sample equals `value`.
+    pub async fn wait_for_metric(&self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let what = format!("{name}{labels:?} to reach {value}");
+        eventually(&what, Duration::from_secs(60), || async {
+            (self.metric(name, labels).await == value).then_some(())
+        })
+        .await;
+    }
+
     pub async fn metrics(&self) -> String {
         self.client
             .get(self.url("/metrics"))

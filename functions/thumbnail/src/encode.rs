@@ -59,34 +59,33 @@ impl OutputFormat {
     ) -> Result<Vec<u8>, ImageError> {
         let mut out = Vec::new();
         match self {
-            OutputFormat::Jpeg => {
-                let mut encoder = JpegEncoder::new_with_quality(&mut out, quality);
-                if let Some(profile) = icc_profile {
-                    // Only fails for formats without ICC support; JPEG has it.
-                    let _ = encoder.set_icc_profile(profile.to_vec());
-                }
-                encoder.write_image(
-                    image.as_bytes(),
-                    image.width(),
-                    image.height(),
-                    image.color().into(),
-                )?;
-            }
-            OutputFormat::Png => {
-                let mut encoder = PngEncoder::new(&mut out);
-                if let Some(profile) = icc_profile {
-                    let _ = encoder.set_icc_profile(profile.to_vec());
-                }
-                encoder.write_image(
-                    image.as_bytes(),
-                    image.width(),
-                    image.height(),
-                    image.color().into(),
-                )?;
-            }
+            OutputFormat::Jpeg => write(
+                JpegEncoder::new_with_quality(&mut out, quality),
+                image,
+                icc_profile,
+            )?,
+            OutputFormat::Png => write(PngEncoder::new(&mut out), image, icc_profile)?,
         }
         Ok(out)
     }
+}
+
+/// Writes `image` with `encoder`, carrying its colour profile along.
+fn write(
+    mut encoder: impl ImageEncoder,
+    image: &DynamicImage,
+    icc_profile: Option<&[u8]>,
+) -> Result<(), ImageError> {
+    if let Some(profile) = icc_profile {
+        // Only fails for formats without ICC support; JPEG and PNG have it.
+        let _ = encoder.set_icc_profile(profile.to_vec());
+    }
+    encoder.write_image(
+        image.as_bytes(),
+        image.width(),
+        image.height(),
+        image.color().into(),
+    )
 }
 
 /// True when at least one pixel is not fully opaque, judged at the image's own
