@@ -123,16 +123,6 @@ impl Broker for KafkaBroker {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false");
-        // A consumer that died (kill -9) holds its partitions until its
-        // session times out; librdkafka's 45 s default stalls them that long.
-        for (key, value) in [
-            ("session.timeout.ms", "10000"),
-            ("heartbeat.interval.ms", "2000"),
-        ] {
-            if !self.properties.iter().any(|(k, _)| k == key) {
-                config.set(key, value);
-            }
-        }
         let context = GroupContext {
             topic: topic.to_owned(),
             group: group.to_owned(),
