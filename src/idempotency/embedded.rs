@@ -88,10 +88,7 @@ impl IdempotencyStore for EmbeddedIdempotency {
                 .optional()
             })
             .await?;
-        Ok(how.map(|h| match h.as_str() {
-            "dead-lettered" => Completion::DeadLettered,
-            _ => Completion::Done,
-        }))
+        Ok(how.map(|h| Completion::parse(&h)))
     }
 
     async fn complete(

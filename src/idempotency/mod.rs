@@ -39,6 +39,14 @@ impl Completion {
             Self::DeadLettered => "dead-lettered",
         }
     }
+
+    /// The inverse of [`as_str`](Self::as_str), as stores read it back.
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "dead-lettered" => Self::DeadLettered,
+            _ => Self::Done,
+        }
+    }
 }
 
 /// The answer to a claim.

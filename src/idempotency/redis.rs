@@ -47,13 +47,6 @@ impl RedisIdempotency {
     }
 }
 
-fn completion_of(value: &str) -> Completion {
-    match value {
-        "dead-lettered" => Completion::DeadLettered,
-        _ => Completion::Done,
-    }
-}
-
 #[async_trait]
 impl IdempotencyStore for RedisIdempotency {
     async fn claim(
@@ -92,7 +85,7 @@ impl IdempotencyStore for RedisIdempotency {
                     return Ok(Claim::Acquired);
                 }
                 Some(v) if v.starts_with(IN_PROGRESS) => return Ok(Claim::Busy),
-                Some(v) => return Ok(Claim::Completed(completion_of(&v))),
+                Some(v) => return Ok(Claim::Completed(Completion::parse(&v))),
             }
         }
         Ok(Claim::Busy)
@@ -110,7 +103,7 @@ impl IdempotencyStore for RedisIdempotency {
             .map_err(unavailable)?;
         Ok(how
             .filter(|v| !v.starts_with(IN_PROGRESS))
-            .map(|v| completion_of(&v)))
+            .map(|v| Completion::parse(&v)))
     }
 
     async fn complete(
