@@ -51,8 +51,14 @@ pub async fn open_backends(config: &RuntimeConfig) -> anyhow::Result<Opened> {
             (embedded.clone(), Some(embedded), *retention)
         }
         #[cfg(feature = "kafka")]
-        BrokerConfig::Kafka { properties } => (
-            Arc::new(crate::broker::kafka::KafkaBroker::new(properties.clone())?),
+        BrokerConfig::Kafka {
+            properties,
+            instance_id,
+        } => (
+            Arc::new(crate::broker::kafka::KafkaBroker::new(
+                properties.clone(),
+                instance_id.clone(),
+            )?),
             None,
             Duration::ZERO,
         ),

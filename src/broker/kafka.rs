@@ -36,6 +36,8 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct KafkaBroker {
     /// librdkafka properties shared by producer and consumers.
     properties: Vec<(String, String)>,
+    /// This process's name in its consumer groups (static membership).
+    instance_id: Option<String>,
     producer: FutureProducer,
 }
 
@@ -46,7 +48,14 @@ fn unavailable(what: &str, error: KafkaError) -> BrokerError {
 impl KafkaBroker {
     /// `properties` are librdkafka settings (`bootstrap.servers`,
     /// `security.protocol`, `sasl.*`, `ssl.*`, ...), passed through.
-    pub fn new(properties: Vec<(String, String)>) -> Result<Self, BrokerError> {
+    /// With an `instance_id` (stable across restarts, unique among the
+    /// group's processes) consumers join as static members: a restarted
+    /// process takes its partitions back instead of waiting out the dead
+    /// member's session.
+    pub fn new(
+        properties: Vec<(String, String)>,
+        instance_id: Option<String>,
+    ) -> Result<Self, BrokerError> {
         let mut config = client_config(&properties);
         config
             .set("enable.idempotence", "true")
@@ -60,6 +69,7 @@ impl KafkaBroker {
             .map_err(|e| unavailable("creating the Kafka producer", e))?;
         Ok(Self {
             properties,
+            instance_id,
             producer,
         })
     }
@@ -123,6 +133,11 @@ impl Broker for KafkaBroker {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false");
+        if let Some(id) = &self.instance_id {
+            // One consumer per subscribed topic, so the topic makes the
+            // member unique within the group.
+            config.set("group.instance.id", format!("{id}.{topic}"));
+        }
         let context = GroupContext {
             topic: topic.to_owned(),
             group: group.to_owned(),

@@ -54,8 +54,12 @@ pub enum BrokerConfig {
         retention: Duration,
     },
     /// A Kafka-API broker; `properties` are librdkafka settings, starting
-    /// with `bootstrap.servers`.
-    Kafka { properties: Vec<(String, String)> },
+    /// with `bootstrap.servers`. `instance_id` turns on static group
+    /// membership: a restarted process takes its partitions back at once.
+    Kafka {
+        properties: Vec<(String, String)>,
+        instance_id: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -388,7 +392,11 @@ fn read_broker(
                     }
                 }
             }
-            *broker = BrokerConfig::Kafka { properties };
+            let instance_id = t.string("instance_id");
+            *broker = BrokerConfig::Kafka {
+                properties,
+                instance_id,
+            };
         }
         other => {
             if let Some(field) = t.get("type") {

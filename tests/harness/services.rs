@@ -249,7 +249,12 @@ pub fn processed(key: &str, user: &str) -> String {
     .to_string()
 }
 
+/// Publishes `(key, payload)` messages to `image-processed`.
 pub async fn produce(kafka: &Service, messages: &[(String, String)]) {
+    produce_to(kafka, "image-processed", messages).await;
+}
+
+pub async fn produce_to(kafka: &Service, topic: &str, messages: &[(String, String)]) {
     let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", format!("127.0.0.1:{}", kafka.port))
         .create()
@@ -257,7 +262,7 @@ pub async fn produce(kafka: &Service, messages: &[(String, String)]) {
     for (key, payload) in messages {
         producer
             .send(
-                rdkafka::producer::FutureRecord::to("image-processed")
+                rdkafka::producer::FutureRecord::to(topic)
                     .key(key)
                     .payload(payload),
                 Duration::from_secs(10),
