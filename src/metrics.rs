@@ -14,6 +14,7 @@ pub const RETRIES: &str = "runnel_retries_total";
 pub const DEAD_LETTERS: &str = "runnel_dead_letters_total";
 pub const DUPLICATES_SKIPPED: &str = "runnel_duplicates_skipped_total";
 pub const OUTPUTS: &str = "runnel_outputs_total";
+pub const OUTPUTS_SKIPPED: &str = "runnel_outputs_skipped_total";
 pub const OUTPUTS_DROPPED: &str = "runnel_outputs_dropped_total";
 pub const INFLIGHT: &str = "runnel_inflight_events";
 pub const BILLED_GB_SECONDS: &str = "runnel_billed_gb_seconds_total";
@@ -63,6 +64,10 @@ fn describe() {
         "Redelivered events skipped because their idempotency key was complete."
     );
     describe_counter!(OUTPUTS, "Outputs written, by sink.");
+    describe_counter!(
+        OUTPUTS_SKIPPED,
+        "Outputs not written again because an earlier attempt or process delivered them."
+    );
     describe_counter!(
         OUTPUTS_DROPPED,
         "Outputs to a sink switched off by configuration (an empty webhook URL)."

@@ -33,6 +33,16 @@ async fn completions_are_shared_and_expire() {
         Some(Completion::DeadLettered)
     );
     assert_eq!(b.completion("other", "k").await.unwrap(), None);
+
+    // Delivered outputs of an unfinished event are shared too, and the
+    // completion forgets them.
+    a.record_delivery("p", "u", "u#hook/0").await.unwrap();
+    a.record_delivery("p", "u", "u#hook/1").await.unwrap();
+    let delivered = b.delivered("p", "u").await.unwrap();
+    assert_eq!(delivered.len(), 2, "{delivered:?}");
+    assert!(delivered.contains("u#hook/1"));
+    b.complete("p", "u", Completion::Done).await.unwrap();
+    assert!(a.delivered("p", "u").await.unwrap().is_empty());
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(
         b.completion("p", "k").await.unwrap(),

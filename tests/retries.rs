@@ -5,6 +5,8 @@
 
 mod harness;
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use harness::{Runnel, eventually, repo};
@@ -134,7 +136,6 @@ async fn failures_are_retried_or_not_and_dead_lettered() {
 /// second, not the pipeline's shorter backoff, and then succeeds.
 #[tokio::test(flavor = "multi_thread")]
 async fn retry_after_is_honoured() {
-    use std::sync::{Arc, Mutex};
     use std::time::Instant;
 
     let calls: Arc<Mutex<Vec<Instant>>> = Arc::default();
@@ -197,5 +198,132 @@ async fn retry_after_is_honoured() {
             .metric("runnel_retries_total", &[("pipeline", "notify")])
             .await,
         1.0
+    );
+}
+
+/// A webhook endpoint that answers 503 to the first `fail` POSTs of each
+/// output whose id ends in `/1` and records every call as (path, id, status).
+async fn flaky_endpoint(fail: &'static [(&'static str, usize)]) -> (String, Calls) {
+    use axum::extract::{Path, State};
+    use axum::http::{HeaderMap, StatusCode};
+    let calls: Calls = Arc::default();
+    let app =
+        axum::Router::new()
+            .route(
+                "/{path}",
+                axum::routing::post(
+                    move |State(calls): State<Calls>,
+                          Path(path): Path<String>,
+                          headers: HeaderMap| async move {
+                        let id = headers["idempotency-key"].to_str().unwrap().to_owned();
+                        let mut calls = calls.lock().unwrap();
+                        let before = calls
+                            .iter()
+                            .filter(|(p, i, _)| *p == path && *i == id)
+                            .count();
+                        let failures = fail.iter().find(|(p, _)| *p == path).map_or(0, |(_, n)| *n);
+                        let status = if id.ends_with("/1") && before < failures {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        } else {
+                            StatusCode::OK
+                        };
+                        calls.push((path, id, status.as_u16()));
+                        status
+                    },
+                ),
+            )
+            .with_state(calls.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, calls)
+}
+
+type Calls = Arc<Mutex<Vec<(String, String, u16)>>>;
+
+/// How many POSTs each output got, by the suffix of its id (`hook/0`...).
+fn posts(calls: &Calls, path: &str) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (p, id, _) in calls.lock().unwrap().iter() {
+        if p == path {
+            let output = id.rsplit('#').next().unwrap().to_owned();
+            *counts.entry(output).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// An attempt that failed at its second output is retried by running the
+/// function again, and only the outputs not yet delivered are sent: the
+/// first once, the failing one until it succeeds, the third once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_event_skips_the_outputs_already_delivered() {
+    let (url, calls) = flaky_endpoint(&[("hook", 1), ("patient", 3)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = [
+        repo().join("tests/fixtures/pipelines/probe-webhook.toml"),
+        repo().join("tests/fixtures/pipelines/probe-patient.toml"),
+    ];
+    let runnel = Runnel::start(dir.path(), &pipelines, &[("PROBE_WEBHOOK_URL", &url)], "").await;
+    for bucket in ["probe-webhook-in", "probe-patient-in"] {
+        let response = runnel.upload(bucket, "e", "mode:many".into(), None).await;
+        assert_eq!(response.status(), 201);
+    }
+    let done = |pipeline: &'static str| {
+        let runnel = &runnel;
+        async move {
+            runnel
+                .metric(
+                    "runnel_events_completed_total",
+                    &[("pipeline", pipeline), ("result", "done")],
+                )
+                .await
+        }
+    };
+    eventually("both events done", WAIT, || async {
+        (done("probe-webhook").await == 1.0 && done("probe-patient").await == 1.0).then_some(())
+    })
+    .await;
+
+    let expected = |failing: usize| {
+        BTreeMap::from([
+            ("hook/0".to_owned(), 1),
+            ("hook/1".to_owned(), failing + 1),
+            ("hook/2".to_owned(), 1),
+        ])
+    };
+    assert_eq!(posts(&calls, "hook"), expected(1));
+    assert_eq!(posts(&calls, "patient"), expected(3));
+    let invocations = |pipeline: &'static str| {
+        let runnel = &runnel;
+        async move {
+            runnel
+                .metric(
+                    "runnel_invocations_total",
+                    &[
+                        ("pipeline", pipeline),
+                        ("function", "probe"),
+                        ("outcome", "ok"),
+                    ],
+                )
+                .await
+        }
+    };
+    // The pipeline's policy ran the function twice; the sink's policy
+    // retried the write in place and ran it once.
+    assert_eq!(invocations("probe-webhook").await, 2.0);
+    assert_eq!(invocations("probe-patient").await, 1.0);
+    let skipped = runnel
+        .metric(
+            "runnel_outputs_skipped_total",
+            &[("pipeline", "probe-webhook"), ("sink", "hook")],
+        )
+        .await;
+    assert_eq!(skipped, 1.0, "output 0 was not sent again");
+    assert_eq!(
+        runnel
+            .metric("runnel_retries_total", &[("pipeline", "probe-patient")])
+            .await,
+        3.0
     );
 }

@@ -22,6 +22,10 @@ pub struct PipelineConfig {
     pub function: FunctionConfig,
     /// Declared sinks by name; function outputs address them by name.
     pub sinks: BTreeMap<String, SinkConfig>,
+    /// Sinks with a retry policy of their own (`[sinks.<name>.retry]`):
+    /// their writes are retried in place under it, without running the
+    /// function again.
+    pub sink_retry: BTreeMap<String, RetryConfig>,
     /// Where events go when they keep failing (default: topic `<name>.dead-letter`).
     pub dead_letter: SinkConfig,
     pub retry: RetryConfig,
@@ -70,6 +74,7 @@ pub fn read(doc: &Document<'_>, root: Table<'_, '_>) -> Option<PipelineConfig> {
         .and_then(|f| f.table())
         .and_then(|t| FunctionConfig::read(t, base));
     let mut sinks = BTreeMap::new();
+    let mut sink_retry = BTreeMap::new();
     let mut sinks_ok = true;
     if let Some(table) = root.required("sinks").and_then(|f| f.table()) {
         let entries = table.entries();
@@ -81,8 +86,11 @@ pub fn read(doc: &Document<'_>, root: Table<'_, '_>) -> Option<PipelineConfig> {
                 field.error("sink names use 1-64 letters, digits, '-' or '_'");
                 sinks_ok = false;
             }
-            match field.table().and_then(SinkConfig::read) {
-                Some(sink) => {
+            match field.table().and_then(SinkConfig::read_with_retry) {
+                Some((sink, retry)) => {
+                    if let Some(retry) = retry {
+                        sink_retry.insert(sink_name.clone(), retry);
+                    }
                     sinks.insert(sink_name, sink);
                 }
                 None => sinks_ok = false,
@@ -117,6 +125,7 @@ pub fn read(doc: &Document<'_>, root: Table<'_, '_>) -> Option<PipelineConfig> {
         source: source?,
         function: function?,
         sinks: sinks_ok.then_some(sinks)?,
+        sink_retry,
         dead_letter: dead_letter?,
         retry: retry?,
     };

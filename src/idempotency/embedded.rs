@@ -1,5 +1,6 @@
 //! The embedded idempotency store: a SQLite table that survives `kill -9`.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -37,6 +38,13 @@ impl EmbeddedIdempotency {
                 how TEXT NOT NULL,
                 completed_ms INTEGER NOT NULL,
                 PRIMARY KEY (pipeline, key)
+            ) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS deliveries (
+                pipeline TEXT NOT NULL,
+                key TEXT NOT NULL,
+                output TEXT NOT NULL,
+                delivered_ms INTEGER NOT NULL,
+                PRIMARY KEY (pipeline, key, output)
             ) WITHOUT ROWID;",
         )
         .map_err(wrap)?;
@@ -44,6 +52,11 @@ impl EmbeddedIdempotency {
         let cutoff = now_ms() - ttl.as_millis() as i64;
         conn.execute(
             "DELETE FROM completions WHERE completed_ms < ?1",
+            params![cutoff],
+        )
+        .map_err(wrap)?;
+        conn.execute(
+            "DELETE FROM deliveries WHERE delivered_ms < ?1",
             params![cutoff],
         )
         .map_err(wrap)?;
@@ -91,6 +104,40 @@ impl IdempotencyStore for EmbeddedIdempotency {
         Ok(how.map(|h| Completion::parse(&h)))
     }
 
+    async fn delivered(
+        &self,
+        pipeline: &str,
+        key: &str,
+    ) -> Result<HashSet<String>, IdempotencyError> {
+        let (p, k) = (pipeline.to_owned(), key.to_owned());
+        self.run(move |conn| {
+            let mut statement = conn
+                .prepare_cached("SELECT output FROM deliveries WHERE pipeline = ?1 AND key = ?2")?;
+            statement
+                .query_map(params![p, k], |row| row.get(0))?
+                .collect()
+        })
+        .await
+    }
+
+    async fn record_delivery(
+        &self,
+        pipeline: &str,
+        key: &str,
+        output: &str,
+    ) -> Result<(), IdempotencyError> {
+        let (p, k, o) = (pipeline.to_owned(), key.to_owned(), output.to_owned());
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO deliveries (pipeline, key, output, delivered_ms)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![p, k, o, now_ms()],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
     async fn complete(
         &self,
         pipeline: &str,
@@ -99,12 +146,17 @@ impl IdempotencyStore for EmbeddedIdempotency {
     ) -> Result<(), IdempotencyError> {
         let (p, k) = (pipeline.to_owned(), key.to_owned());
         self.run(move |conn| {
-            conn.execute(
+            let tx = conn.unchecked_transaction()?;
+            tx.execute(
                 "INSERT OR REPLACE INTO completions (pipeline, key, how, completed_ms)
                  VALUES (?1, ?2, ?3, ?4)",
                 params![p, k, how.as_str(), now_ms()],
-            )
-            .map(drop)
+            )?;
+            tx.execute(
+                "DELETE FROM deliveries WHERE pipeline = ?1 AND key = ?2",
+                params![p, k],
+            )?;
+            tx.commit()
         })
         .await
     }
@@ -134,5 +186,29 @@ mod tests {
         let expired = EmbeddedIdempotency::open(&path, Durability::Normal, Duration::ZERO).unwrap();
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(expired.completion("p", "k").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn deliveries_survive_reopen_until_completion() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.db");
+        let open = || EmbeddedIdempotency::open(&path, Durability::Normal, Duration::from_secs(60));
+        let store = open().unwrap();
+        store.record_delivery("p", "k", "k#out/0").await.unwrap();
+        store.record_delivery("p", "k", "k#out/1").await.unwrap();
+        store
+            .record_delivery("p", "other", "other#out/0")
+            .await
+            .unwrap();
+        drop(store);
+        let store = open().unwrap();
+        let delivered = store.delivered("p", "k").await.unwrap();
+        assert_eq!(
+            delivered,
+            HashSet::from(["k#out/0".to_owned(), "k#out/1".to_owned()])
+        );
+        store.complete("p", "k", Completion::Done).await.unwrap();
+        assert!(store.delivered("p", "k").await.unwrap().is_empty());
+        assert_eq!(store.delivered("p", "other").await.unwrap().len(), 1);
     }
 }

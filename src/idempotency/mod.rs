@@ -9,11 +9,14 @@
 //! runs out and the claim succeeds. After the outputs are written (or the
 //! event is dead-lettered) the pipeline records completion, and only then
 //! acknowledges the source. Completed keys are kept for a TTL (default 7
-//! days).
+//! days). Until then each output is recorded as its sink acknowledges it,
+//! so a retried or redelivered event writes only what is still missing.
 
 pub mod embedded;
 #[cfg(feature = "redis")]
 pub mod redis;
+
+use std::collections::HashSet;
 
 use async_trait::async_trait;
 
@@ -85,7 +88,25 @@ pub trait IdempotencyStore: Send + Sync {
         key: &str,
     ) -> Result<Option<Completion>, IdempotencyError>;
 
-    /// Records that the event ended.
+    /// The outputs of an unfinished event that their sinks already
+    /// acknowledged (by write id), so a retry or a redelivery after a crash
+    /// skips them.
+    async fn delivered(
+        &self,
+        pipeline: &str,
+        key: &str,
+    ) -> Result<HashSet<String>, IdempotencyError>;
+
+    /// Records that a sink acknowledged the output `output` (its write id).
+    async fn record_delivery(
+        &self,
+        pipeline: &str,
+        key: &str,
+        output: &str,
+    ) -> Result<(), IdempotencyError>;
+
+    /// Records that the event ended (and forgets its delivered outputs:
+    /// the completion covers them).
     async fn complete(
         &self,
         pipeline: &str,

@@ -5,6 +5,7 @@
 //! keeps two processes from working on one event at once. Keys expire after
 //! the TTL, claims after their lease (Redis does the pruning).
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -44,6 +45,11 @@ impl RedisIdempotency {
 
     fn key(&self, pipeline: &str, key: &str) -> String {
         format!("{}{pipeline}:{key}", self.prefix)
+    }
+
+    /// The set of an unfinished event's delivered outputs.
+    fn outputs_key(&self, pipeline: &str, key: &str) -> String {
+        format!("{}{pipeline}:{key}#outputs", self.prefix)
     }
 }
 
@@ -106,6 +112,37 @@ impl IdempotencyStore for RedisIdempotency {
             .map(|v| Completion::parse(&v)))
     }
 
+    async fn delivered(
+        &self,
+        pipeline: &str,
+        key: &str,
+    ) -> Result<HashSet<String>, IdempotencyError> {
+        let mut connection = self.connection.clone();
+        connection
+            .smembers(self.outputs_key(pipeline, key))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn record_delivery(
+        &self,
+        pipeline: &str,
+        key: &str,
+        output: &str,
+    ) -> Result<(), IdempotencyError> {
+        let mut connection = self.connection.clone();
+        let set = self.outputs_key(pipeline, key);
+        redis::pipe()
+            .atomic()
+            .sadd(&set, output)
+            .ignore()
+            .expire(&set, self.ttl.as_secs().max(1) as i64)
+            .ignore()
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(unavailable)
+    }
+
     async fn complete(
         &self,
         pipeline: &str,
@@ -114,8 +151,13 @@ impl IdempotencyStore for RedisIdempotency {
     ) -> Result<(), IdempotencyError> {
         let mut connection = self.connection.clone();
         let seconds = self.ttl.as_secs().max(1);
-        connection
-            .set_ex::<_, _, ()>(self.key(pipeline, key), how.as_str(), seconds)
+        redis::pipe()
+            .atomic()
+            .set_ex(self.key(pipeline, key), how.as_str(), seconds)
+            .ignore()
+            .del(self.outputs_key(pipeline, key))
+            .ignore()
+            .query_async::<()>(&mut connection)
             .await
             .map_err(unavailable)
     }

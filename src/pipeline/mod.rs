@@ -44,6 +44,8 @@ pub struct Pipeline {
     sinks: BTreeMap<String, Sink>,
     dead_letter: Sink,
     retry: retry::RetryConfig,
+    /// Per-sink policies, replacing `retry` for those sinks' writes.
+    sink_retry: BTreeMap<String, retry::RetryConfig>,
     concurrency: usize,
     idempotency: Arc<dyn IdempotencyStore>,
     max_outputs: usize,
@@ -93,6 +95,7 @@ impl Pipeline {
             sinks,
             dead_letter: config.dead_letter.build(&config.name, backends),
             retry: config.retry.clone(),
+            sink_retry: config.sink_retry.clone(),
             concurrency: config.concurrency,
             idempotency,
             max_outputs: config.function.max_outputs,
@@ -185,7 +188,7 @@ impl Pipeline {
         let event: tokio::sync::OnceCell<Event> = tokio::sync::OnceCell::new();
         let (event_ref, delivery_ref, key_ref) = (&event, &delivery, key.as_str());
         let (result, attempts) = self
-            .retrying(&key, |attempt| async move {
+            .retrying(&self.retry, &key, |attempt| async move {
                 let ev = event_ref
                     .get_or_try_init(|| async {
                         loader
@@ -253,20 +256,25 @@ impl Pipeline {
         }
     }
 
-    /// Runs `attempt` (given its number, from 1) under the retry policy;
-    /// returns the last result and how many attempts were made.
-    async fn retrying<F, Fut>(&self, key: &str, mut attempt: F) -> (Result<(), Failure>, u32)
+    /// Runs `attempt` (given its number, from 1) under `policy`; returns
+    /// the last result and how many attempts were made.
+    async fn retrying<F, Fut, T>(
+        &self,
+        policy: &retry::RetryConfig,
+        key: &str,
+        mut attempt: F,
+    ) -> (Result<T, Failure>, u32)
     where
         F: FnMut(u32) -> Fut,
-        Fut: std::future::Future<Output = Result<(), Failure>>,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
     {
         let started = Instant::now();
         let attempts = std::sync::atomic::AtomicU32::new(0);
         let result = (|| attempt(attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1))
-        .retry(self.retry.delays())
+        .retry(policy.delays())
         .sleep(tokio::time::sleep)
-        .when(|failure: &Failure| failure.retryable && self.retry.within_age(started.elapsed()))
-        .adjust(|failure: &Failure, delay| self.retry.adjust(delay, failure.retry_after))
+        .when(|failure: &Failure| failure.retryable && policy.within_age(started.elapsed()))
+        .adjust(|failure: &Failure, delay| policy.adjust(delay, failure.retry_after))
         .notify(|failure: &Failure, delay: Duration| {
             counter!(m::RETRIES, "pipeline" => self.name.clone()).increment(1);
             tracing::warn!(pipeline = %self.name, key, stage = failure.stage, error = %failure.message, ?delay, "attempt failed; retrying");
@@ -280,7 +288,7 @@ impl Pipeline {
     /// as done. Returns the attempts it took, or why it failed again.
     pub async fn replay(&self, event: &Event) -> Result<u32, String> {
         let (result, attempts) = self
-            .retrying(&event.idempotency_key, |attempt| {
+            .retrying(&self.retry, &event.idempotency_key, |attempt| {
                 self.attempt(event, attempt)
             })
             .await;
@@ -292,9 +300,19 @@ impl Pipeline {
         Ok(attempts)
     }
 
-    /// One attempt: invoke, then write each output.
+    /// One attempt: invoke, then write each output that an earlier attempt
+    /// (or process) did not already deliver, recording each as its sink
+    /// acknowledges it.
     async fn attempt(&self, event: &Event, attempt: u32) -> Result<(), Failure> {
+        let key = &event.idempotency_key;
         let outputs = self.invoke(event, attempt).await?;
+        let delivered = match self.idempotency.delivered(&self.name, key).await {
+            Ok(delivered) => delivered,
+            Err(error) => {
+                tracing::warn!(pipeline = %self.name, %error, "reading delivered outputs failed; writing them all");
+                Default::default()
+            }
+        };
         for (index, output) in outputs.iter().enumerate() {
             let sink = self
                 .sinks
@@ -308,20 +326,47 @@ impl Pipeline {
                 counter!(m::OUTPUTS_DROPPED, &labels).increment(1);
                 continue;
             }
-            let id = format!("{}#{}/{index}", event.idempotency_key, output.sink);
+            let id = format!("{key}#{}/{index}", output.sink);
+            if delivered.contains(&id) {
+                counter!(m::OUTPUTS_SKIPPED, &labels).increment(1);
+                continue;
+            }
             let write_id = WriteId {
                 id: &id,
                 event_id: &event.id,
                 event_type: &event.event_type,
             };
-            sink.write(output, &write_id).await.map_err(|e| Failure {
-                retry_after: e.retry_after,
-                stage: "write",
-                message: format!("sink {}: {}", output.sink, e.message),
-                retryable: e.retryable,
-                outcome: None,
-            })?;
+            let write = |_| async {
+                sink.write(output, &write_id).await.map_err(|e| Failure {
+                    retry_after: e.retry_after,
+                    stage: "write",
+                    message: format!("sink {}: {}", output.sink, e.message),
+                    retryable: e.retryable,
+                    outcome: None,
+                })
+            };
+            match self.sink_retry.get(&output.sink) {
+                None => write(1).await?,
+                // The sink's own policy: retried here, and when it gives
+                // up the event is done trying (not run again).
+                Some(policy) => {
+                    let (result, tries) = self.retrying(policy, &id, write).await;
+                    result.map_err(|mut failure| {
+                        if failure.retryable {
+                            failure.message = format!(
+                                "{} (gave up after {tries} writes under sinks.{}.retry)",
+                                failure.message, output.sink
+                            );
+                            failure.retryable = false;
+                        }
+                        failure
+                    })?;
+                }
+            }
             counter!(m::OUTPUTS, &labels).increment(1);
+            if let Err(error) = self.idempotency.record_delivery(&self.name, key, &id).await {
+                tracing::warn!(pipeline = %self.name, %error, output = %id, "recording a delivered output failed; a redelivery would write it again");
+            }
         }
         Ok(())
     }

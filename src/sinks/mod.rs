@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use crate::broker::Broker;
 use crate::config::reader::Table;
+use crate::pipeline::retry::RetryConfig;
 use crate::runtime::Output;
 use crate::storage::ObjectStore;
 
@@ -34,7 +35,25 @@ pub enum SinkConfig {
 }
 
 impl SinkConfig {
+    /// Reads a sink table (the dead-letter sink's: it has no retry policy
+    /// of its own, it retries until written).
     pub fn read(table: Table<'_, '_>) -> Option<Self> {
+        Self::read_inner(table, false).map(|(config, _)| config)
+    }
+
+    /// Reads a named sink's table, with its optional `retry` table: a
+    /// policy for its writes that replaces the pipeline's.
+    pub fn read_with_retry(table: Table<'_, '_>) -> Option<(Self, Option<RetryConfig>)> {
+        Self::read_inner(table, true)
+    }
+
+    fn read_inner(table: Table<'_, '_>, with_retry: bool) -> Option<(Self, Option<RetryConfig>)> {
+        // Asked only of named sinks, so a dead-letter sink's `retry` is
+        // reported as unknown.
+        let retry = with_retry
+            .then(|| table.get("retry"))
+            .flatten()
+            .map(|field| field.table().and_then(RetryConfig::read));
         let kind = table.required_string("type");
         let config = match kind.as_deref() {
             Some("storage") => StorageSinkConfig::read(&table).map(Self::Storage),
@@ -53,7 +72,11 @@ impl SinkConfig {
         if config.is_some() {
             table.finish();
         }
-        config
+        let retry = match retry {
+            Some(read) => Some(read?),
+            None => None,
+        };
+        Some((config?, retry))
     }
 
     /// `storage`, `topic` or `webhook`: what functions see as the sink's kind.
