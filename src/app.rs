@@ -51,13 +51,10 @@ pub async fn open_backends(config: &RuntimeConfig) -> anyhow::Result<Opened> {
             (embedded.clone(), Some(embedded), *retention)
         }
         #[cfg(feature = "kafka")]
-        BrokerConfig::Kafka {
-            properties,
-            instance_id,
-        } => (
+        BrokerConfig::Kafka { properties } => (
             Arc::new(crate::broker::kafka::KafkaBroker::new(
                 properties.clone(),
-                instance_id.clone(),
+                config.instance_id.clone(),
             )?),
             None,
             Duration::ZERO,
@@ -85,9 +82,14 @@ pub async fn open_backends(config: &RuntimeConfig) -> anyhow::Result<Opened> {
         ),
         #[cfg(feature = "redis")]
         IdempotencyConfig::Redis { url, prefix, ttl } => Arc::new(
-            crate::idempotency::redis::RedisIdempotency::connect(url, prefix, *ttl)
-                .await
-                .context("connecting the idempotency store (idempotency.url)")?,
+            crate::idempotency::redis::RedisIdempotency::connect(
+                url,
+                prefix,
+                *ttl,
+                config.instance_id.as_deref(),
+            )
+            .await
+            .context("connecting the idempotency store (idempotency.url)")?,
         ),
         #[cfg(not(feature = "redis"))]
         IdempotencyConfig::Redis { .. } => {
@@ -214,6 +216,18 @@ pub async fn up(config: RuntimeConfig, pipelines: Vec<PipelineConfig>) -> anyhow
     );
 
     let shutdown = CancellationToken::new();
+    let health = crate::health::Health::start(
+        crate::health::Backends {
+            store: opened.backends.store.clone(),
+            broker: opened.backends.broker.clone(),
+            idempotency: opened.idempotency.clone(),
+        },
+        shutdown.clone(),
+    )
+    .await;
+    if !health.is_healthy() {
+        tracing::warn!(checks = ?health.report(), "starting with backends unavailable; events wait for them");
+    }
     let mut running = tokio::task::JoinSet::new();
     for (config_p, function) in pipelines.iter().zip(functions) {
         let source = config_p
@@ -230,6 +244,7 @@ pub async fn up(config: RuntimeConfig, pipelines: Vec<PipelineConfig>) -> anyhow
             function,
             &opened.backends,
             opened.idempotency.clone(),
+            health.clone(),
         );
         running.spawn(pipeline.run(source, shutdown.clone(), config.shutdown_grace));
     }
@@ -261,6 +276,7 @@ pub async fn up(config: RuntimeConfig, pipelines: Vec<PipelineConfig>) -> anyhow
         metrics,
         max_upload_size: config.http.max_upload_size,
         s3_webhook: s3_webhook(&config.storage),
+        health,
     };
     tracing::info!(listen = %listener.local_addr()?, pipelines = pipelines.len(), "runnel is up");
     let server = {

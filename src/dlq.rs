@@ -144,7 +144,13 @@ pub async fn replay(
     ids: &[String],
 ) -> anyhow::Result<Vec<(Entry, Replayed)>> {
     let entries = list(pipeline, backends).await?;
-    let runner = Pipeline::new(pipeline, function, backends, idempotency);
+    let runner = Pipeline::new(
+        pipeline,
+        function,
+        backends,
+        idempotency,
+        crate::health::Health::unchecked(),
+    );
     let mut results = Vec::new();
     for entry in entries {
         if !ids.is_empty() && !ids.iter().any(|id| id == entry.key()) {

@@ -36,6 +36,7 @@ pub struct ApiState {
     pub max_upload_size: u64,
     /// Where `POST /v1/events/s3` queues S3 notifications, when configured.
     pub s3_webhook: Option<S3Webhook>,
+    pub health: Arc<crate::health::Health>,
 }
 
 /// `[storage.events] type = "webhook"`: the topic and the expected token.
@@ -54,9 +55,32 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/topics/{topic}", get(read_topic))
         .route("/v1/events/s3", axum::routing::post(s3_notification))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// 200 while every backend answers, 503 with what does not otherwise.
+async fn healthz(State(state): State<ApiState>) -> Response {
+    let report = state.health.report();
+    let checks: serde_json::Map<_, _> = report
+        .iter()
+        .map(|(backend, problem)| {
+            let value = problem.as_deref().unwrap_or("ok");
+            (backend.to_string(), json!(value))
+        })
+        .collect();
+    let healthy = state.health.is_healthy();
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if healthy { "ok" } else { "unavailable" },
+        "checks": checks,
+    });
+    (status, axum::Json(body)).into_response()
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

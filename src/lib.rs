@@ -23,7 +23,8 @@
 //! - [`storage`] and [`broker`]: the backends behind "bucket" and "topic".
 //! - [`journal`] and [`sqlite`]: the durable SQLite log the embedded
 //!   backends are built on.
-//! - [`http`]: upload API, `/metrics`, `/healthz`.
+//! - [`http`]: upload API, `/metrics`, `/healthz`; [`health`]: the
+//!   backend checks behind `/healthz`, which also hold events in outages.
 //! - [`metrics`]: every metric name, described once.
 //! - [`app`]: the running process (`runnel up`); [`invoke`]: `runnel invoke`;
 //!   [`dlq`]: `runnel dlq list|replay`.
@@ -33,6 +34,7 @@ pub mod broker;
 pub mod config;
 pub mod dlq;
 pub mod event;
+pub mod health;
 pub mod http;
 pub mod idempotency;
 pub mod invoke;

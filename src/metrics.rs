@@ -23,6 +23,7 @@ pub const SOURCE_ERRORS: &str = "runnel_source_errors_total";
 pub const UPLOADS: &str = "runnel_uploads_total";
 pub const SOURCE_LAG: &str = "runnel_source_lag";
 pub const SOURCE_PARTITIONS: &str = "runnel_source_partitions";
+pub const BACKEND_UP: &str = "runnel_backend_up";
 
 const DURATION_BUCKETS: &[f64] = &[
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -92,6 +93,10 @@ fn describe() {
     describe_gauge!(
         SOURCE_LAG,
         "Kafka: messages between the group's committed offset and the end of each assigned partition."
+    );
+    describe_gauge!(
+        BACKEND_UP,
+        "1 while the backend (storage, broker, idempotency) answers its health check, else 0."
     );
     describe_gauge!(
         SOURCE_PARTITIONS,

@@ -90,13 +90,6 @@ async fn crash_loop_loses_nothing() {
     // A slowish endpoint keeps events in flight while the kills land.
     let webhook = WebhookReceiver::start_with_delay(Duration::from_millis(5)).await;
     let deploy = std::fs::read_to_string(repo().join("deploy/runnel.kafka-s3.toml")).unwrap();
-    // Static membership: each restart takes the dead process's partitions
-    // back at once instead of waiting out its session.
-    let runtime = deploy.replace("[broker]\n", "[broker]\ninstance_id = \"crash-loop\"\n");
-    assert_ne!(
-        runtime, deploy,
-        "deploy/runnel.kafka-s3.toml has a [broker] table"
-    );
     let env = [
         ("S3_ENDPOINT", endpoint.as_str()),
         ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.as_str()),
@@ -104,7 +97,17 @@ async fn crash_loop_loses_nothing() {
         ("AWS_SECRET_ACCESS_KEY", "testing"),
         ("NOTIFY_WEBHOOK_URL", webhook.url.as_str()),
     ];
-    let mut runnel = Runnel::start(&dir.path().join("runnel"), &pipelines(), &env, &runtime).await;
+    // A stable instance id (static group membership): each restart takes
+    // the dead process's partitions back at once instead of waiting out
+    // its session.
+    let mut runnel = Runnel::start_instance(
+        &dir.path().join("runnel"),
+        &pipelines(),
+        &env,
+        Some("crash-loop"),
+        &deploy,
+    )
+    .await;
 
     let seed = fastrand::u64(..);
     eprintln!("kill schedule seed: {seed}");

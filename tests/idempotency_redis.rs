@@ -4,10 +4,13 @@
 
 mod harness;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use harness::services;
-use harness::{Runnel, eventually, photo_jpeg, pipelines};
+use harness::services::{self, notified_keys, processed, produce};
+use harness::{Runnel, WebhookReceiver, eventually, photo_jpeg, pipelines, repo};
+
+const WAIT_LONG: Duration = Duration::from_secs(90);
 use runnel::idempotency::redis::RedisIdempotency;
 use runnel::idempotency::{Completion, IdempotencyStore};
 
@@ -18,10 +21,10 @@ async fn completions_are_shared_and_expire() {
     let dir = tempfile::tempdir().unwrap();
     let redis = services::redis(dir.path());
     let url = format!("redis://127.0.0.1:{}/0", redis.port);
-    let a = RedisIdempotency::connect(&url, "t:", Duration::from_secs(1))
+    let a = RedisIdempotency::connect(&url, "t:", Duration::from_secs(1), None)
         .await
         .unwrap();
-    let b = RedisIdempotency::connect(&url, "t:", Duration::from_secs(1))
+    let b = RedisIdempotency::connect(&url, "t:", Duration::from_secs(1), None)
         .await
         .unwrap();
     assert_eq!(b.completion("p", "k").await.unwrap(), None);
@@ -68,7 +71,7 @@ async fn runnel_records_completions_in_redis() {
         .json()
         .await
         .unwrap();
-    let store = RedisIdempotency::connect(&url, "runnel:", Duration::from_secs(3600))
+    let store = RedisIdempotency::connect(&url, "runnel:", Duration::from_secs(3600), None)
         .await
         .unwrap();
     let key = format!("uploads/r.jpg@{}", created["etag"].as_str().unwrap());
@@ -111,8 +114,12 @@ async fn claims_exclude_other_processes_until_done_or_expired() {
     let redis = services::redis(dir.path());
     let url = format!("redis://127.0.0.1:{}/0", redis.port);
     let ttl = Duration::from_secs(60);
-    let a = RedisIdempotency::connect(&url, "t:", ttl).await.unwrap();
-    let b = RedisIdempotency::connect(&url, "t:", ttl).await.unwrap();
+    let a = RedisIdempotency::connect(&url, "t:", ttl, None)
+        .await
+        .unwrap();
+    let b = RedisIdempotency::connect(&url, "t:", ttl, None)
+        .await
+        .unwrap();
     let lease = Duration::from_millis(400);
 
     assert_eq!(a.claim("p", "e1", lease).await.unwrap(), Claim::Acquired);
@@ -138,4 +145,82 @@ async fn claims_exclude_other_processes_until_done_or_expired() {
     assert_eq!(b.claim("p", "e2", lease).await.unwrap(), Claim::Busy);
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(b.claim("p", "e2", lease).await.unwrap(), Claim::Acquired);
+}
+
+/// Two processes in one consumer group share the Redis store; one is
+/// SIGKILLed mid-run and restarted (as a supervisor would): every event is
+/// notified, every repeat carries the first call's `Idempotency-Key`, and
+/// repeats are at most what the killed process had in flight.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_share_the_store_and_survive_a_kill() {
+    const EVENTS: usize = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = services::tansu(dir.path());
+    let redis = services::redis(dir.path());
+    let bootstrap = format!("127.0.0.1:{}", kafka.port);
+    services::create_topics(&bootstrap, &[("image-processed", 4), ("notifications", 4)]).await;
+    let webhook = WebhookReceiver::start_with_delay(Duration::from_millis(20)).await;
+    let env = [("NOTIFY_WEBHOOK_URL", webhook.url.as_str())];
+    let config = format!(
+        "[broker]\ntype = \"kafka\"\nbootstrap_servers = \"{bootstrap}\"\n\
+         [idempotency]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{}/0\"\n",
+        redis.port
+    );
+    let notify = [repo().join("pipelines/notify.toml")];
+    let mut a =
+        Runnel::start_instance(&dir.path().join("a"), &notify, &env, Some("a"), &config).await;
+    let b = Runnel::start_instance(&dir.path().join("b"), &notify, &env, Some("b"), &config).await;
+    for runnel in [&a, &b] {
+        eventually("partitions split between both", WAIT_LONG, || async {
+            let n = runnel
+                .metric(
+                    "runnel_source_partitions",
+                    &[("topic", "image-processed"), ("group", "notify")],
+                )
+                .await;
+            (n > 0.0).then_some(())
+        })
+        .await;
+    }
+    let messages: Vec<_> = (0..EVENTS)
+        .map(|i| (format!("k{i}"), processed(&format!("pair/{i}.jpg"), "fay")))
+        .collect();
+    produce(&kafka, &messages).await;
+    eventually("some progress", WAIT_LONG, || async {
+        (webhook.count() >= EVENTS / 4).then_some(())
+    })
+    .await;
+    a.kill_and_restart(None).await;
+    let killed_at = webhook.count();
+    eventually("every event notified", WAIT_LONG, || async {
+        let keys: BTreeSet<_> = notified_keys(&webhook)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        (keys.len() == EVENTS).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut ids: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (key, id) in notified_keys(&webhook) {
+        ids.entry(key).or_default().push(id);
+    }
+    assert_eq!(ids.len(), EVENTS);
+    for (key, seen) in &ids {
+        assert!(seen.iter().all(|id| id == &seen[0]), "{key}: {seen:?}");
+    }
+    let repeats = webhook.count() - EVENTS;
+    eprintln!("killed after {killed_at} notifications; repeats: {repeats}");
+    // notify.toml works on 2 events at a time per process.
+    assert!(
+        repeats <= 2,
+        "only the killed process's in-flight events may repeat: {repeats}"
+    );
+    let received = b
+        .metric("runnel_events_received_total", &[("pipeline", "notify")])
+        .await;
+    assert!(
+        received > 0.0 && received < EVENTS as f64,
+        "b did its share: {received}"
+    );
 }

@@ -15,6 +15,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::producer::Producer as _;
+
 use async_trait::async_trait;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{
@@ -38,7 +40,9 @@ pub struct KafkaBroker {
     properties: Vec<(String, String)>,
     /// This process's name in its consumer groups (static membership).
     instance_id: Option<String>,
-    producer: FutureProducer,
+    /// Replaced when it hits a fatal error (an idempotent producer fenced
+    /// after an outage cannot send again).
+    producer: std::sync::RwLock<FutureProducer>,
 }
 
 fn unavailable(what: &str, error: KafkaError) -> BrokerError {
@@ -56,23 +60,57 @@ impl KafkaBroker {
         properties: Vec<(String, String)>,
         instance_id: Option<String>,
     ) -> Result<Self, BrokerError> {
-        let mut config = client_config(&properties);
-        config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set(
-                "message.timeout.ms",
-                PUBLISH_TIMEOUT.as_millis().to_string(),
-            );
-        let producer = config
-            .create()
-            .map_err(|e| unavailable("creating the Kafka producer", e))?;
+        let producer = new_producer(&properties)?;
         Ok(Self {
             properties,
             instance_id,
-            producer,
+            producer: std::sync::RwLock::new(producer),
         })
     }
+}
+
+impl KafkaBroker {
+    fn producer(&self) -> std::sync::RwLockReadGuard<'_, FutureProducer> {
+        self.producer.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Swaps in a new producer for `failed`, unless another publish did
+    /// already. Its messages get a new producer id: a message the old one
+    /// sent but never saw acknowledged may be in the topic twice, with the
+    /// same `ce_id`.
+    fn replace_producer(&self, failed: &FutureProducer, code: RDKafkaErrorCode, reason: &str) {
+        let mut current = self.producer.write().unwrap_or_else(|e| e.into_inner());
+        if !std::ptr::eq(current.client().native_ptr(), failed.client().native_ptr()) {
+            return;
+        }
+        match new_producer(&self.properties) {
+            Ok(fresh) => {
+                tracing::warn!(
+                    ?code,
+                    reason,
+                    "the Kafka producer hit a fatal error; using a new one"
+                );
+                *current = fresh;
+            }
+            Err(error) => {
+                tracing::error!(%error, ?code, reason, "the Kafka producer hit a fatal error and a new one could not be created")
+            }
+        }
+    }
+}
+
+fn new_producer(properties: &[(String, String)]) -> Result<FutureProducer, BrokerError> {
+    let mut config = client_config(properties);
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set(
+            "message.timeout.ms",
+            PUBLISH_TIMEOUT.as_millis().to_string(),
+        );
+    config
+        .create()
+        .map_err(|e| unavailable("creating the Kafka producer", e))
 }
 
 fn client_config(properties: &[(String, String)]) -> ClientConfig {
@@ -106,7 +144,29 @@ impl Broker for KafkaBroker {
         if let Some(key) = &message.key {
             record = record.key(key.as_bytes());
         }
-        match self.producer.send(record, PUBLISH_TIMEOUT).await {
+        let producer = self.producer().clone();
+        let result = producer.send(record, PUBLISH_TIMEOUT).await;
+        if let Err((error, _)) = &result {
+            // Fatal, or a producer id the broker no longer accepts (fenced
+            // after an outage): this producer cannot send again.
+            let broken =
+                producer
+                    .client()
+                    .fatal_error()
+                    .or_else(|| match error.rdkafka_error_code() {
+                        Some(
+                            code @ (RDKafkaErrorCode::ProducerFenced
+                            | RDKafkaErrorCode::InvalidProducerEpoch
+                            | RDKafkaErrorCode::UnknownProducerId
+                            | RDKafkaErrorCode::OutOfOrderSequenceNumber),
+                        ) => Some((code, error.to_string())),
+                        _ => None,
+                    });
+            if let Some((code, reason)) = broken {
+                self.replace_producer(&producer, code, &reason);
+            }
+        }
+        match result {
             Ok(delivery) => Ok(Position {
                 partition: delivery.partition as u32,
                 offset: delivery.offset as u64,
@@ -162,6 +222,21 @@ impl Broker for KafkaBroker {
             }),
             consumer,
         }))
+    }
+
+    /// Any broker answering a metadata request is enough: librdkafka
+    /// reaches the others itself.
+    async fn check(&self) -> Result<(), String> {
+        let producer = self.producer().clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(3))
+                .map(drop)
+                .map_err(|e| format!("Kafka metadata request: {e}"))
+        })
+        .await
+        .expect("metadata task panicked")
     }
 
     async fn peek(

@@ -60,6 +60,11 @@ pub trait Broker: Send + Sync {
         from: u64,
         limit: usize,
     ) -> Result<Vec<Consumed>, BrokerError>;
+
+    /// Whether the broker answers (for `/healthz`); embedded: always.
+    async fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Kafka's topic naming rules, so names stay portable to every backend.

@@ -21,6 +21,12 @@ pub struct RuntimeConfig {
     pub functions: FunctionsConfig,
     /// How long a stopping process waits for events in flight (default 30s).
     pub shutdown_grace: Duration,
+    /// This process's name among its peers, stable across its restarts
+    /// (`instance_id`; default none): Kafka static group membership, and
+    /// the owner of its claims in a shared idempotency store, so a
+    /// restarted process takes its partitions and in-flight events back at
+    /// once instead of waiting out its dead predecessor's session and leases.
+    pub instance_id: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -54,12 +60,8 @@ pub enum BrokerConfig {
         retention: Duration,
     },
     /// A Kafka-API broker; `properties` are librdkafka settings, starting
-    /// with `bootstrap.servers`. `instance_id` turns on static group
-    /// membership: a restarted process takes its partitions back at once.
-    Kafka {
-        properties: Vec<(String, String)>,
-        instance_id: Option<String>,
-    },
+    /// with `bootstrap.servers`.
+    Kafka { properties: Vec<(String, String)> },
 }
 
 #[derive(Clone, Debug)]
@@ -121,6 +123,7 @@ impl RuntimeConfig {
                 components_dir: None,
             },
             shutdown_grace: Duration::from_secs(30),
+            instance_id: None,
         }
     }
 
@@ -154,6 +157,15 @@ fn read(root: Table<'_, '_>, file: &Path, data_dir: Option<&Path>) -> RuntimeCon
     let _ = root.get("data_dir");
     if let Some(grace) = root.duration("shutdown_grace") {
         config.shutdown_grace = grace;
+    }
+    if let Some(field) = root.get("instance_id")
+        && let Some(id) = field.string()
+    {
+        if crate::config::pipeline::is_valid_name(&id) {
+            config.instance_id = Some(id);
+        } else {
+            field.error("use 1-64 letters, digits, '-' or '_'");
+        }
     }
     if let Some(t) = root.table("http") {
         if let Some(field) = t.get("listen")
@@ -392,11 +404,7 @@ fn read_broker(
                     }
                 }
             }
-            let instance_id = t.string("instance_id");
-            *broker = BrokerConfig::Kafka {
-                properties,
-                instance_id,
-            };
+            *broker = BrokerConfig::Kafka { properties };
         }
         other => {
             if let Some(field) = t.get("type") {

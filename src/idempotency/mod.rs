@@ -105,6 +105,11 @@ pub trait IdempotencyStore: Send + Sync {
         output: &str,
     ) -> Result<(), IdempotencyError>;
 
+    /// Whether the store answers (for `/healthz`); embedded: always.
+    async fn check(&self) -> Result<(), IdempotencyError> {
+        Ok(())
+    }
+
     /// Records that the event ended (and forgets its delivered outputs:
     /// the completion covers them).
     async fn complete(

@@ -31,15 +31,26 @@ fn unavailable(error: redis::RedisError) -> IdempotencyError {
 
 impl RedisIdempotency {
     /// Connects to `url` (`redis://host:port/db`, `rediss://` for TLS);
-    /// the connection reconnects by itself after failures.
-    pub async fn connect(url: &str, prefix: &str, ttl: Duration) -> Result<Self, IdempotencyError> {
+    /// the connection reconnects by itself after failures. `instance` names
+    /// this process in its claims; with it, a restarted process owns the
+    /// claims its predecessor left (without it, each process is new and
+    /// waits for them to expire).
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        ttl: Duration,
+        instance: Option<&str>,
+    ) -> Result<Self, IdempotencyError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let connection = client.get_connection_manager().await.map_err(unavailable)?;
         Ok(Self {
             connection,
             prefix: prefix.to_owned(),
             ttl,
-            owner: format!("{}-{:016x}", std::process::id(), fastrand::u64(..)),
+            owner: instance.map_or_else(
+                || format!("{}-{:016x}", std::process::id(), fastrand::u64(..)),
+                |id| format!("instance:{id}"),
+            ),
         })
     }
 
@@ -110,6 +121,15 @@ impl IdempotencyStore for RedisIdempotency {
         Ok(how
             .filter(|v| !v.starts_with(IN_PROGRESS))
             .map(|v| Completion::parse(&v)))
+    }
+
+    async fn check(&self) -> Result<(), IdempotencyError> {
+        let mut connection = self.connection.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await
+            .map(drop)
+            .map_err(unavailable)
     }
 
     async fn delivered(

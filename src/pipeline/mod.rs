@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::pipeline::PipelineConfig;
 use crate::event::Event;
+use crate::health::Health;
 use crate::idempotency::{Claim, Completion, IdempotencyStore};
 use crate::metrics as m;
 use crate::runtime::{Context, Function, InvokeError, LogLabel, Output};
@@ -50,6 +51,9 @@ pub struct Pipeline {
     idempotency: Arc<dyn IdempotencyStore>,
     max_outputs: usize,
     max_output_bytes: u64,
+    /// Whether the backends answer: an event whose retries ran out while
+    /// one did not is held until it does, not dead-lettered.
+    health: Arc<Health>,
     /// How long a claim on an event lasts: one attempt plus the longest
     /// wait before the next, with a margin. Extended at every attempt.
     lease: Duration,
@@ -72,6 +76,7 @@ impl Pipeline {
         function: Arc<Function>,
         backends: &Backends,
         idempotency: Arc<dyn IdempotencyStore>,
+        health: Arc<Health>,
     ) -> Self {
         let sinks: BTreeMap<_, _> = config
             .sinks
@@ -98,6 +103,7 @@ impl Pipeline {
             sink_retry: config.sink_retry.clone(),
             concurrency: config.concurrency,
             idempotency,
+            health,
             max_outputs: config.function.max_outputs,
             max_output_bytes: config.function.max_output_bytes,
             lease: config.function.timeout + config.retry.max_delay + Duration::from_secs(30),
@@ -132,7 +138,8 @@ impl Pipeline {
                 Err(error) => {
                     counter!(m::SOURCE_ERRORS, "pipeline" => this.name.clone()).increment(1);
                     failures = failures.saturating_add(1);
-                    let delay = Duration::from_millis(100 << failures.min(8));
+                    // Short enough to resume within seconds of recovery.
+                    let delay = Duration::from_millis(100 << failures.min(5));
                     tracing::warn!(pipeline = %this.name, %error, ?delay, "reading the source failed; retrying");
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -187,32 +194,46 @@ impl Pipeline {
         let first_attempt_at = SystemTime::now();
         let event: tokio::sync::OnceCell<Event> = tokio::sync::OnceCell::new();
         let (event_ref, delivery_ref, key_ref) = (&event, &delivery, key.as_str());
-        let (result, attempts) = self
-            .retrying(&self.retry, &key, |attempt| async move {
-                let ev = event_ref
-                    .get_or_try_init(|| async {
-                        loader
-                            .load(&delivery_ref.pending)
-                            .await
-                            .map_err(|e| Failure {
-                                retry_after: None,
-                                stage: "load",
-                                message: e.message,
-                                retryable: e.retryable,
-                                outcome: None,
-                            })
-                    })
-                    .await?;
-                if attempt > 1 {
-                    // Keep the claim alive across retries.
-                    let _ = self
-                        .idempotency
-                        .claim(&self.name, key_ref, self.lease)
-                        .await;
+        let run = |attempt| async move {
+            let ev = event_ref
+                .get_or_try_init(|| async {
+                    loader
+                        .load(&delivery_ref.pending)
+                        .await
+                        .map_err(|e| Failure {
+                            retry_after: None,
+                            stage: "load",
+                            message: e.message,
+                            retryable: e.retryable,
+                            outcome: None,
+                        })
+                })
+                .await?;
+            if attempt > 1 {
+                // Keep the claim alive across retries.
+                let _ = self
+                    .idempotency
+                    .claim(&self.name, key_ref, self.lease)
+                    .await;
+            }
+            self.attempt(ev, attempt).await
+        };
+        let mut attempts = 0;
+        let result = loop {
+            let (result, tried) = self.retrying(&self.retry, &key, run).await;
+            attempts += tried;
+            match &result {
+                // An outage is not the event's fault: hold it (and, with
+                // the concurrency limit, the source) until the backends
+                // answer again, then retry afresh.
+                Err(failure) if failure.retryable && !self.health.is_healthy() => {
+                    tracing::warn!(pipeline = %self.name, key, error = %failure.message, attempts, "retries ran out while a backend is unavailable; holding the event until it recovers");
+                    self.health.recovered().await;
+                    let _ = self.idempotency.claim(&self.name, &key, self.lease).await;
                 }
-                self.attempt(ev, attempt).await
-            })
-            .await;
+                _ => break result,
+            }
+        };
 
         let how = match result {
             Ok(()) => Completion::Done,

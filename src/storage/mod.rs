@@ -104,6 +104,11 @@ pub trait ObjectStore: Send + Sync {
         bucket: &str,
         consumer: &str,
     ) -> Result<Box<dyn Feed<ObjectCreated>>, StorageError>;
+
+    /// Whether the store answers (for `/healthz`); local: always.
+    async fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// S3's bucket naming rules, so names stay portable to every backend.

@@ -257,6 +257,24 @@ where
 
 #[async_trait]
 impl ObjectStore for S3Storage {
+    /// Any HTTP answer means the store is reachable: a 403 for a policy
+    /// without `ListAllMyBuckets` is as good as a list.
+    async fn check(&self) -> Result<(), String> {
+        let answer = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            self.s3.list_buckets().max_buckets(1).send(),
+        )
+        .await
+        .map_err(|_| "S3 did not answer within 3s".to_owned())?;
+        match answer {
+            Ok(_) => Ok(()),
+            Err(error) => match classify("", "", "S3 ListBuckets", error) {
+                StorageError::Unavailable(message) => Err(message),
+                _ => Ok(()),
+            },
+        }
+    }
+
     async fn put(
         &self,
         bucket: &str,

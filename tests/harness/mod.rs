@@ -41,6 +41,7 @@ pub struct Runnel {
     pipelines: Vec<PathBuf>,
     env: Vec<(String, String)>,
     extra_toml: String,
+    instance_id: Option<String>,
     log: PathBuf,
 }
 
@@ -55,6 +56,17 @@ impl Runnel {
         env: &[(&str, &str)],
         extra_toml: &str,
     ) -> Self {
+        Self::start_instance(dir, pipelines, env, None, extra_toml).await
+    }
+
+    /// Like [`start`](Self::start), with the runtime config's `instance_id`.
+    pub async fn start_instance(
+        dir: &Path,
+        pipelines: &[PathBuf],
+        env: &[(&str, &str)],
+        instance_id: Option<&str>,
+        extra_toml: &str,
+    ) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let mut runnel = Self {
             child: None,
@@ -67,6 +79,7 @@ impl Runnel {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             extra_toml: extra_toml.to_owned(),
+            instance_id: instance_id.map(str::to_owned),
             log: dir.join("runnel.log"),
         };
         runnel.spawn().await;
@@ -78,7 +91,10 @@ impl Runnel {
         let text = format!(
             "data_dir = {:?}\n{}\n[http]\nlisten = \"{}\"\n{}\n[functions]\ncache_dir = {:?}\n",
             self.dir.join("data"),
-            "",
+            self.instance_id
+                .as_ref()
+                .map(|id| format!("instance_id = {id:?}"))
+                .unwrap_or_default(),
             self.addr,
             self.extra_toml,
             cache_dir(),
@@ -145,6 +161,18 @@ impl Runnel {
             self.pipelines = p.to_vec();
         }
         self.spawn().await;
+    }
+
+    /// The process's peak resident memory so far (VmHWM), in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status");
+        kib / 1024.0
     }
 
     pub fn kill(&mut self) {
@@ -388,4 +416,55 @@ pub fn pipelines() -> Vec<PathBuf> {
         repo().join("pipelines/image-upload.toml"),
         repo().join("pipelines/notify.toml"),
     ]
+}
+
+/// A TCP proxy on loopback that can cut its backend off: while down it
+/// drops new connections at once and has dropped the open ones, which is
+/// what a client sees of a store that went away.
+pub struct Proxy {
+    pub port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    pub async fn start(backend: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (flag, open) = (up.clone(), connections.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                if !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", backend)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                open.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self {
+            port,
+            up,
+            connections,
+        }
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+        if !up {
+            for connection in self.connections.lock().unwrap().drain(..) {
+                connection.abort();
+            }
+        }
+    }
 }

@@ -110,6 +110,25 @@ pub fn tansu(dir: &std::path::Path) -> Service {
     )
 }
 
+/// A tansu broker (in-memory storage) listening on `port` and advertising
+/// `advertised` (a proxy in front of it).
+pub fn tansu_behind(dir: &std::path::Path, port: u16, advertised: u16) -> Service {
+    Service::spawn(
+        "tansu",
+        vec![
+            "broker".into(),
+            "--listener-url".into(),
+            format!("tcp://127.0.0.1:{port}"),
+            "--advertised-listener-url".into(),
+            format!("tcp://127.0.0.1:{advertised}"),
+            "--storage-engine".into(),
+            "memory://tansu/".into(),
+        ],
+        port,
+        dir.join("tansu.log"),
+    )
+}
+
 /// moto's server: S3 and SQS in memory.
 pub fn moto(dir: &std::path::Path) -> Service {
     let port = free_port();
