@@ -62,3 +62,28 @@ fn broken_pipelines_report_every_problem_with_its_location() {
     }
     assert!(checked >= 3);
 }
+
+/// A broken runtime config reports every problem with its place, as the
+/// pipelines do (`tests/fixtures/invalid-runtime/runnel.expected`).
+#[test]
+fn broken_runtime_config_reports_every_problem_with_its_location() {
+    let output = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args([
+            "validate",
+            "--config",
+            "tests/fixtures/invalid-runtime/runnel.toml",
+        ])
+        .arg("pipelines")
+        .current_dir(harness::repo())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let expected_file = harness::repo().join("tests/fixtures/invalid-runtime/runnel.expected");
+    if std::env::var_os("RUNNEL_BLESS").is_some() {
+        std::fs::write(&expected_file, &stderr).unwrap();
+    }
+    let expected = std::fs::read_to_string(&expected_file)
+        .expect("runnel.expected exists; run with RUNNEL_BLESS=1 and review it");
+    assert_eq!(stderr, expected);
+}
