@@ -121,9 +121,6 @@ async fn store_outage_loses_nothing() {
 
 /// The Kafka broker is cut off for 30 s mid-run.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "open bug: after a 30 s network cut to tansu, notify stops receiving one partition \
-            of image-processed (lag 59, nothing in flight, for 2 minutes) in 2 of 3 runs; \
-            run with --ignored while investigating"]
 async fn broker_outage_loses_nothing() {
     outages(true, false).await;
 }

@@ -351,7 +351,14 @@ impl Feed<Consumed> for KafkaFeed {
         while items.len() < max {
             match tokio::time::timeout(Duration::from_millis(1), self.consumer.recv()).await {
                 Ok(Ok(message)) => items.push(item(&self.topic, &message)),
-                Ok(Err(e)) => return Err(FeedError(format!("consuming {}: {e}", self.topic))),
+                // The messages taken so far are this consumer's to finish:
+                // librdkafka's position is past them, so dropping them here
+                // would let later commits skip them. Report the error with
+                // the next poll instead (librdkafka errors are transient).
+                Ok(Err(e)) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "consumer error after a partial batch; handing out the batch");
+                    break;
+                }
                 Err(_) => break,
             }
         }
