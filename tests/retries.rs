@@ -35,6 +35,12 @@ async fn failures_are_retried_or_not_and_dead_lettered() {
         // Over the pipeline's output limits: refused, not written.
         ("many", "mode:many", 1, "ok"),
         ("big", "mode:big", 1, "ok"),
+        // A million outputs, or one of 1 GiB: the memory limit stops the
+        // function before the host sees them.
+        ("flood", "mode:flood", 1, "oom"),
+        ("giant", "mode:giant", 1, "oom"),
+        // An output for a sink the pipeline does not have.
+        ("stray", "mode:stray", 1, "ok"),
     ];
     for (name, body, _, _) in cases {
         assert_eq!(
@@ -74,7 +80,7 @@ async fn failures_are_retried_or_not_and_dead_lettered() {
     };
     assert_eq!(m("error").await, 4.0, "3 attempts of fail + 1 of reject");
     assert_eq!(m("timeout").await, 1.0);
-    assert_eq!(m("oom").await, 1.0);
+    assert_eq!(m("oom").await, 3.0, "hog, flood, giant");
     assert_eq!(m("trap").await, 1.0);
     assert_eq!(
         runnel
@@ -86,7 +92,7 @@ async fn failures_are_retried_or_not_and_dead_lettered() {
         runnel
             .metric("runnel_dead_letters_total", &[("pipeline", "probe")])
             .await,
-        7.0
+        10.0
     );
     let many: serde_json::Value = serde_json::from_slice(
         &runnel
@@ -106,6 +112,21 @@ async fn failures_are_retried_or_not_and_dead_lettered() {
     assert!(
         runnel.object("probe-out", "many-0").await.is_none(),
         "nothing of a refused result is written"
+    );
+    let stray: serde_json::Value = serde_json::from_slice(
+        &runnel
+            .object("dead-letters", &dead_letter_key("stray", b"mode:stray"))
+            .await
+            .unwrap()
+            .1,
+    )
+    .unwrap();
+    assert!(
+        stray["error"]
+            .as_str()
+            .unwrap()
+            .contains("undeclared sink \"undeclared\" (declared: out)"),
+        "{stray}"
     );
 
     let trap: serde_json::Value = serde_json::from_slice(

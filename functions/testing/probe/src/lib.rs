@@ -50,6 +50,29 @@ impl Guest for Probe {
                     data: (0..bytes).map(|i| (i % 251) as u8).collect(),
                 }])
             }
+            Mode::Flood => Ok((0..1_000_000)
+                .map(|i: u32| Output {
+                    sink: sink.clone(),
+                    key: Some(i.to_string()),
+                    content_type: None,
+                    attributes: Vec::new(),
+                    data: Vec::new(),
+                })
+                .collect()),
+            Mode::Giant => Ok(vec![Output {
+                sink,
+                key: event.subject,
+                content_type: None,
+                attributes: Vec::new(),
+                data: vec![0x5A; 1 << 30],
+            }]),
+            Mode::Stray => Ok(vec![Output {
+                sink: "undeclared".into(),
+                key: event.subject,
+                content_type: None,
+                attributes: Vec::new(),
+                data: event.data,
+            }]),
             Mode::Many => {
                 let count = number(&ctx, "count", 10)?;
                 let base = event.subject.unwrap_or(event.id);

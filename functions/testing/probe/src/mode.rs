@@ -25,6 +25,12 @@ pub enum Mode {
     Big,
     /// Many outputs (config `count`).
     Many,
+    /// A million outputs: more than any sane limit, and than 32 MiB holds.
+    Flood,
+    /// One output of 1 GiB, if the memory limit allowed building it.
+    Giant,
+    /// One output naming a sink the pipeline did not declare.
+    Stray,
 }
 
 impl Mode {
@@ -48,6 +54,9 @@ impl Mode {
             "reject" => Mode::Reject,
             "big" => Mode::Big,
             "many" => Mode::Many,
+            "flood" => Mode::Flood,
+            "giant" => Mode::Giant,
+            "stray" => Mode::Stray,
             _ => return None,
         })
     }
