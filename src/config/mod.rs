@@ -59,7 +59,17 @@ pub fn read_pipeline(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<PipelineConfig, Vec<Diagnostic>> {
     let text = reader::read_text(file)?;
-    let doc = Document::new(file, &text, env);
+    parse_pipeline(file, &text, env)
+}
+
+/// Reads a pipeline from its text (`file` names it in diagnostics and
+/// anchors relative paths).
+pub fn parse_pipeline(
+    file: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<PipelineConfig, Vec<Diagnostic>> {
+    let doc = Document::new(file, text, env);
     let root = doc.parse();
     // After a syntax error the structure is a guess: report only that.
     if doc.has_errors() {

@@ -2,6 +2,7 @@
 //! the limits of this process. Every field is optional; the defaults run
 //! everything embedded under `data_dir`.
 
+#[cfg(feature = "s3")]
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -226,6 +227,8 @@ fn read_storage(
     let kind = t.get("type").and_then(|f| f.string());
     match kind.as_deref().unwrap_or("local") {
         "local" => {
+            // Irrefutable without the `s3` feature.
+            #[allow(irrefutable_let_patterns)]
             let StorageConfig::Local {
                 root,
                 durability: d,
