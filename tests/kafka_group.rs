@@ -189,3 +189,67 @@ async fn kill_mid_batch_resumes_from_committed_offsets() {
     })
     .await;
 }
+
+/// `source.idempotency_key` names events by a field of their payload: two
+/// messages about the same upload are notified once, and a message without
+/// the field is dead-lettered saying so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_expression_dedupes_by_payload() {
+    let (dir, kafka) = setup().await;
+    let webhook = WebhookReceiver::start().await;
+    let env = [("NOTIFY_WEBHOOK_URL", webhook.url.as_str())];
+    let keyed = [repo().join("tests/fixtures/pipelines/notify-keyed.toml")];
+    // Dead letters go to the default topic, "<pipeline>.dead-letter".
+    services::create_topics(
+        &format!("127.0.0.1:{}", kafka.port),
+        &[("notify-keyed.dead-letter", 1)],
+    )
+    .await;
+    let runnel = Runnel::start(dir.path(), &keyed, &env, &broker_toml(&kafka)).await;
+    let messages = vec![
+        ("a".to_owned(), processed("dup.jpg", "zoe")),
+        ("b".to_owned(), processed("dup.jpg", "zoe")),
+        ("c".to_owned(), processed("other.jpg", "zoe")),
+        ("d".to_owned(), r#"{"thumbnails": []}"#.to_owned()),
+    ];
+    produce(&kafka, &messages).await;
+    runnel
+        .wait_for_metric(
+            "runnel_events_completed_total",
+            &[("pipeline", "notify-keyed"), ("result", "dead-lettered")],
+            1.0,
+        )
+        .await;
+    runnel
+        .wait_for_metric(
+            "runnel_duplicates_skipped_total",
+            &[("pipeline", "notify-keyed")],
+            1.0,
+        )
+        .await;
+    let keys: Vec<String> = notified_keys(&webhook)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.contains(&"dup.jpg".to_owned()) && keys.contains(&"other.jpg".to_owned()));
+    let id = &notified_keys(&webhook)
+        .into_iter()
+        .find(|(k, _)| k == "dup.jpg")
+        .unwrap()
+        .1;
+    assert!(
+        id.starts_with("uploads/dup.jpg@e#"),
+        "outputs are named by the expression's key: {id}"
+    );
+    let dead = runnel.topic("notify-keyed.dead-letter").await;
+    let record: serde_json::Value =
+        serde_json::from_str(dead[0]["payload"].as_str().unwrap()).unwrap();
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap()
+            .contains("the payload has no field source.bucket"),
+        "{record}"
+    );
+}

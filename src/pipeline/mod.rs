@@ -200,6 +200,12 @@ impl Pipeline {
                     loader
                         .load(&delivery_ref.pending)
                         .await
+                        // The delivery's key (maybe from the pipeline's
+                        // expression) names the event's outputs too.
+                        .map(|mut event| {
+                            event.idempotency_key = key_ref.to_owned();
+                            event
+                        })
                         .map_err(|e| Failure {
                             retry_after: None,
                             stage: "load",

@@ -7,6 +7,7 @@
 //! one file here and one variant of [`SourceConfig`].
 
 pub mod feed;
+pub mod key;
 pub mod storage;
 pub mod topic;
 

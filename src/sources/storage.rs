@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::feed::{Acks, Feed, FeedError};
+use super::key::{KeyExpression, Kind};
 use super::{Delivery, LoadError, Loader, Pending, Source, SourceKind};
 use crate::config::reader::Table;
 use crate::event::{Event, ObjectCreated, Position};
@@ -19,6 +20,9 @@ pub struct StorageSourceConfig {
     pub suffixes: Vec<String>,
     /// Objects larger than this go to the dead letters unread (default 64 MiB).
     pub max_object_size: u64,
+    /// `idempotency_key`: how to name an event for deduplication (default
+    /// `{bucket}/{key}@{etag}`).
+    pub idempotency_key: Option<KeyExpression>,
 }
 
 pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 64 << 20;
@@ -34,7 +38,9 @@ impl StorageSourceConfig {
         let max_object_size = table
             .size("max_object_size")
             .unwrap_or(DEFAULT_MAX_OBJECT_SIZE);
+        let idempotency_key = super::key::read(table, Kind::Storage).ok()?;
         Some(Self {
+            idempotency_key,
             bucket: bucket?,
             prefix,
             suffixes: suffixes
@@ -98,12 +104,26 @@ impl StorageSource {
         for item in self.feed.poll(max).await? {
             match item.item {
                 Ok(created) if !self.config.wants(&created.key) => skipped.push(item.position),
-                Ok(created) => deliveries.push(Delivery {
-                    position: item.position,
-                    idempotency_key: created.idempotency_key(),
-                    ordering_key: Some(created.key.clone()),
-                    pending: Pending::Object(created),
-                }),
+                Ok(created) => {
+                    let key = match &self.config.idempotency_key {
+                        Some(expression) => expression.for_object(&created),
+                        None => Ok(created.idempotency_key()),
+                    };
+                    deliveries.push(match key {
+                        Ok(key) => Delivery {
+                            position: item.position,
+                            idempotency_key: key,
+                            ordering_key: Some(created.key.clone()),
+                            pending: Pending::Object(created),
+                        },
+                        Err(reason) => Delivery {
+                            position: item.position,
+                            idempotency_key: created.idempotency_key(),
+                            ordering_key: None,
+                            pending: Pending::Undecodable(reason),
+                        },
+                    })
+                }
                 Err(reason) => deliveries.push(Delivery {
                     position: item.position,
                     idempotency_key: format!(

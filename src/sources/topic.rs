@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::feed::{Acks, Feed, FeedError};
+use super::key::{KeyExpression, Kind};
 use super::{Delivery, Loader, Pending, Source, SourceKind};
 use crate::broker::{Broker, validate_topic};
 use crate::config::reader::Table;
@@ -15,21 +16,28 @@ pub struct TopicSourceConfig {
     /// Consumer group (default: the pipeline's name). Processes sharing a
     /// group share the work; different groups each see every message.
     pub group: Option<String>,
+    /// `idempotency_key`: how to name an event for deduplication (default:
+    /// the CloudEvents id runnel's own outputs carry, else
+    /// topic/partition/offset).
+    pub idempotency_key: Option<KeyExpression>,
 }
 
 impl TopicSourceConfig {
     pub fn read(table: &Table<'_, '_>) -> Option<Self> {
         let topic = table.required_name("topic", validate_topic);
         let group = table.string("group");
+        let idempotency_key = super::key::read(table, Kind::Topic);
         Some(Self {
             topic: topic?,
             group,
+            idempotency_key: idempotency_key.ok()?,
         })
     }
 }
 
 pub(crate) struct TopicSource {
     feed: Box<dyn Feed<Consumed>>,
+    key: Option<KeyExpression>,
 }
 
 pub(super) async fn open(
@@ -46,7 +54,10 @@ pub(super) async fn open(
         acks: Acks::new(feed.committer()),
         description: format!("topic {} (group {group})", config.topic),
         loader: Arc::new(Loader::Inline),
-        kind: SourceKind::Topic(TopicSource { feed }),
+        kind: SourceKind::Topic(TopicSource {
+            feed,
+            key: config.idempotency_key.clone(),
+        }),
     })
 }
 
@@ -60,12 +71,26 @@ impl TopicSource {
             .into_iter()
             .map(|item| match item.item {
                 Ok(consumed) => {
-                    let event = consumed.into_event();
-                    Delivery {
-                        position: item.position,
-                        idempotency_key: event.idempotency_key.clone(),
-                        ordering_key: event.subject.clone(),
-                        pending: Pending::Event(Box::new(event)),
+                    let custom = self.key.as_ref().map(|k| k.for_message(&consumed));
+                    let mut event = consumed.into_event();
+                    match custom {
+                        Some(Err(reason)) => Delivery {
+                            position: item.position,
+                            idempotency_key: event.idempotency_key,
+                            ordering_key: None,
+                            pending: Pending::Undecodable(reason),
+                        },
+                        custom => {
+                            if let Some(Ok(key)) = custom {
+                                event.idempotency_key = key;
+                            }
+                            Delivery {
+                                position: item.position,
+                                idempotency_key: event.idempotency_key.clone(),
+                                ordering_key: event.subject.clone(),
+                                pending: Pending::Event(Box::new(event)),
+                            }
+                        }
                     }
                 }
                 Err(reason) => Delivery {
