@@ -11,16 +11,20 @@
 use crate::config::reader::Table;
 use crate::event::{Consumed, ObjectCreated};
 
-/// Reads `idempotency_key` from a source table; a bad expression is
-/// reported at its value.
-pub fn read(table: &Table<'_, '_>, kind: Kind) -> Result<Option<KeyExpression>, ()> {
+/// Reads `idempotency_key` from a source table: `Some(None)` when it is
+/// absent, `None` when it is wrong (reported at its value).
+pub fn read(table: &Table<'_, '_>, kind: Kind) -> Option<Option<KeyExpression>> {
     let Some(field) = table.get("idempotency_key") else {
-        return Ok(None);
+        return Some(None);
     };
-    let text = field.string().ok_or(())?;
-    KeyExpression::parse(&text, kind)
-        .map(Some)
-        .map_err(|e| field.error(e))
+    let text = field.string()?;
+    match KeyExpression::parse(&text, kind) {
+        Ok(expression) => Some(Some(expression)),
+        Err(error) => {
+            field.error(error);
+            None
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

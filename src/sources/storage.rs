@@ -38,7 +38,7 @@ impl StorageSourceConfig {
         let max_object_size = table
             .size("max_object_size")
             .unwrap_or(DEFAULT_MAX_OBJECT_SIZE);
-        let idempotency_key = super::key::read(table, Kind::Storage).ok()?;
+        let idempotency_key = super::key::read(table, Kind::Storage)?;
         Some(Self {
             idempotency_key,
             bucket: bucket?,

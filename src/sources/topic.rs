@@ -30,7 +30,7 @@ impl TopicSourceConfig {
         Some(Self {
             topic: topic?,
             group,
-            idempotency_key: idempotency_key.ok()?,
+            idempotency_key: idempotency_key?,
         })
     }
 }
