@@ -186,4 +186,41 @@ mod tests {
     fn empty_is_unsupported() {
         assert!(matches!(decode(b""), Err(DecodeError::Unsupported(_))));
     }
+
+    /// A huge animated GIF: a 20000x20000 screen and 5,000 frames (each a
+    /// tiny 1x1 image, so the file stays small) is refused by its declared
+    /// size before any frame is decoded.
+    #[test]
+    fn huge_animated_gif_is_refused_by_its_screen_size() {
+        let mut gif = b"GIF89a".to_vec();
+        gif.extend(20000u16.to_le_bytes());
+        gif.extend(20000u16.to_le_bytes());
+        // Global colour table of 2 entries, background 0, no aspect ratio.
+        gif.extend([0x80, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff]);
+        // Loop forever (NETSCAPE2.0).
+        gif.extend(b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00");
+        for _ in 0..5000 {
+            // Graphic control (10 ms), then a 1x1 frame: LZW min code 2,
+            // clear, pixel 0, end.
+            gif.extend([0x21, 0xf9, 0x04, 0x00, 0x01, 0x00, 0x00, 0x00]);
+            gif.extend([0x2c, 0, 0, 0, 0, 1, 0, 1, 0, 0]);
+            gif.extend([0x02, 0x02, 0x44, 0x01, 0x00]);
+        }
+        gif.push(0x3b);
+        let err = decode(&gif).err().expect("refused");
+        assert!(
+            matches!(
+                err,
+                DecodeError::TooLarge {
+                    width: 20000,
+                    height: 20000
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "image is 20000x20000, larger than the 64000000-pixel limit"
+        );
+    }
 }
