@@ -150,8 +150,13 @@ impl Source {
             {
                 self.acks.started(position).await;
             }
+            // A failed commit must not drop the deliveries already marked
+            // started: their watermark would never move again. The next
+            // commit covers these offsets too.
             for position in skipped {
-                self.acks.finished(position).await?;
+                if let Err(error) = self.acks.finished(position).await {
+                    tracing::warn!(%error, "committing filtered-out events failed; a later commit covers them");
+                }
             }
             if !deliveries.is_empty() {
                 return Ok(deliveries);
