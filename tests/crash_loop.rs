@@ -40,14 +40,7 @@ async fn crash_loop_loses_nothing() {
     )
     .await;
     let (s3_client, _) = services::aws_clients(&endpoint).await;
-    for bucket in ["uploads", "thumbnails", "dead-letters"] {
-        s3_client
-            .create_bucket()
-            .bucket(bucket)
-            .send()
-            .await
-            .unwrap();
-    }
+    services::create_buckets(&s3_client, &["uploads", "thumbnails", "dead-letters"]).await;
 
     // 2,000 small photos straight into S3, each announced on `s3-events` as
     // MinIO would (the runtime config shipped in deploy/).
@@ -93,13 +86,7 @@ async fn crash_loop_loses_nothing() {
     // A slowish endpoint keeps events in flight while the kills land.
     let webhook = WebhookReceiver::start_with_delay(Duration::from_millis(5)).await;
     let deploy = std::fs::read_to_string(repo().join("deploy/runnel.kafka-s3.toml")).unwrap();
-    let env = [
-        ("S3_ENDPOINT", endpoint.as_str()),
-        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.as_str()),
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("NOTIFY_WEBHOOK_URL", webhook.url.as_str()),
-    ];
+    let env = services::deploy_env(&endpoint, &bootstrap, &webhook.url);
     // A stable instance id (static group membership): each restart takes
     // the dead process's partitions back at once instead of waiting out
     // its session.

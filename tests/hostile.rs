@@ -75,23 +75,10 @@ async fn hostile_events_are_dead_lettered_with_their_reason_and_runnel_keeps_ser
     )
     .await;
     let (s3_client, _) = services::aws_clients(&endpoint).await;
-    for bucket in ["uploads", "thumbnails", "dead-letters"] {
-        s3_client
-            .create_bucket()
-            .bucket(bucket)
-            .send()
-            .await
-            .unwrap();
-    }
+    services::create_buckets(&s3_client, &["uploads", "thumbnails", "dead-letters"]).await;
     let webhook = WebhookReceiver::start().await;
     let deploy = std::fs::read_to_string(repo().join("deploy/runnel.kafka-s3.toml")).unwrap();
-    let env = [
-        ("S3_ENDPOINT", endpoint.as_str()),
-        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.as_str()),
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("NOTIFY_WEBHOOK_URL", webhook.url.as_str()),
-    ];
+    let env = services::deploy_env(&endpoint, &bootstrap, &webhook.url);
     let runnel = Runnel::start(dir.path(), &pipelines(), &env, &deploy).await;
 
     let record = |name: &str, key: &str| {

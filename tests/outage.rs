@@ -146,27 +146,14 @@ async fn outages(cut_broker: bool, cut_store: bool) {
     )
     .await;
     let (s3_client, _) = services::aws_clients(&format!("http://127.0.0.1:{}", s3.port)).await;
-    for bucket in ["uploads", "thumbnails", "dead-letters"] {
-        s3_client
-            .create_bucket()
-            .bucket(bucket)
-            .send()
-            .await
-            .unwrap();
-    }
+    services::create_buckets(&s3_client, &["uploads", "thumbnails", "dead-letters"]).await;
 
     // A slow receiver (2 at a time, 100 ms each) keeps the run going while
     // the broker goes away.
     let webhook = WebhookReceiver::start_with_delay(Duration::from_millis(100)).await;
     let deploy = std::fs::read_to_string(repo().join("deploy/runnel.kafka-s3.toml")).unwrap();
     let endpoint = format!("http://127.0.0.1:{}", proxy.port);
-    let env = [
-        ("S3_ENDPOINT", endpoint.as_str()),
-        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.as_str()),
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("NOTIFY_WEBHOOK_URL", webhook.url.as_str()),
-    ];
+    let env = services::deploy_env(&endpoint, &bootstrap, &webhook.url);
     let runnel = Runnel::start_instance(
         &dir.path().join("runnel"),
         &pipelines(),

@@ -258,6 +258,29 @@ pub async fn s3_with_notifications(
     url
 }
 
+/// Creates each bucket in S3.
+pub async fn create_buckets(s3: &aws_sdk_s3::Client, buckets: &[&str]) {
+    for bucket in buckets {
+        s3.create_bucket().bucket(*bucket).send().await.unwrap();
+    }
+}
+
+/// The environment `deploy/runnel.kafka-s3.toml` and the shipped
+/// pipelines read, pointing at these services and `webhook`.
+pub fn deploy_env<'a>(
+    endpoint: &'a str,
+    bootstrap: &'a str,
+    webhook: &'a str,
+) -> [(&'static str, &'a str); 5] {
+    [
+        ("S3_ENDPOINT", endpoint),
+        ("KAFKA_BOOTSTRAP_SERVERS", bootstrap),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("NOTIFY_WEBHOOK_URL", webhook),
+    ]
+}
+
 /// What the thumbnail pipeline would have published for an upload.
 pub fn processed(key: &str, user: &str) -> String {
     serde_json::json!({
