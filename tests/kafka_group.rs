@@ -253,3 +253,82 @@ async fn a_key_expression_dedupes_by_payload() {
         "{record}"
     );
 }
+
+/// A group whose committed offset falls inside a record batch (the usual
+/// case after a restart: producers batch, runnel commits per event) resumes
+/// at that offset: the rest of the batch is processed, nothing before it.
+#[tokio::test(flavor = "multi_thread")]
+async fn resumes_from_a_commit_inside_a_record_batch() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let (dir, kafka) = setup().await;
+    let bootstrap = format!("127.0.0.1:{}", kafka.port);
+    // One key (one partition), sent without waiting and lingering long
+    // enough that librdkafka packs all ten into one batch.
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("linger.ms", "200")
+        .create()
+        .unwrap();
+    let payloads: Vec<String> = (0..10)
+        .map(|i| processed(&format!("batch/{i}.jpg"), "fay"))
+        .collect();
+    let sends: Vec<_> = payloads
+        .iter()
+        .map(|payload| {
+            producer
+                .send_result(
+                    FutureRecord::to("image-processed")
+                        .key("fay")
+                        .payload(payload),
+                )
+                .map_err(|(e, _)| e)
+                .unwrap()
+        })
+        .collect();
+    let mut positions = Vec::new();
+    for send in sends {
+        let delivery = send.await.unwrap().map_err(|(e, _)| e).unwrap();
+        positions.push((delivery.partition, delivery.offset));
+    }
+    let (partition, base) = positions[0];
+    assert!(
+        positions
+            .iter()
+            .enumerate()
+            .all(|(i, &(p, o))| p == partition && o == base + i as i64),
+        "one partition, consecutive offsets: {positions:?}"
+    );
+
+    // The notify group is done with the first four.
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", "notify")
+        .create()
+        .unwrap();
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset("image-processed", partition, Offset::Offset(base + 4))
+        .unwrap();
+    consumer.commit(&offsets, CommitMode::Sync).unwrap();
+    drop(consumer);
+
+    let webhook = WebhookReceiver::start().await;
+    let env = [("NOTIFY_WEBHOOK_URL", webhook.url.as_str())];
+    let runnel = Runnel::start(dir.path(), &notify(), &env, &broker_toml(&kafka)).await;
+    eventually("the rest of the batch notified", WAIT, || async {
+        (webhook.count() >= 6).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut keys: Vec<String> = notified_keys(&webhook)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    keys.sort();
+    let expected: Vec<String> = (4..10).map(|i| format!("batch/{i}.jpg")).collect();
+    assert_eq!(keys, expected);
+    drop(runnel);
+}
