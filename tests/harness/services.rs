@@ -93,34 +93,37 @@ impl Drop for Service {
     }
 }
 
-/// A tansu broker on loopback.
+/// A tansu broker on loopback, storing records in SQLite under `dir`.
+///
+/// Not in memory: tansu 0.6.0's object-store engine (`memory://`, `s3://`)
+/// answers a fetch from an offset inside a record batch with the *next*
+/// batch, skipping the rest of the one asked for. A consumer resuming from a
+/// committed offset that falls mid-batch (any restart or rebalance) then
+/// never sees those records; a real Kafka broker returns the whole batch.
+/// The SQLite engine fetches by record offset.
 pub fn tansu(dir: &std::path::Path) -> Service {
+    let port = free_port();
+    // Relative to the working directory, `dir`.
+    spawn_tansu(dir, port, port, format!("sqlite://tansu-{port}.db"))
+}
+
+/// A tansu broker on loopback that keeps records in memory, for what
+/// never resumes a consumer from a commit (benchmarks on fresh topics, the
+/// outage test): see [`tansu`] for what its engine gets wrong otherwise.
+pub fn tansu_in_memory(dir: &std::path::Path) -> Service {
     let port = free_port();
     tansu_behind(dir, port, port)
 }
 
-/// A tansu broker on loopback that keeps records in memory, for
-/// benchmarks: its engine skips records when a fetch starts inside a record
-/// batch (see [`tansu_behind`]), which a consumer only does when it resumes
-/// from a commit; a benchmark's consumers read fresh topics from the start.
-pub fn tansu_in_memory(dir: &std::path::Path) -> Service {
-    let port = free_port();
-    spawn_tansu(dir, port, port, "memory://tansu/".to_owned())
-}
-
-/// A tansu broker listening on `port` and advertising `advertised` (a
-/// proxy in front of it).
-///
-/// It stores records in SQLite under `dir`, not in memory: tansu 0.6.0's
-/// object-store engine (`memory://`, `s3://`) answers a fetch from an
-/// offset inside a record batch with the *next* batch, skipping the rest
-/// of the one asked for. A consumer resuming from a committed offset that
-/// falls mid-batch (any restart or rebalance) then never sees those
-/// records; a real Kafka broker returns the whole batch. The SQLite engine
-/// fetches by record offset.
+/// An in-memory tansu broker listening on `port` and advertising
+/// `advertised` (a proxy in front of it), for the outage test. Not SQLite:
+/// when an idempotent producer comes back after an outage, tansu 0.6.0's
+/// SQLite engine panics ("more or less than one row", lite.rs:503, then
+/// "unreachable" in service.rs:337) and drops every connection from then on.
+/// A 30 s cut is shorter than the consumers' session, so they keep their
+/// partitions and fetch positions: no fetch starts inside a batch.
 pub fn tansu_behind(dir: &std::path::Path, port: u16, advertised: u16) -> Service {
-    // Relative to the working directory, `dir`.
-    spawn_tansu(dir, port, advertised, format!("sqlite://tansu-{port}.db"))
+    spawn_tansu(dir, port, advertised, "memory://tansu/".to_owned())
 }
 
 fn spawn_tansu(dir: &std::path::Path, port: u16, advertised: u16, storage: String) -> Service {
