@@ -4,6 +4,12 @@
 //! content type: uploads are often misnamed. The EXIF orientation is read but
 //! not applied here, because rotating the full-size image would copy it;
 //! [`crate::thumbnails`] applies it to each small thumbnail instead.
+//!
+//! JPEGs much larger than the thumbnails wanted are decoded *shrunk*: the
+//! DCT blocks are inverted at 4×4, 2×2 or 1×1 instead of 8×8, which yields
+//! the image at 1/2, 1/4 or 1/8 of its size for a fraction of the work and
+//! memory (libjpeg's and libvips' "shrink-on-load"). The resizer then takes
+//! it to the exact size.
 
 use std::fmt;
 use std::io::Cursor;
@@ -21,7 +27,10 @@ pub const MAX_PIXELS: u64 = 64_000_000;
 
 /// A decoded image as stored, plus how to turn it upright.
 pub struct Decoded {
+    /// The pixels: the whole image, or a shrunk decode of it.
     pub image: DynamicImage,
+    /// The image's own width and height as stored (before any shrinking).
+    pub full: (u32, u32),
     pub orientation: Orientation,
     /// The embedded ICC profile when it describes RGB, so thumbnails of wide-gamut
     /// (e.g. Display P3) photos keep their colours. A CMYK or gray profile is
@@ -32,7 +41,7 @@ pub struct Decoded {
 impl Decoded {
     /// Width and height once the orientation is applied.
     pub fn upright_dimensions(&self) -> (u32, u32) {
-        let (w, h) = (self.image.width(), self.image.height());
+        let (w, h) = self.full;
         if swaps_axes(self.orientation) {
             (h, w)
         } else {
@@ -106,7 +115,14 @@ fn lowercase_first(e: &ImageError) -> String {
 }
 
 /// Decodes the first frame of `bytes`, whatever supported format they are in.
-pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+///
+/// `needed` is told the image's upright size and answers the largest upright
+/// size the caller will scale it to (`None`: the full size); a JPEG may then
+/// be decoded shrunk to no less than that.
+pub fn decode(
+    bytes: &[u8],
+    needed: impl Fn((u32, u32)) -> Option<(u32, u32)>,
+) -> Result<Decoded, DecodeError> {
     // Without a recognised signature, `into_decoder` fails as Unsupported.
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
@@ -126,6 +142,11 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         && u64::from(width) * u64::from(height) > MAX_PIXELS
     {
         return Err(DecodeError::TooLarge { width, height });
+    }
+    if reader.format() == Some(ImageFormat::Jpeg)
+        && let Some(decoded) = shrink_on_load(bytes, &needed)
+    {
+        return Ok(decoded);
     }
     // 16-bit RGBA is 8 bytes a pixel: room for the largest allowed image.
     let mut limits = Limits::default();
@@ -148,6 +169,55 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     let image = DynamicImage::from_decoder(decoder).map_err(classify)?;
     Ok(Decoded {
         image,
+        full: (width, height),
+        orientation,
+        rgb_icc_profile,
+    })
+}
+
+/// Decodes a JPEG at the smallest DCT scale (1/2, 1/4, 1/8) that still
+/// covers what is `needed`. `None` when no shrinking applies, or for what
+/// the general path handles better: CMYK and 12-bit JPEGs, and any error
+/// (which the general path then reports in its own words).
+fn shrink_on_load(
+    bytes: &[u8],
+    needed: &impl Fn((u32, u32)) -> Option<(u32, u32)>,
+) -> Option<Decoded> {
+    let mut decoder = jpeg_decoder::Decoder::new(bytes);
+    decoder.read_info().ok()?;
+    let info = decoder.info()?;
+    let full = (u32::from(info.width), u32::from(info.height));
+    if !matches!(
+        info.pixel_format,
+        jpeg_decoder::PixelFormat::RGB24 | jpeg_decoder::PixelFormat::L8
+    ) {
+        return None;
+    }
+    let orientation = decoder
+        .exif_data()
+        .and_then(Orientation::from_exif_chunk)
+        .unwrap_or(Orientation::NoTransforms);
+    let turned = swaps_axes(orientation);
+    let upright = if turned { (full.1, full.0) } else { full };
+    let (w, h) = needed(upright)?;
+    let (w, h) = if turned { (h, w) } else { (w, h) };
+    if w * 2 > full.0 || h * 2 > full.1 {
+        return None;
+    }
+    // Both fit in u16: they are at most half of a JPEG's u16 dimensions.
+    let (scaled_w, scaled_h) = decoder.scale(w as u16, h as u16).ok()?;
+    let pixels = decoder.decode().ok()?;
+    let (scaled_w, scaled_h) = (u32::from(scaled_w), u32::from(scaled_h));
+    let image = match info.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => {
+            DynamicImage::ImageRgb8(image::RgbImage::from_raw(scaled_w, scaled_h, pixels)?)
+        }
+        _ => DynamicImage::ImageLuma8(image::GrayImage::from_raw(scaled_w, scaled_h, pixels)?),
+    };
+    let rgb_icc_profile = decoder.icc_profile().filter(|p| is_rgb_profile(p));
+    Some(Decoded {
+        image,
+        full,
         orientation,
         rgb_icc_profile,
     })
@@ -173,7 +243,9 @@ mod tests {
     /// Text is refused with image's own explanation, which names the cause.
     #[test]
     fn garbage_is_unsupported() {
-        let err = decode(b"hello, this is not an image").err().unwrap();
+        let err = decode(b"hello, this is not an image", |_| None)
+            .err()
+            .unwrap();
         assert!(matches!(err, DecodeError::Unsupported(_)));
         assert_eq!(
             err.to_string(),
@@ -184,7 +256,10 @@ mod tests {
     /// An empty object is not an image either.
     #[test]
     fn empty_is_unsupported() {
-        assert!(matches!(decode(b""), Err(DecodeError::Unsupported(_))));
+        assert!(matches!(
+            decode(b"", |_| None),
+            Err(DecodeError::Unsupported(_))
+        ));
     }
 
     /// A huge animated GIF: a 20000x20000 screen and 5,000 frames (each a
@@ -207,7 +282,7 @@ mod tests {
             gif.extend([0x02, 0x02, 0x44, 0x01, 0x00]);
         }
         gif.push(0x3b);
-        let err = decode(&gif).err().expect("refused");
+        let err = decode(&gif, |_| None).err().expect("refused");
         assert!(
             matches!(
                 err,
@@ -221,6 +296,42 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "image is 20000x20000, larger than the 64000000-pixel limit"
+        );
+    }
+
+    fn photo(width: u32, height: u32) -> Vec<u8> {
+        let image = image::RgbImage::from_fn(width, height, |x, y| {
+            image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x + y) % 239) as u8])
+        });
+        let mut out = Cursor::new(Vec::new());
+        DynamicImage::ImageRgb8(image)
+            .write_to(&mut out, ImageFormat::Jpeg)
+            .unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn a_large_jpeg_is_decoded_shrunk_to_cover_what_is_needed() {
+        let bytes = photo(1600, 1200);
+        // 300x225 needed: 1/4 (400x300) covers it, 1/8 (200x150) would not.
+        let decoded = decode(&bytes, |upright| {
+            assert_eq!(upright, (1600, 1200));
+            Some((300, 225))
+        })
+        .unwrap();
+        assert_eq!(decoded.full, (1600, 1200));
+        assert_eq!(decoded.upright_dimensions(), (1600, 1200));
+        assert_eq!((decoded.image.width(), decoded.image.height()), (400, 300));
+        // Needing more than half the size: no shrinking.
+        let decoded = decode(&bytes, |_| Some((900, 675))).unwrap();
+        assert_eq!(
+            (decoded.image.width(), decoded.image.height()),
+            (1600, 1200)
+        );
+        let decoded = decode(&bytes, |_| None).unwrap();
+        assert_eq!(
+            (decoded.image.width(), decoded.image.height()),
+            (1600, 1200)
         );
     }
 }

@@ -5,9 +5,9 @@
 //! alpha channel that is opaque everywhere (common in exported PNGs) does not
 //! count, so such images still get the smaller JPEG.
 
-use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
-use image::{DynamicImage, ImageEncoder, ImageError};
+use image::error::{EncodingError, ImageFormatHint};
+use image::{DynamicImage, ImageEncoder, ImageError, ImageFormat};
 
 /// The file format of a thumbnail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,15 +59,41 @@ impl OutputFormat {
     ) -> Result<Vec<u8>, ImageError> {
         let mut out = Vec::new();
         match self {
-            OutputFormat::Jpeg => write(
-                JpegEncoder::new_with_quality(&mut out, quality),
-                image,
-                icc_profile,
-            )?,
+            OutputFormat::Jpeg => {
+                write_jpeg(&mut out, image, quality, icc_profile).map_err(|e| {
+                    ImageError::Encoding(EncodingError::new(
+                        ImageFormatHint::Exact(ImageFormat::Jpeg),
+                        e,
+                    ))
+                })?
+            }
             OutputFormat::Png => write(PngEncoder::new(&mut out), image, icc_profile)?,
         }
         Ok(out)
     }
+}
+
+/// Writes 8-bit RGB `image` as a baseline JPEG, chroma subsampled 4:2:0 (what
+/// libjpeg and libvips write at this quality).
+fn write_jpeg(
+    out: &mut Vec<u8>,
+    image: &DynamicImage,
+    quality: u8,
+    icc_profile: Option<&[u8]>,
+) -> Result<(), jpeg_encoder::EncodingError> {
+    let mut encoder = jpeg_encoder::Encoder::new(out, quality);
+    if let Some(profile) = icc_profile {
+        encoder.add_icc_profile(profile)?;
+    }
+    // Thumbnails are far below JPEG's 65535-pixel limit; the encoder
+    // rejects a zero or oversized side rather than wrapping.
+    let side = |n: u32| u16::try_from(n).unwrap_or(0);
+    encoder.encode(
+        image.as_bytes(),
+        side(image.width()),
+        side(image.height()),
+        jpeg_encoder::ColorType::Rgb,
+    )
 }
 
 /// Writes `image` with `encoder`, carrying its colour profile along.

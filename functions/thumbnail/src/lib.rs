@@ -24,7 +24,7 @@ mod jpeg_end;
 mod key;
 mod report;
 mod resize;
-mod thumbnails;
+pub mod thumbnails;
 
 #[cfg(test)]
 mod fixtures;

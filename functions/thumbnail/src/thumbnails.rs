@@ -50,7 +50,11 @@ pub fn make(
     widths: &[u32],
     quality: u8,
 ) -> Result<(Source, Vec<Thumbnail>), MakeError> {
-    let decoded = decode::decode(bytes).map_err(MakeError::Decode)?;
+    // The largest thumbnail is the last of the plan.
+    let decoded = decode::decode(bytes, |upright| {
+        resize::plan(widths, upright).last().copied()
+    })
+    .map_err(MakeError::Decode)?;
     let (width, height) = decoded.upright_dimensions();
     let swaps_axes = decode::swaps_axes(decoded.orientation);
     let format = OutputFormat::for_image(&decoded.image);
