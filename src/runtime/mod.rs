@@ -313,6 +313,11 @@ fn engine_config(pool: Option<&RuntimeSettings>) -> Config {
     config.epoch_interruption(true);
     config.wasm_component_model(true);
     config.parallel_compilation(true);
+    // `perf record` shows guest code by name with RUNNEL_WASM_PROFILER=perfmap
+    // (README, "Profiling a function").
+    if std::env::var_os("RUNNEL_WASM_PROFILER").is_some_and(|v| v == "perfmap") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     if let Some(settings) = pool {
         let instances = settings.max_instances.max(1);
         let mut pooling = PoolingAllocationConfig::default();

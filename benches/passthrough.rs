@@ -1,0 +1,491 @@
+//! Benchmarks #3 and #4: passthrough events/s with at-least-once commits.
+//!
+//! #3: a Kafka topic → runnel (the probe component echoing each event) →
+//! a Kafka topic, against a minimal native rdkafka consume → produce loop
+//! with the same commit policy (commit per partition up to the lowest
+//! offset whose output is not yet acknowledged), on the same broker (tansu,
+//! in-memory storage) with the same window of events in flight. The two
+//! sides alternate over several rounds, each on fresh topics prefilled with
+//! 100-byte events; both are timed the same way, from outside, by the
+//! consumer group's committed offsets.
+//!
+//! #4: the same pipeline on the embedded defaults (embedded queue in and
+//! out), timed by `runnel_events_completed_total`, with the process's CPU
+//! time to give events/s per core, its peak RSS, and its RSS after 10k and
+//! 100k events (benchmark #7's leak check).
+//!
+//! `cargo bench --features kafka --bench passthrough` (scripts/bench runs
+//! it); prints Markdown rows and writes `$CARGO_TARGET_DIR/bench/passthrough.json`.
+
+#[path = "../tests/harness/mod.rs"]
+mod harness;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+
+use harness::Runnel;
+use harness::services::{self, Service};
+
+/// Events per round (#3).
+const EVENTS: usize = 20_000;
+/// The embedded run (#4), and the leak check's two points (#7): RSS after
+/// `SHORT_RUN` and after `LONG_RUN` events.
+const LONG_RUN: usize = 100_000;
+const SHORT_RUN: usize = 10_000;
+const ROUNDS: usize = 3;
+const PARTITIONS: i32 = 4;
+/// Events in flight at once: the pipeline's `concurrency`, and the native
+/// loop's window of unacknowledged produces.
+const WINDOW: usize = 64;
+const PAYLOAD: usize = 100;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+}
+
+async fn run() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = services::tansu_in_memory(dir.path());
+    let bootstrap = format!("127.0.0.1:{}", kafka.port);
+
+    let mut native = Vec::new();
+    let mut runnel = Vec::new();
+    for round in 0..ROUNDS {
+        // Alternate which side goes first, so drift hurts both alike.
+        let order = if round % 2 == 0 {
+            [Side::Native, Side::Runnel]
+        } else {
+            [Side::Runnel, Side::Native]
+        };
+        for side in order {
+            let rate = kafka_round(dir.path(), &kafka, &bootstrap, round, side).await;
+            eprintln!("round {round}: {side:?} {rate:.0} events/s");
+            match side {
+                Side::Native => native.push(rate),
+                Side::Runnel => runnel.push(rate),
+            }
+        }
+    }
+    let ratios: Vec<f64> = runnel.iter().zip(&native).map(|(r, n)| r / n).collect();
+
+    let embedded = embedded_run(dir.path()).await;
+
+    let json = serde_json::json!({
+        "kafka": {
+            "events_per_round": EVENTS, "window": WINDOW, "payload_bytes": PAYLOAD,
+            "runnel_events_per_s": runnel, "native_events_per_s": native, "ratios": ratios,
+        },
+        "embedded": embedded.json(),
+    });
+    let out =
+        PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_owned()))
+            .join("bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join("passthrough.json"),
+        serde_json::to_string_pretty(&json).unwrap(),
+    )
+    .unwrap();
+
+    let ratio = median(&ratios);
+    println!(
+        "| 3 | passthrough, Kafka → Kafka, {PAYLOAD}-byte events, {WINDOW} in flight, at-least-once commits (median of {ROUNDS} rounds) | {:.0} events/s | native rdkafka loop: {:.0} events/s | {ratio:.2}× ({:.2}–{:.2}) | ≥ 0.8× | {} |",
+        median(&runnel),
+        median(&native),
+        min(&ratios),
+        max(&ratios),
+        if ratio >= 0.8 { "yes" } else { "**no**" },
+    );
+    println!(
+        "| 4 | passthrough, embedded queue → embedded queue, {PAYLOAD}-byte events | {:.0} events/s; {:.0} events/s per core ({:.2} cores busy) | — | — | report | — |",
+        embedded.rate, embedded.per_core, embedded.cores,
+    );
+    let growth = embedded.rss_long_mib - embedded.rss_short_mib;
+    println!(
+        "| 7 | memory at max throughput (embedded passthrough): peak RSS; RSS after {}k vs {}k events | peak {:.0} MiB; {:.1} → {:.1} MiB ({growth:+.1}) | — | — | peak ≤ 300 MiB, no growth beyond noise | {} |",
+        SHORT_RUN / 1000,
+        LONG_RUN / 1000,
+        embedded.peak_mib,
+        embedded.rss_short_mib,
+        embedded.rss_long_mib,
+        if embedded.peak_mib <= 300.0 && growth < 8.0 {
+            "yes"
+        } else {
+            "**no**"
+        },
+    );
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Side {
+    Native,
+    Runnel,
+}
+
+/// One side's run on fresh topics: events/s between the group's first
+/// commit and the commit that covers every event.
+async fn kafka_round(
+    dir: &Path,
+    kafka: &Service,
+    bootstrap: &str,
+    round: usize,
+    side: Side,
+) -> f64 {
+    let name = format!("{side:?}-{round}").to_lowercase();
+    let (input, output, group) = (
+        format!("in-{name}"),
+        format!("out-{name}"),
+        format!("g-{name}"),
+    );
+    services::create_topics(bootstrap, &[(&input, PARTITIONS), (&output, PARTITIONS)]).await;
+    prefill_kafka(bootstrap, &input, EVENTS).await;
+
+    let watch = tokio::spawn(watch_commits(
+        bootstrap.to_owned(),
+        input.clone(),
+        group.clone(),
+    ));
+    match side {
+        Side::Native => {
+            let stop = Arc::new(AtomicBool::new(false));
+            let looping = tokio::spawn(native_loop(
+                bootstrap.to_owned(),
+                input,
+                output,
+                group,
+                stop.clone(),
+            ));
+            let rate = watch.await.unwrap();
+            stop.store(true, Ordering::Relaxed);
+            looping.await.unwrap();
+            rate
+        }
+        Side::Runnel => {
+            let work = dir.join(&name);
+            std::fs::create_dir_all(&work).unwrap();
+            let pipeline = work.join("passthrough.toml");
+            std::fs::write(&pipeline, pipeline_toml(&input, Some(&group), &output)).unwrap();
+            let broker = format!(
+                "[broker]\ntype = \"kafka\"\nbootstrap_servers = \"127.0.0.1:{}\"\n",
+                kafka.port
+            );
+            let process = Runnel::start(&work, &[pipeline], &[], &broker).await;
+            let rate = watch.await.unwrap();
+            drop(process);
+            rate
+        }
+    }
+}
+
+fn pipeline_toml(input: &str, group: Option<&str>, output: &str) -> String {
+    let probe = harness::repo().join("functions/testing/probe");
+    let group = group
+        .map(|g| format!("group = {g:?}\n"))
+        .unwrap_or_default();
+    format!(
+        r#"name = "passthrough"
+concurrency = {WINDOW}
+
+[source]
+type = "topic"
+topic = {input:?}
+{group}
+[function]
+path = {probe:?}
+memory_limit = "16MiB"
+timeout = "1s"
+
+[function.config]
+mode = "echo"
+sink = "out"
+
+[sinks.out]
+type = "topic"
+topic = {output:?}
+"#
+    )
+}
+
+fn payload(i: usize) -> Vec<u8> {
+    let mut bytes = format!("event {i:08} ").into_bytes();
+    bytes.resize(PAYLOAD, b'.');
+    bytes
+}
+
+async fn prefill_kafka(bootstrap: &str, topic: &str, events: usize) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    let mut sends = FuturesUnordered::new();
+    for i in 0..events {
+        let (key, payload) = (format!("k{i}"), payload(i));
+        loop {
+            let record = FutureRecord::to(topic).key(&key).payload(&payload[..]);
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    sends.push(delivery);
+                    break;
+                }
+                // The local queue is full: let deliveries drain.
+                Err(_) => {
+                    sends.next().await;
+                }
+            }
+        }
+    }
+    while let Some(done) = sends.next().await {
+        done.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+}
+
+/// Polls the group's committed offsets on `topic`; returns events/s from
+/// the first commit to the one covering every event.
+async fn watch_commits(bootstrap: String, topic: String, group: String) -> f64 {
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", &group)
+            .create()
+            .unwrap();
+        let mut partitions = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            partitions.add_partition(&topic, p);
+        }
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let mut first: Option<(Instant, i64)> = None;
+        loop {
+            assert!(Instant::now() < deadline, "{group} did not finish {topic}");
+            let committed = consumer
+                .committed_offsets(partitions.clone(), Duration::from_secs(5))
+                .unwrap();
+            let done: i64 = committed
+                .elements()
+                .iter()
+                .map(|e| match e.offset() {
+                    Offset::Offset(n) => n,
+                    _ => 0,
+                })
+                .sum();
+            let now = Instant::now();
+            if done > 0 && first.is_none() {
+                first = Some((now, done));
+            }
+            if done >= EVENTS as i64 {
+                let (at, from) = first.unwrap();
+                return (done - from) as f64 / (now - at).as_secs_f64().max(1e-3);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// The floor: consume, produce each message to `output` (idempotent
+/// producer, acks from all replicas, as runnel's), and once its delivery is
+/// acknowledged commit per partition up to the lowest offset still in flight.
+async fn native_loop(
+    bootstrap: String,
+    input: String,
+    output: String,
+    group: String,
+    stop: Arc<AtomicBool>,
+) {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&input]).unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .create()
+        .unwrap();
+    let mut in_flight = FuturesUnordered::new();
+    let mut partitions: BTreeMap<i32, Watermark> = BTreeMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        tokio::select! {
+            message = consumer.recv(), if in_flight.len() < WINDOW => {
+                let message = message.unwrap();
+                let (partition, offset) = (message.partition(), message.offset());
+                let mut record = FutureRecord::to(&output)
+                    .payload(message.payload().unwrap_or_default());
+                if let Some(key) = message.key() {
+                    record = record.key(key);
+                }
+                let delivery = producer.send_result(record).map_err(|(e, _)| e).unwrap();
+                partitions.entry(partition).or_default().start(offset);
+                in_flight.push(async move { (partition, offset, delivery.await) });
+            }
+            Some((partition, offset, delivered)) = in_flight.next() => {
+                delivered.unwrap().map_err(|(e, _)| e).unwrap();
+                if let Some(next) = partitions.get_mut(&partition).unwrap().finish(offset) {
+                    let mut offsets = TopicPartitionList::new();
+                    offsets
+                        .add_partition_offset(&input, partition, Offset::Offset(next))
+                        .unwrap();
+                    consumer.commit(&offsets, CommitMode::Async).unwrap();
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+}
+
+/// Offsets in flight in one partition, and what was last committed.
+#[derive(Default)]
+struct Watermark {
+    in_flight: BTreeSet<i64>,
+    next: i64,
+    committed: i64,
+}
+
+impl Watermark {
+    fn start(&mut self, offset: i64) {
+        self.in_flight.insert(offset);
+        self.next = self.next.max(offset + 1);
+    }
+
+    /// The offset to commit, when it moved.
+    fn finish(&mut self, offset: i64) -> Option<i64> {
+        self.in_flight.remove(&offset);
+        let watermark = self.in_flight.first().copied().unwrap_or(self.next);
+        (watermark > self.committed).then(|| {
+            self.committed = watermark;
+            watermark
+        })
+    }
+}
+
+struct Embedded {
+    rate: f64,
+    cores: f64,
+    per_core: f64,
+    peak_mib: f64,
+    rss_short_mib: f64,
+    rss_long_mib: f64,
+}
+
+impl Embedded {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "events": LONG_RUN, "events_per_s": self.rate, "cores_busy": self.cores,
+            "events_per_s_per_core": self.per_core, "peak_rss_mib": self.peak_mib,
+            "rss_mib_after_short_run": self.rss_short_mib,
+            "rss_mib_after_long_run": self.rss_long_mib, "short_run_events": SHORT_RUN,
+        })
+    }
+}
+
+/// #4 and #7: the embedded queue prefilled with `LONG_RUN` events (written
+/// into the journal before runnel starts), all passed through.
+async fn embedded_run(dir: &Path) -> Embedded {
+    let work = dir.join("embedded");
+    let data = work.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    {
+        use runnel::broker::Broker as _;
+        let broker = runnel::broker::embedded::EmbeddedBroker::open(
+            &data.join("broker.db"),
+            runnel::sqlite::Durability::Normal,
+            4,
+        )
+        .unwrap();
+        let started = Instant::now();
+        for i in 0..LONG_RUN {
+            broker
+                .publish(
+                    "bench-in",
+                    None,
+                    runnel::event::Message {
+                        key: Some(format!("k{i}")),
+                        headers: Vec::new(),
+                        payload: payload(i).into(),
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        eprintln!(
+            "prefilled {LONG_RUN} embedded events in {:?}",
+            started.elapsed()
+        );
+    }
+    let pipeline = work.join("passthrough.toml");
+    std::fs::write(&pipeline, pipeline_toml("bench-in", None, "bench-out")).unwrap();
+    let process = Runnel::start(&work, &[pipeline], &[], "").await;
+    let completed = || async {
+        process
+            .metric(
+                "runnel_events_completed_total",
+                &[("pipeline", "passthrough"), ("result", "done")],
+            )
+            .await as usize
+    };
+    // Rate and CPU over the whole run, from the first completed event; RSS
+    // once SHORT_RUN events are done and again at the end.
+    let started = Instant::now();
+    let mut first = None;
+    let mut rss_short = None;
+    let (rate, cores) = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the embedded run did not finish"
+        );
+        let done = completed().await;
+        let now = (Instant::now(), process.cpu_seconds(), done);
+        if done > 0 && first.is_none() {
+            first = Some(now);
+        }
+        if done >= SHORT_RUN && rss_short.is_none() {
+            rss_short = Some(process.rss_mib());
+        }
+        if done >= LONG_RUN {
+            let (at, cpu, from) = first.unwrap();
+            let wall = (now.0 - at).as_secs_f64();
+            break ((done - from) as f64 / wall, (now.1 - cpu) / wall);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let rss_short_mib = rss_short.unwrap();
+    Embedded {
+        rate,
+        cores,
+        per_core: rate / cores.max(1e-3),
+        peak_mib: process.peak_rss_mib(),
+        rss_short_mib,
+        rss_long_mib: process.rss_mib(),
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+fn min(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn max(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+}

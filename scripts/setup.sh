@@ -1,0 +1,52 @@
+# Sourced by scripts/test and scripts/bench: installs what is missing — the
+# pinned toolchain and the wasm32-wasip2 target, and the services the tests
+# and benchmarks run against — and exports CARGO_TARGET_DIR and PATH.
+#
+# The target directory lives outside the clone so a fresh clone on a used
+# machine reuses earlier builds (override with CARGO_TARGET_DIR).
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/runnel/target}"
+toolchain=$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+if ! rustup toolchain list | grep -q "^$toolchain"; then
+  step "installing Rust $toolchain"
+  if ! rustup toolchain install "$toolchain" --profile minimal --component rustfmt,clippy; then
+    # A machine whose only toolchain is "stable" at the pinned version can
+    # still run everything: use it instead of the pin.
+    if rustup run stable rustc --version | grep -q "^rustc $toolchain "; then
+      export RUSTUP_TOOLCHAIN=stable
+      toolchain=stable
+    else
+      echo "cannot install Rust $toolchain and stable is not $toolchain" >&2
+      exit 1
+    fi
+  fi
+fi
+if ! rustup target list --installed --toolchain "$toolchain" | grep -qx wasm32-wasip2; then
+  step "adding the wasm32-wasip2 target"
+  rustup target add wasm32-wasip2 --toolchain "$toolchain"
+fi
+
+# The services the Kafka and S3 tests run against (they start them on
+# loopback themselves). Installed once, then reused.
+if ! command -v tansu >/dev/null && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
+  step "installing tansu 0.6.0, a Kafka-API broker (about 20 minutes the first time)"
+  CARGO_TARGET_DIR="$HOME/.cache/runnel/tansu-target" \
+    cargo install tansu@0.6.0 --locked --features libsql,dynostore
+fi
+if ! command -v moto_server >/dev/null; then
+  step "installing moto, an S3 and SQS server"
+  python3 -m pip install --quiet 'moto[server]==5.2.1'
+fi
+if [ "${RUNNEL_SETUP_BENCH:-}" = 1 ] && ! command -v vipsthumbnail >/dev/null; then
+  step "installing libvips-tools (vipsthumbnail, benchmark #5's peer)"
+  apt-get update -qq && apt-get install -y -qq libvips-tools
+fi
+if ! command -v redis-server >/dev/null; then
+  step "installing redis-server (the shared idempotency store's tests)"
+  apt-get update -qq && apt-get install -y -qq redis-server
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
+
