@@ -16,15 +16,15 @@
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
 use crate::event::{Message, Position};
-use crate::sqlite::{self, Durability};
+use crate::sqlite::{self, Durability, GroupCommit, GroupCommitError};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS journal_streams (
@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS journal_offsets (
 pub struct JournalError {
     path: String,
     #[source]
-    source: rusqlite::Error,
+    source: GroupCommitError,
 }
 
 /// A handle to one journal database; cheap to clone.
@@ -70,7 +70,7 @@ pub struct Journal {
 
 struct Inner {
     path: String,
-    conn: Mutex<Connection>,
+    db: GroupCommit,
     /// Woken on every append so that consumers wait instead of polling.
     appended: Notify,
     default_partitions: u32,
@@ -96,43 +96,42 @@ impl Journal {
             path: display.clone(),
             source,
         };
-        let conn = sqlite::open(path, durability).map_err(wrap)?;
-        conn.execute_batch(SCHEMA).map_err(wrap)?;
+        let conn = sqlite::open(path, durability).map_err(|e| wrap(e.into()))?;
+        conn.execute_batch(SCHEMA).map_err(|e| wrap(e.into()))?;
+        let db = GroupCommit::start("runnel-journal", conn)
+            .map_err(|e| wrap(GroupCommitError::Thread(e)))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path: display,
-                conn: Mutex::new(conn),
+                db,
                 appended: Notify::new(),
                 default_partitions: default_partitions.max(1),
             }),
         })
     }
 
-    fn error(&self, source: rusqlite::Error) -> JournalError {
+    fn error(&self, source: GroupCommitError) -> JournalError {
         JournalError {
             path: self.inner.path.clone(),
             source,
         }
     }
 
-    /// Runs `work` in a transaction on a blocking thread. Other embedded
-    /// tables (object metadata) use this to commit together with an append.
+    /// Runs `work` atomically on the journal's database thread and returns
+    /// once it is committed (together with whatever else was waiting: see
+    /// [`GroupCommit`]). Other embedded tables (object metadata) use this to
+    /// commit together with an append.
     pub async fn transaction<R, F>(&self, work: F) -> Result<R, JournalError>
     where
         R: Send + 'static,
-        F: FnOnce(&Transaction<'_>, &Journal) -> rusqlite::Result<R> + Send + 'static,
+        F: FnOnce(&Connection, &Journal) -> rusqlite::Result<R> + Send + 'static,
     {
         let journal = self.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let mut conn = journal.inner.conn.lock().unwrap_or_else(|e| e.into_inner());
-            let tx = conn.transaction()?;
-            let value = work(&tx, &journal)?;
-            tx.commit()?;
-            Ok(value)
-        })
-        .await
-        .expect("journal task panicked");
-        result.map_err(|e| self.error(e))
+        self.inner
+            .db
+            .run(move |conn| work(conn, &journal))
+            .await
+            .map_err(|e| self.error(e))
     }
 
     /// Runs a schema statement batch (for tables that live beside the log).
@@ -165,19 +164,20 @@ impl Journal {
     /// Appends inside an open transaction (see [`Journal::transaction`]).
     pub fn append_in(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Connection,
         stream: &str,
         producer_id: Option<&str>,
         message: &Message,
     ) -> rusqlite::Result<Position> {
         if let Some(id) = producer_id {
             let existing = tx
-                .query_row(
+                .prepare_cached(
                     "SELECT partition, offset FROM journal_records
                      WHERE stream = ?1 AND producer_id = ?2",
-                    params![stream, id],
-                    |row| Ok(position(row.get(0)?, row.get(1)?)),
-                )
+                )?
+                .query_row(params![stream, id], |row| {
+                    Ok(position(row.get(0)?, row.get(1)?))
+                })
                 .optional()?;
             if let Some(existing) = existing {
                 return Ok(existing);
@@ -185,41 +185,38 @@ impl Journal {
         }
         let partitions = self.partitions_in(tx, stream)?;
         let partition = partition_for(message.key.as_deref().or(producer_id), partitions);
-        let next: i64 = tx.query_row(
-            "SELECT COALESCE(MAX(offset) + 1, 0) FROM journal_records
+        let next: i64 = tx
+            .prepare_cached(
+                "SELECT COALESCE(MAX(offset) + 1, 0) FROM journal_records
              WHERE stream = ?1 AND partition = ?2",
-            params![stream, partition],
-            |row| row.get(0),
-        )?;
+            )?
+            .query_row(params![stream, partition], |row| row.get(0))?;
         let headers = serde_json::to_string(&message.headers).expect("headers serialize");
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO journal_records
              (stream, partition, offset, producer_id, key, headers, payload, appended_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                stream,
-                partition,
-                next,
-                producer_id,
-                message.key,
-                headers,
-                &message.payload[..],
-                now_ms()
-            ],
-        )?;
+        )?
+        .execute(params![
+            stream,
+            partition,
+            next,
+            producer_id,
+            message.key,
+            headers,
+            &message.payload[..],
+            now_ms()
+        ])?;
         Ok(position(partition, next))
     }
 
-    fn partitions_in(&self, tx: &Transaction<'_>, stream: &str) -> rusqlite::Result<u32> {
-        tx.execute(
+    fn partitions_in(&self, tx: &Connection, stream: &str) -> rusqlite::Result<u32> {
+        tx.prepare_cached(
             "INSERT OR IGNORE INTO journal_streams (stream, partitions) VALUES (?1, ?2)",
-            params![stream, self.inner.default_partitions],
-        )?;
-        tx.query_row(
-            "SELECT partitions FROM journal_streams WHERE stream = ?1",
-            params![stream],
-            |row| row.get(0),
-        )
+        )?
+        .execute(params![stream, self.inner.default_partitions])?;
+        tx.prepare_cached("SELECT partitions FROM journal_streams WHERE stream = ?1")?
+            .query_row(params![stream], |row| row.get(0))
     }
 
     /// Opens a consumer on `stream` for group `consumer`, starting at the
@@ -285,10 +282,8 @@ impl Journal {
             .unwrap_or_default()
             .as_millis() as i64;
         self.transaction(move |tx, _| {
-            tx.execute(
-                "DELETE FROM journal_records WHERE appended_ms < ?1",
-                params![cutoff_ms],
-            )
+            tx.prepare_cached("DELETE FROM journal_records WHERE appended_ms < ?1")?
+                .execute(params![cutoff_ms])
         })
         .await
     }
@@ -402,13 +397,13 @@ impl Committer {
         let (s, c) = (self.stream.clone(), self.consumer.clone());
         self.journal
             .transaction(move |tx, _| {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO journal_offsets (stream, consumer, partition, next_offset)
                      VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (stream, consumer, partition)
                      DO UPDATE SET next_offset = MAX(next_offset, excluded.next_offset)",
-                    params![s, c, partition, next_offset as i64],
-                )
+                )?
+                .execute(params![s, c, partition, next_offset as i64])
                 .map(drop)
             })
             .await

@@ -48,3 +48,197 @@ pub fn open(path: &Path, durability: Durability) -> rusqlite::Result<Connection>
     conn.pragma_update(None, "synchronous", sync)?;
     Ok(conn)
 }
+
+/// One SQLite connection on a thread of its own that commits whatever work
+/// is waiting in one transaction: *group commit*. Under load, one fsync
+/// makes many callers' writes durable at once instead of one each; alone,
+/// a caller waits for its own commit as before.
+///
+/// Each piece of work runs in a savepoint, so its failure rolls back only
+/// its own changes; a caller hears back only after the transaction holding
+/// its work committed (or failed). Work runs in submission order.
+pub struct GroupCommit {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+/// Runs one caller's work in the open transaction; returns how to tell the
+/// caller the outcome once the commit is known.
+type Job = Box<dyn FnOnce(&mut rusqlite::Transaction<'_>) -> Reply + Send>;
+type Reply = Box<dyn FnOnce(Result<(), &rusqlite::Error>) + Send>;
+
+/// Work committed together at most: bounds the latency one batch adds.
+const MAX_BATCH: usize = 256;
+
+/// Why work sent to a [`GroupCommit`] did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupCommitError {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// The work panicked (its changes were rolled back).
+    #[error("panicked: {0}")]
+    Panicked(String),
+    /// The database thread could not be started.
+    #[error("cannot start the database thread: {0}")]
+    Thread(std::io::Error),
+    /// The database thread is gone, or could not start a transaction.
+    #[error("database thread stopped")]
+    Stopped,
+}
+
+impl GroupCommit {
+    /// Moves `conn` to a new thread named `name`.
+    pub fn start(name: &str, conn: Connection) -> std::io::Result<Self> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || run_batches(conn, queue))?;
+        Ok(Self { jobs })
+    }
+
+    /// Runs `work` and waits until it is committed.
+    pub async fn run<R, F>(&self, work: F) -> Result<R, GroupCommitError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |tx| {
+            let result = in_savepoint(tx, work);
+            Box::new(move |commit| {
+                let outcome = match (result, commit) {
+                    (Ok(value), Ok(())) => Ok(value),
+                    (Err(error), _) => Err(error),
+                    (Ok(_), Err(error)) => Err(GroupCommitError::Sqlite(clone_error(error))),
+                };
+                let _ = sender.send(outcome);
+            })
+        });
+        self.jobs.send(job).map_err(|_| GroupCommitError::Stopped)?;
+        receiver.await.map_err(|_| GroupCommitError::Stopped)?
+    }
+}
+
+fn in_savepoint<R>(
+    tx: &mut rusqlite::Transaction<'_>,
+    work: impl FnOnce(&Connection) -> rusqlite::Result<R>,
+) -> Result<R, GroupCommitError> {
+    let savepoint = tx.savepoint()?;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&savepoint)));
+    match result {
+        Ok(Ok(value)) => {
+            savepoint.commit()?;
+            Ok(value)
+        }
+        // Dropping the savepoint rolls its changes back.
+        Ok(Err(error)) => Err(error.into()),
+        Err(panic) => Err(GroupCommitError::Panicked(
+            panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default(),
+        )),
+    }
+}
+
+/// The database thread: takes what is waiting (up to [`MAX_BATCH`]), runs it
+/// in one transaction, commits, answers everyone; until every sender is gone.
+fn run_batches(mut conn: Connection, queue: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        batch.extend(queue.try_iter().take(MAX_BATCH - 1));
+        let mut tx = match conn.transaction() {
+            Ok(tx) => tx,
+            Err(error) => {
+                tracing::error!(%error, "cannot start a transaction");
+                // Dropping the jobs tells their callers.
+                continue;
+            }
+        };
+        let replies: Vec<Reply> = batch.into_iter().map(|job| job(&mut tx)).collect();
+        let commit = tx.commit();
+        for reply in replies {
+            reply(commit.as_ref().map(drop));
+        }
+    }
+}
+
+/// rusqlite errors are not `Clone`; a failed commit is told to every caller
+/// of its batch with its code and message.
+fn clone_error(error: &rusqlite::Error) -> rusqlite::Error {
+    match error {
+        rusqlite::Error::SqliteFailure(code, message) => {
+            rusqlite::Error::SqliteFailure(*code, message.clone())
+        }
+        other => rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(other.to_string()),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn count(conn: &Connection) -> rusqlite::Result<i64> {
+        conn.query_row("SELECT COUNT(*) FROM t", [], |row| row.get(0))
+    }
+
+    /// Work sent at once commits together, yet a failing or panicking piece
+    /// rolls back only its own changes and hears its own error; what was
+    /// committed is on disk for the next connection.
+    #[tokio::test]
+    async fn group_commit_isolates_each_piece_of_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        let conn = open(&path, Durability::Full).unwrap();
+        conn.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+            .unwrap();
+        let db = Arc::new(GroupCommit::start("test-db", conn).unwrap());
+        let runs = (0..100).map(|n| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.run(move |conn| {
+                    conn.execute("INSERT INTO t (n) VALUES (?1)", [n])?;
+                    match n % 10 {
+                        // Fails after writing: its row must not survive.
+                        3 => conn.execute("INSERT INTO t (n) VALUES (?1)", [n]).map(drop),
+                        7 => panic!("work {n} panics"),
+                        _ => Ok(()),
+                    }
+                })
+                .await
+            })
+        });
+        let mut outcomes = Vec::new();
+        for run in runs.collect::<Vec<_>>() {
+            outcomes.push(run.await.unwrap());
+        }
+        for (n, outcome) in outcomes.iter().enumerate() {
+            match n % 10 {
+                3 => assert!(
+                    matches!(outcome, Err(GroupCommitError::Sqlite(_))),
+                    "{n}: {outcome:?}"
+                ),
+                7 => assert!(
+                    matches!(outcome, Err(GroupCommitError::Panicked(m)) if m.contains("panics")),
+                    "{n}: {outcome:?}"
+                ),
+                _ => assert!(outcome.is_ok(), "{n}: {outcome:?}"),
+            }
+        }
+        assert_eq!(db.run(count).await.unwrap(), 80);
+        drop(db);
+        let reopened = open(&path, Durability::Full).unwrap();
+        assert_eq!(count(&reopened).unwrap(), 80);
+        let missing: i64 = reopened
+            .query_row("SELECT COUNT(*) FROM t WHERE n % 10 IN (3, 7)", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(missing, 0);
+    }
+}

@@ -2,17 +2,16 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{OptionalExtension, params};
 
 use super::{Completion, IdempotencyError, IdempotencyStore};
-use crate::sqlite::{self, Durability};
+use crate::sqlite::{self, Durability, GroupCommit};
 
 pub struct EmbeddedIdempotency {
-    conn: Arc<Mutex<Connection>>,
+    db: GroupCommit,
     ttl: Duration,
 }
 
@@ -60,24 +59,21 @@ impl EmbeddedIdempotency {
             params![cutoff],
         )
         .map_err(wrap)?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-            ttl,
-        })
+        let db = GroupCommit::start("runnel-idempotency", conn)
+            .map_err(|e| IdempotencyError(format!("{}: {e}", path.display())))?;
+        Ok(Self { db, ttl })
     }
 
+    /// Runs `work` atomically, committed with whatever other events' records
+    /// are waiting (group commit: one fsync for many).
     async fn run<R: Send + 'static>(
         &self,
-        work: impl FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+        work: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
     ) -> Result<R, IdempotencyError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-            work(&conn)
-        })
-        .await
-        .expect("idempotency task panicked")
-        .map_err(|e| IdempotencyError(e.to_string()))
+        self.db
+            .run(work)
+            .await
+            .map_err(|e| IdempotencyError(e.to_string()))
     }
 }
 
@@ -92,12 +88,11 @@ impl IdempotencyStore for EmbeddedIdempotency {
         let cutoff = now_ms() - self.ttl.as_millis() as i64;
         let how: Option<String> = self
             .run(move |conn| {
-                conn.query_row(
+                conn.prepare_cached(
                     "SELECT how FROM completions
                      WHERE pipeline = ?1 AND key = ?2 AND completed_ms >= ?3",
-                    params![p, k, cutoff],
-                    |row| row.get(0),
-                )
+                )?
+                .query_row(params![p, k, cutoff], |row| row.get(0))
                 .optional()
             })
             .await?;
@@ -128,11 +123,11 @@ impl IdempotencyStore for EmbeddedIdempotency {
     ) -> Result<(), IdempotencyError> {
         let (p, k, o) = (pipeline.to_owned(), key.to_owned(), output.to_owned());
         self.run(move |conn| {
-            conn.execute(
+            conn.prepare_cached(
                 "INSERT OR REPLACE INTO deliveries (pipeline, key, output, delivered_ms)
                  VALUES (?1, ?2, ?3, ?4)",
-                params![p, k, o, now_ms()],
-            )
+            )?
+            .execute(params![p, k, o, now_ms()])
             .map(drop)
         })
         .await
@@ -145,18 +140,16 @@ impl IdempotencyStore for EmbeddedIdempotency {
         how: Completion,
     ) -> Result<(), IdempotencyError> {
         let (p, k) = (pipeline.to_owned(), key.to_owned());
+        // Both or neither: `run` holds its work in a savepoint.
         self.run(move |conn| {
-            let tx = conn.unchecked_transaction()?;
-            tx.execute(
+            conn.prepare_cached(
                 "INSERT OR REPLACE INTO completions (pipeline, key, how, completed_ms)
                  VALUES (?1, ?2, ?3, ?4)",
-                params![p, k, how.as_str(), now_ms()],
-            )?;
-            tx.execute(
-                "DELETE FROM deliveries WHERE pipeline = ?1 AND key = ?2",
-                params![p, k],
-            )?;
-            tx.commit()
+            )?
+            .execute(params![p, k, how.as_str(), now_ms()])?;
+            conn.prepare_cached("DELETE FROM deliveries WHERE pipeline = ?1 AND key = ?2")?
+                .execute(params![p, k])
+                .map(drop)
         })
         .await
     }
