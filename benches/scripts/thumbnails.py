@@ -78,8 +78,19 @@ def metric(base, name, labels):
     return 0.0
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far (clock ticks of 1/100 s)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100
+
+
+BUSY = []
+
+
 def runnel(photos, work):
-    """Seconds from the first upload until every thumbnail is stored."""
+    """Seconds from the first upload until every thumbnail is stored; notes
+    in BUSY how many cores runnel kept busy meanwhile."""
     port = free_port()
     config = os.path.join(work, "runnel.toml")
     with open(config, "w") as f:
@@ -111,6 +122,7 @@ def runnel(photos, work):
             urllib.request.urlopen(req, timeout=60).read()
 
         labels = [("pipeline", "thumbnails"), ("result", "done")]
+        cpu = cpu_seconds(process.pid)
         started = time.monotonic()
         with ThreadPoolExecutor(PARALLEL) as pool:
             list(pool.map(put, photos))
@@ -119,6 +131,7 @@ def runnel(photos, work):
                 sys.exit("runnel did not finish the photos")
             time.sleep(0.02)
         elapsed = time.monotonic() - started
+        BUSY.append((cpu_seconds(process.pid) - cpu) / elapsed)
         dead = metric(base, "runnel_events_completed_total",
                       [("pipeline", "thumbnails"), ("result", "dead-lettered")])
         if dead:
@@ -163,7 +176,8 @@ def main():
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             rates[name].append(len(photos) / seconds)
-            print(f"round {round}: {name} {len(photos) / seconds:.1f} thumbnails/s",
+            busy = f" ({BUSY[-1]:.2f} cores busy)" if name == "runnel" else ""
+            print(f"round {round}: {name} {len(photos) / seconds:.1f} thumbnails/s{busy}",
                   file=sys.stderr)
     vs_native = [r / n for r, n in zip(rates["runnel"], rates["native"])]
     vs_vips = [r / v for r, v in zip(rates["runnel"], rates["vips"])]
@@ -181,7 +195,7 @@ def main():
     with open(os.path.join(TARGET, "bench", "thumbnails.json"), "w") as f:
         json.dump({"photos": len(photos), "width": WIDTH, "quality": QUALITY,
                    "thumbnails_per_s": rates, "runnel_vs_native": vs_native,
-                   "runnel_vs_vips": vs_vips}, f, indent=2)
+                   "runnel_vs_vips": vs_vips, "runnel_cores_busy": BUSY}, f, indent=2)
 
 
 if __name__ == "__main__":
