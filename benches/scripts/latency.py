@@ -94,7 +94,17 @@ def wait_for(receiver, keys, timeout=300):
 def main():
     if not os.path.exists(BINARY):
         sys.exit(f"{BINARY} missing: build with cargo build --release first")
-    photo = open(PHOTO, "rb").read()
+    if len(sys.argv) > 1:
+        files = sorted(os.path.join(sys.argv[1], n) for n in os.listdir(sys.argv[1]))
+        size = f"{len(files)} photos of benchmark #5 (about 2725×2225), cycled"
+    else:
+        files = [PHOTO]
+        size = "640×480 JPEG (tests/fixtures/images/baseline.jpg)"
+    photos = [open(f, "rb").read() for f in files]
+
+    def photo(i):
+        return photos[i % len(photos)]
+
     receiver = Receiver()
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     work = tempfile.mkdtemp(prefix="runnel-bench-")
@@ -120,14 +130,14 @@ def main():
                     sys.exit("runnel exited while starting")
                 time.sleep(0.05)
         # Warm up: the first event pays the component load.
-        upload(base, "warm/0.jpg", photo)
+        upload(base, "warm/0.jpg", photo(0))
         wait_for(receiver, ["warm/0.jpg"])
 
         # 1. Max throughput, and the memory it takes.
         burst = [f"burst/{i:04}.jpg" for i in range(BURST)]
         started = time.monotonic()
         with ThreadPoolExecutor(CLIENTS) as pool:
-            list(pool.map(lambda k: upload(base, k, photo), burst))
+            list(pool.map(lambda i: upload(base, burst[i], photo(i)), range(BURST)))
         wait_for(receiver, burst)
         elapsed = time.monotonic() - started
         max_rate = BURST / elapsed
@@ -141,7 +151,7 @@ def main():
         def send(i, key):
             time.sleep(max(0.0, start + i / rate - time.monotonic()))
             sent[key] = time.monotonic()
-            upload(base, key, photo)
+            upload(base, key, photo(i))
 
         start = time.monotonic()
         with ThreadPoolExecutor(32) as pool:
@@ -156,7 +166,6 @@ def main():
         receiver.shutdown()
         shutil.rmtree(work, ignore_errors=True)
 
-    size = "640×480 JPEG (tests/fixtures/images/baseline.jpg)"
     print(f"| 6 | latency upload → webhook notification, {size}, at half of max throughput "
           f"({rate:.1f} of {max_rate:.1f} uploads/s), {PACED} uploads | p50 {p50:.0f} ms, "
           f"p99 {p99:.0f} ms | — | — | p99 ≤ {GOAL_P99_MS} ms | "
