@@ -69,6 +69,7 @@ fn main() {
         pooling: true,
         max_instances: 16,
         max_memory: 64 << 20,
+        keep_resident: runnel::config::runtime::DEFAULT_KEEP_RESIDENT,
         cache_dir: None,
     })
     .unwrap();

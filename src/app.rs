@@ -182,6 +182,7 @@ pub fn load_functions(
             .map(|p| p.function.memory_limit)
             .max()
             .unwrap_or(crate::runtime::DEFAULT_MEMORY_LIMIT),
+        keep_resident: config.functions.keep_resident,
         cache_dir: config
             .functions
             .cache

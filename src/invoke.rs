@@ -171,6 +171,7 @@ pub fn run(
         pooling: false,
         max_instances: 1,
         max_memory: function_config.memory_limit,
+        keep_resident: 0,
         cache_dir: runtime_config
             .functions
             .cache

@@ -63,7 +63,7 @@ async fn ten_times_the_load_raises_latency_not_memory() {
     let after_first = runnel.peak_rss_mib();
 
     // While the second load is processed, in-flight events stay within the
-    // pipelines' concurrency (2 each: this machine's cores).
+    // pipelines' concurrency (the default: cores + 1).
     let watching = Arc::new(AtomicBool::new(true));
     let most_in_flight = {
         let (runnel, watching) = (runnel.clone(), watching.clone());
@@ -92,7 +92,7 @@ async fn ten_times_the_load_raises_latency_not_memory() {
         "peak RSS after {FIRST} uploads: {after_first:.0} MiB; after {SECOND} more, all at once: \
          {after_second:.0} MiB; most events in flight per pipeline: {most_in_flight}"
     );
-    let concurrency = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
+    let concurrency = runnel::config::pipeline::default_concurrency() as f64;
     assert!(most_in_flight <= concurrency, "{most_in_flight} in flight");
     assert!(
         after_second < after_first + 64.0,

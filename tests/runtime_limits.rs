@@ -57,6 +57,9 @@ fn limits_stop_runaway_functions_and_are_classified() {
         pooling: true,
         max_instances: 4,
         max_memory: 32 << 20,
+        // More than the probe's residue check dirties: reused memory is
+        // zeroed by memset, the path that must not leak between events.
+        keep_resident: 16 << 20,
         cache_dir: None,
     })
     .unwrap();
@@ -108,6 +111,17 @@ fn limits_stop_runaway_functions_and_are_classified() {
         ),
         "{result:?}"
     );
+
+    // A fresh instance per event: nothing an event wrote (a static counter,
+    // 8 MiB of heap) is there for the next one, though the slot's memory
+    // stays resident and is reused.
+    for _ in 0..3 {
+        let (result, _) = invoke("mode:residue");
+        assert_eq!(
+            &result.expect("residue check works")[0].data[..],
+            b"events before: 0, dirty pages: 0"
+        );
+    }
 
     let (result, _) = invoke("after all that");
     assert_eq!(

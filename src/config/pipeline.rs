@@ -46,6 +46,13 @@ fn default_name(file: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// Events in flight per pipeline unless it says: one per core, plus one to
+/// keep the cores busy while an event waits on I/O (reading its object,
+/// writing outputs, committing). Measured in docs/BENCHMARKS.md (#5).
+pub fn default_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) + 1
+}
+
 /// Reads a pipeline from a parsed document; `None` when anything was wrong
 /// (the document then holds every problem).
 pub fn read(doc: &Document<'_>, root: Table<'_, '_>) -> Option<PipelineConfig> {
@@ -62,7 +69,7 @@ pub fn read(doc: &Document<'_>, root: Table<'_, '_>) -> Option<PipelineConfig> {
     let _ = root.get("description").map(|f| f.string());
     let concurrency = match root.get("concurrency") {
         Some(field) => field.integer_in(1..=4096).map(|n| n as usize),
-        None => Some(std::thread::available_parallelism().map_or(2, |n| n.get())),
+        None => Some(default_concurrency()),
     };
     let base = doc.file().parent().unwrap_or(Path::new("."));
     let source = root

@@ -11,6 +11,13 @@ use std::time::Duration;
 use super::reader::{self, Diagnostic, Document, Table};
 use crate::sqlite::Durability;
 
+/// Bytes of each pooled instance's memory kept resident between events:
+/// enough for a thumbnail function's working set, so that a fresh instance
+/// per event does not fault its memory in page by page every time (measured
+/// in docs/BENCHMARKS.md, #5). Resident memory grows by up to this much per
+/// instance slot in use.
+pub const DEFAULT_KEEP_RESIDENT: u64 = 64 << 20;
+
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
     /// Where embedded backends keep their files (default `data`).
@@ -87,6 +94,9 @@ pub struct FunctionsConfig {
     pub build: bool,
     /// Where compiled components are cached (default `<data_dir>/cache`).
     pub cache_dir: PathBuf,
+    /// Bytes of each pooled instance slot's memory kept resident between
+    /// events (default [`DEFAULT_KEEP_RESIDENT`]).
+    pub keep_resident: u64,
     /// Where prebuilt components of crate functions are, as `<crate
     /// directory name>.wasm` (`-` as `_`); when set, crates are not built
     /// (a container image without a Rust toolchain).
@@ -121,6 +131,7 @@ impl RuntimeConfig {
                 cache: true,
                 build: true,
                 cache_dir: data_dir.join("cache"),
+                keep_resident: DEFAULT_KEEP_RESIDENT,
                 components_dir: None,
             },
             shutdown_grace: Duration::from_secs(30),
@@ -208,6 +219,9 @@ fn read(root: Table<'_, '_>, file: &Path, data_dir: Option<&Path>) -> RuntimeCon
         }
         if let Some(v) = path(&t, "cache_dir") {
             config.functions.cache_dir = v;
+        }
+        if let Some(v) = t.size("keep_resident") {
+            config.functions.keep_resident = v;
         }
         if let Some(v) = path(&t, "components_dir") {
             config.functions.components_dir = Some(v);
@@ -429,4 +443,38 @@ fn durability(t: &Table<'_, '_>) -> Option<Durability> {
         ));
     }
     parsed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<RuntimeConfig, Vec<Diagnostic>> {
+        let file = Path::new("/etc/runnel/runnel.toml");
+        let doc = Document::new(file, text, &|_| None);
+        let root = doc.parse();
+        let config = read(doc.root(&root), file, None);
+        let diagnostics = doc.into_diagnostics();
+        if diagnostics.is_empty() {
+            Ok(config)
+        } else {
+            Err(diagnostics)
+        }
+    }
+
+    /// Memory kept resident per instance slot: a size, defaulting to what
+    /// the thumbnail benchmark needs.
+    #[test]
+    fn keep_resident_is_a_size_with_a_default() {
+        let config = parse("").unwrap();
+        assert_eq!(config.functions.keep_resident, DEFAULT_KEEP_RESIDENT);
+        let config = parse("[functions]\nkeep_resident = \"16MiB\"\n").unwrap();
+        assert_eq!(config.functions.keep_resident, 16 << 20);
+        let config = parse("[functions]\nkeep_resident = \"0B\"\n").unwrap();
+        assert_eq!(config.functions.keep_resident, 0);
+        let problems = parse("[functions]\nkeep_resident = \"lots\"\n").unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].path, "functions.keep_resident");
+        assert_eq!(problems[0].line, 2);
+    }
 }

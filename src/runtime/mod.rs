@@ -165,6 +165,9 @@ pub struct RuntimeSettings {
     pub max_instances: u32,
     /// The largest memory limit of any function.
     pub max_memory: u64,
+    /// Bytes of each pooled instance's memory kept resident between
+    /// instances (zeroed by memset, not returned to the kernel).
+    pub keep_resident: u64,
     /// Where compiled components are cached (none: compile every start).
     pub cache_dir: Option<PathBuf>,
 }
@@ -327,6 +330,10 @@ fn engine_config(pool: Option<&RuntimeSettings>) -> Config {
             .total_memories(instances * 4)
             .total_tables(instances * 8)
             .max_memory_size(settings.max_memory as usize);
+        // A reused slot is zeroed with memset up to this size rather than
+        // handed back to the kernel, so the next instance does not fault
+        // its memory in page by page again.
+        pooling.linear_memory_keep_resident(settings.keep_resident as usize);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     }
     config

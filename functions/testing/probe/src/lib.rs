@@ -7,7 +7,9 @@
 
 mod mode;
 
+use std::alloc::{Layout, alloc, dealloc};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use mode::Mode;
 
@@ -66,6 +68,13 @@ impl Guest for Probe {
                 attributes: Vec::new(),
                 data: vec![0x5A; 1 << 30],
             }]),
+            Mode::Residue => Ok(vec![Output {
+                sink,
+                key: event.subject,
+                content_type: Some("text/plain".into()),
+                attributes: Vec::new(),
+                data: residue().into_bytes(),
+            }]),
             Mode::Stray => Ok(vec![Output {
                 sink: "undeclared".into(),
                 key: event.subject,
@@ -107,6 +116,41 @@ fn hog() -> ! {
         hoard.push(vec![0xA5; 1 << 20]);
         black_box(&hoard);
     }
+}
+
+/// Events this instance handled before the current one (zero-initialized
+/// static memory).
+static EVENTS: AtomicU32 = AtomicU32::new(0);
+
+/// Bytes of heap [`residue`] looks at and dirties.
+const RESIDUE_BYTES: usize = 8 << 20;
+
+/// What earlier events left in this instance's memory: the static counter,
+/// and how many pages of a fresh heap allocation are not zero. Each call
+/// then dirties both, so that an instance (or its memory slot) reused for
+/// the next event would be caught by that event's call.
+fn residue() -> String {
+    let before = EVENTS.fetch_add(1, Ordering::Relaxed);
+    let layout = Layout::from_size_align(RESIDUE_BYTES, 4096).expect("valid layout");
+    // SAFETY: a non-zero-sized layout; the allocation is read as raw bytes
+    // (volatile, uninitialized on purpose: that is what is being checked),
+    // written whole, and freed with the layout it was made with.
+    let dirty = unsafe {
+        let heap = alloc(layout);
+        assert!(!heap.is_null(), "probe: no memory for the residue check");
+        let dirty = (0..RESIDUE_BYTES)
+            .step_by(4096)
+            .filter(|&page| {
+                (0..4096)
+                    .step_by(512)
+                    .any(|at| heap.add(page + at).read_volatile() != 0)
+            })
+            .count();
+        heap.write_bytes(0xA5, RESIDUE_BYTES);
+        dealloc(black_box(heap), layout);
+        dirty
+    };
+    format!("events before: {before}, dirty pages: {dirty}")
 }
 
 fn config<'a>(ctx: &'a Context, key: &str) -> Option<&'a str> {

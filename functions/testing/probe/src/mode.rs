@@ -31,6 +31,10 @@ pub enum Mode {
     Giant,
     /// One output naming a sink the pipeline did not declare.
     Stray,
+    /// One output telling what earlier events left behind in this
+    /// instance's memory: "events before: 0, dirty pages: 0" when every
+    /// event gets a fresh instance, as it must.
+    Residue,
 }
 
 impl Mode {
@@ -57,6 +61,7 @@ impl Mode {
             "flood" => Mode::Flood,
             "giant" => Mode::Giant,
             "stray" => Mode::Stray,
+            "residue" => Mode::Residue,
             _ => return None,
         })
     }
