@@ -4,7 +4,8 @@
 in rounds:
 
 - runnel: `runnel up` on the image-upload pipeline (local storage, widths
-  [720], quality 80, runnel's default concurrency: cores + 1), end to end: from the first upload (PUT
+  [720], quality 80, runnel's defaults: concurrency cores + 1, 64 MiB of
+  each instance slot's memory kept resident), end to end: from the first upload (PUT
   over HTTP from 2 clients) until the last thumbnail is stored;
 - native: the thumbnail function's own code compiled natively, in-process,
   2 threads (functions/thumbnail/examples/native_thumbnails.rs): the floor;

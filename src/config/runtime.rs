@@ -11,11 +11,12 @@ use std::time::Duration;
 use super::reader::{self, Diagnostic, Document, Table};
 use crate::sqlite::Durability;
 
-/// Bytes of each pooled instance's memory kept resident between events:
-/// enough for a thumbnail function's working set, so that a fresh instance
-/// per event does not fault its memory in page by page every time (measured
-/// in docs/BENCHMARKS.md, #5). Resident memory grows by up to this much per
-/// instance slot in use.
+/// Bytes of each pooled instance slot's memory kept resident between events:
+/// the pages the last instance touched, up to this size, are zeroed with
+/// memset (found with PAGEMAP_SCAN on Linux 6.7+) instead of going back to
+/// the kernel, so a function that fills tens of MiB per event does not take
+/// a page fault per 4 KiB page each time. Resident memory grows by up to this
+/// much per slot in use. docs/BENCHMARKS.md (#1, #5) has the figures.
 pub const DEFAULT_KEEP_RESIDENT: u64 = 64 << 20;
 
 #[derive(Clone, Debug)]
@@ -462,8 +463,7 @@ mod tests {
         }
     }
 
-    /// Memory kept resident per instance slot: a size, defaulting to what
-    /// the thumbnail benchmark needs.
+    /// Memory kept resident per instance slot: a size, with a default.
     #[test]
     fn keep_resident_is_a_size_with_a_default() {
         let config = parse("").unwrap();

@@ -332,8 +332,11 @@ fn engine_config(pool: Option<&RuntimeSettings>) -> Config {
             .max_memory_size(settings.max_memory as usize);
         // A reused slot is zeroed with memset up to this size rather than
         // handed back to the kernel, so the next instance does not fault
-        // its memory in page by page again.
-        pooling.linear_memory_keep_resident(settings.keep_resident as usize);
+        // its memory in page by page again; with PAGEMAP_SCAN (Linux 6.7+)
+        // only the pages the last instance touched are zeroed.
+        pooling
+            .linear_memory_keep_resident(settings.keep_resident as usize)
+            .pagemap_scan(wasmtime::Enabled::Auto);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     }
     config
