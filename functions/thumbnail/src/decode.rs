@@ -310,6 +310,60 @@ mod tests {
         out.into_inner()
     }
 
+    /// A noisy picture: long Huffman codes, many 0xFF bytes to stuff.
+    fn noisy(width: u16, height: u16) -> Vec<u8> {
+        let mut state = 0x2545_f491_u32;
+        let mut pixels = Vec::with_capacity(usize::from(width) * usize::from(height) * 3);
+        for y in 0..height {
+            for x in 0..width {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                let noise = (state % 64) as u16;
+                pixels.push(((x + noise) % 256) as u8);
+                pixels.push(((y * 2 + noise) % 256) as u8);
+                pixels.push(((x + y + noise * 3) % 256) as u8);
+            }
+        }
+        pixels
+    }
+
+    /// The patched entropy decoder (vendor/jpeg-decoder) reads baseline,
+    /// progressive and restart-marker streams as zune-jpeg (image's own
+    /// decoder) does: a misread bit would garble every block after it.
+    #[test]
+    fn patched_jpeg_decoder_agrees_with_zune_jpeg() {
+        let (width, height) = (301, 203);
+        let pixels = noisy(width, height);
+        for (progressive, restart) in [(false, 0), (true, 0), (false, 3), (true, 5)] {
+            let mut bytes = Vec::new();
+            let mut encoder = jpeg_encoder::Encoder::new(&mut bytes, 92);
+            encoder.set_progressive(progressive);
+            encoder.set_restart_interval(restart);
+            encoder
+                .encode(&pixels, width, height, jpeg_encoder::ColorType::Rgb)
+                .unwrap();
+            let ours = jpeg_decoder::Decoder::new(&bytes[..]).decode().unwrap();
+            let zune = image::load_from_memory(&bytes)
+                .unwrap()
+                .into_rgb8()
+                .into_raw();
+            assert_eq!(ours.len(), zune.len());
+            let diffs: Vec<u32> = ours
+                .iter()
+                .zip(&zune)
+                .map(|(a, b)| u32::from(a.abs_diff(*b)))
+                .collect();
+            let mean = diffs.iter().sum::<u32>() as f64 / diffs.len() as f64;
+            let max = diffs.iter().copied().max().unwrap();
+            // IDCTs and chroma upsampling differ by rounding, not more.
+            assert!(
+                mean < 1.5 && max <= 40,
+                "progressive {progressive}, restart {restart}: mean {mean:.2}, max {max}"
+            );
+        }
+    }
+
     #[test]
     fn a_large_jpeg_is_decoded_shrunk_to_cover_what_is_needed() {
         let bytes = photo(1600, 1200);
