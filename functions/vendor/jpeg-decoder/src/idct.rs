@@ -202,6 +202,7 @@ fn test_choose_idct_size() {
     );
 }
 
+#[allow(unreachable_patterns)]
 pub(crate) fn dequantize_and_idct_block(
     scale: usize,
     coefficients: &[i16; 64],
@@ -216,6 +217,21 @@ pub(crate) fn dequantize_and_idct_block(
             output_linestride,
             output,
         ),
+        // runnel: SIMD in Wasm, the same pixels (arch/wasm.rs).
+        #[cfg(all(
+            not(feature = "platform_independent"),
+            target_arch = "wasm32",
+            target_feature = "simd128"
+        ))]
+        #[allow(unsafe_code)]
+        4 => unsafe {
+            crate::arch::wasm::dequantize_and_idct_block_4x4(
+                coefficients,
+                quantization_table,
+                output_linestride,
+                output,
+            )
+        },
         4 => dequantize_and_idct_block_4x4(
             coefficients,
             quantization_table,

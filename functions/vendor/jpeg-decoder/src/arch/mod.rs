@@ -2,7 +2,7 @@
 
 mod neon;
 mod ssse3;
-mod wasm;
+pub(crate) mod wasm;
 
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 use std::is_x86_feature_detected;

@@ -275,3 +275,88 @@ pub fn color_convert_line_ycbcr(y_slice: &[u8], cb_slice: &[u8], cr_slice: &[u8]
 
     num_vecs * 8
 }
+
+/// runnel: the 4x4 IDCT of a block decoded at 1/2 scale, four columns and
+/// then four rows at a time; the same integer arithmetic as
+/// `idct::dequantize_and_idct_block_4x4`, so the same pixels, bit for bit.
+#[cfg(target_arch = "wasm32")]
+#[target_feature(enable = "simd128")]
+pub fn dequantize_and_idct_block_4x4(
+    coefficients: &[i16; 64],
+    quantization_table: &[u16; 64],
+    output_linestride: usize,
+    output: &mut [u8],
+) {
+    // The stores below reach output_linestride * 3 + 3.
+    assert!(output.len() > output_linestride.checked_mul(3).unwrap().checked_add(3).unwrap());
+
+    const CONST_BITS: u32 = 12;
+    const PASS1_BITS: u32 = 2;
+    const FINAL_BITS: u32 = CONST_BITS + PASS1_BITS + 3;
+    // As idct.rs's stbi_f2f computes them.
+    let f2f = |x: f32| i32x4_splat((x * 4096.0 + 0.5) as i32);
+    let (k1, k2, k3) = (f2f(0.541196100), f2f(-1.847759065), f2f(0.765366865));
+
+    // Row k of the block's top-left 4x4 coefficients, dequantized, as i32.
+    let row = |k: usize| unsafe {
+        let c = v128_load64_zero(coefficients.as_ptr().add(8 * k) as *const u64);
+        let q = v128_load64_zero(quantization_table.as_ptr().add(8 * k) as *const u64);
+        i32x4_mul(i32x4_extend_low_i16x8(c), u32x4_extend_low_u16x8(q))
+    };
+    let (s0, s1, s2, s3) = (row(0), row(1), row(2), row(3));
+
+    // Columns, all four at once (lane i is column i).
+    let x0 = i32x4_shl(i32x4_add(s0, s2), PASS1_BITS);
+    let x2 = i32x4_shl(i32x4_sub(s0, s2), PASS1_BITS);
+    let p1 = i32x4_mul(i32x4_add(s1, s3), k1);
+    let bias = i32x4_splat(512);
+    let t0 = i32x4_shr(i32x4_add(i32x4_add(p1, i32x4_mul(s3, k2)), bias), CONST_BITS - PASS1_BITS);
+    let t2 = i32x4_shr(i32x4_add(i32x4_add(p1, i32x4_mul(s1, k3)), bias), CONST_BITS - PASS1_BITS);
+    let (r0, r1, r2, r3) = (
+        i32x4_add(x0, t2),
+        i32x4_add(x2, t0),
+        i32x4_sub(x2, t0),
+        i32x4_sub(x0, t2),
+    );
+
+    // Rows, all four at once (lane i is row i).
+    let [s0, s1, s2, s3] = transpose4([r0, r1, r2, r3]);
+    let offset = i32x4_splat((1 << (FINAL_BITS - 1)) + (128 << FINAL_BITS));
+    let x0 = i32x4_add(i32x4_shl(i32x4_add(s0, s2), CONST_BITS), offset);
+    let x2 = i32x4_add(i32x4_shl(i32x4_sub(s0, s2), CONST_BITS), offset);
+    let p1 = i32x4_mul(i32x4_add(s1, s3), k1);
+    let t0 = i32x4_add(p1, i32x4_mul(s3, k2));
+    let t2 = i32x4_add(p1, i32x4_mul(s1, k3));
+    let columns = [
+        i32x4_shr(i32x4_add(x0, t2), FINAL_BITS),
+        i32x4_shr(i32x4_add(x2, t0), FINAL_BITS),
+        i32x4_shr(i32x4_sub(x2, t0), FINAL_BITS),
+        i32x4_shr(i32x4_sub(x0, t2), FINAL_BITS),
+    ];
+    let [o0, o1, o2, o3] = transpose4(columns);
+    // Saturating to i16 and then to u8 is clamping to 0..=255.
+    let pixels = u8x16_narrow_i16x8(i16x8_narrow_i32x4(o0, o1), i16x8_narrow_i32x4(o2, o3));
+    // SAFETY: the assert above keeps every 4-byte store in bounds.
+    unsafe {
+        let out = output.as_mut_ptr();
+        v128_store32_lane::<0>(pixels, out as *mut u32);
+        v128_store32_lane::<1>(pixels, out.add(output_linestride) as *mut u32);
+        v128_store32_lane::<2>(pixels, out.add(2 * output_linestride) as *mut u32);
+        v128_store32_lane::<3>(pixels, out.add(3 * output_linestride) as *mut u32);
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+#[target_feature(enable = "simd128")]
+fn transpose4([a, b, c, d]: [v128; 4]) -> [v128; 4] {
+    let ab_low = i32x4_shuffle::<0, 4, 1, 5>(a, b);
+    let ab_high = i32x4_shuffle::<2, 6, 3, 7>(a, b);
+    let cd_low = i32x4_shuffle::<0, 4, 1, 5>(c, d);
+    let cd_high = i32x4_shuffle::<2, 6, 3, 7>(c, d);
+    [
+        i64x2_shuffle::<0, 2>(ab_low, cd_low),
+        i64x2_shuffle::<1, 3>(ab_low, cd_low),
+        i64x2_shuffle::<0, 2>(ab_high, cd_high),
+        i64x2_shuffle::<1, 3>(ab_high, cd_high),
+    ]
+}
