@@ -18,6 +18,7 @@ use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits};
 
 use crate::jpeg_end;
+use crate::ycbcr;
 
 /// Largest image decoded, in pixels (a 50-megapixel camera still fits).
 /// Past it, a clear "too large" beats an out-of-memory trap for whoever reads
@@ -28,7 +29,7 @@ pub const MAX_PIXELS: u64 = 64_000_000;
 /// A decoded image as stored, plus how to turn it upright.
 pub struct Decoded {
     /// The pixels: the whole image, or a shrunk decode of it.
-    pub image: DynamicImage,
+    pub pixels: Pixels,
     /// The image's own width and height as stored (before any shrinking).
     pub full: (u32, u32),
     pub orientation: Orientation,
@@ -36,6 +37,22 @@ pub struct Decoded {
     /// (e.g. Display P3) photos keep their colours. A CMYK or gray profile is
     /// dropped: the thumbnails are RGB and such a profile would misdescribe them.
     pub rgb_icc_profile: Option<Vec<u8>>,
+}
+
+/// Decoded pixels: an image, or a JPEG's planes for [`ycbcr`] to resize.
+pub enum Pixels {
+    Image(DynamicImage),
+    YCbCr(ycbcr::Planes),
+}
+
+impl Pixels {
+    #[cfg(test)]
+    pub fn dimensions(&self) -> (u32, u32) {
+        match self {
+            Pixels::Image(image) => (image.width(), image.height()),
+            Pixels::YCbCr(planes) => (planes.y.width as u32, planes.y.height as u32),
+        }
+    }
 }
 
 impl Decoded {
@@ -168,7 +185,7 @@ pub fn decode(
         .filter(|p| is_rgb_profile(p));
     let image = DynamicImage::from_decoder(decoder).map_err(classify)?;
     Ok(Decoded {
-        image,
+        pixels: Pixels::Image(image),
         full: (width, height),
         orientation,
         rgb_icc_profile,
@@ -206,17 +223,25 @@ fn shrink_on_load(
     }
     // Both fit in u16: they are at most half of a JPEG's u16 dimensions.
     let (scaled_w, scaled_h) = decoder.scale(w as u16, h as u16).ok()?;
-    let pixels = decoder.decode().ok()?;
-    let (scaled_w, scaled_h) = (u32::from(scaled_w), u32::from(scaled_h));
-    let image = match info.pixel_format {
-        jpeg_decoder::PixelFormat::RGB24 => {
-            DynamicImage::ImageRgb8(image::RgbImage::from_raw(scaled_w, scaled_h, pixels)?)
+    // YCbCr (nearly every photo) stays planes: see `ycbcr` for why.
+    let pixels = match decoder.decode_ycbcr_planes().ok()? {
+        Some([y, cb, cr]) => Pixels::YCbCr(ycbcr::Planes { y, cb, cr }),
+        None => {
+            let pixels = decoder.decode().ok()?;
+            let (scaled_w, scaled_h) = (u32::from(scaled_w), u32::from(scaled_h));
+            Pixels::Image(match info.pixel_format {
+                jpeg_decoder::PixelFormat::RGB24 => {
+                    DynamicImage::ImageRgb8(image::RgbImage::from_raw(scaled_w, scaled_h, pixels)?)
+                }
+                _ => DynamicImage::ImageLuma8(image::GrayImage::from_raw(
+                    scaled_w, scaled_h, pixels,
+                )?),
+            })
         }
-        _ => DynamicImage::ImageLuma8(image::GrayImage::from_raw(scaled_w, scaled_h, pixels)?),
     };
     let rgb_icc_profile = decoder.icc_profile().filter(|p| is_rgb_profile(p));
     Some(Decoded {
-        image,
+        pixels,
         full,
         orientation,
         rgb_icc_profile,
@@ -375,17 +400,11 @@ mod tests {
         .unwrap();
         assert_eq!(decoded.full, (1600, 1200));
         assert_eq!(decoded.upright_dimensions(), (1600, 1200));
-        assert_eq!((decoded.image.width(), decoded.image.height()), (400, 300));
+        assert_eq!(decoded.pixels.dimensions(), (400, 300));
         // Needing more than half the size: no shrinking.
         let decoded = decode(&bytes, |_| Some((900, 675))).unwrap();
-        assert_eq!(
-            (decoded.image.width(), decoded.image.height()),
-            (1600, 1200)
-        );
+        assert_eq!(decoded.pixels.dimensions(), (1600, 1200));
         let decoded = decode(&bytes, |_| None).unwrap();
-        assert_eq!(
-            (decoded.image.width(), decoded.image.height()),
-            (1600, 1200)
-        );
+        assert_eq!(decoded.pixels.dimensions(), (1600, 1200));
     }
 }

@@ -59,25 +59,37 @@ impl OutputFormat {
     ) -> Result<Vec<u8>, ImageError> {
         let mut out = Vec::new();
         match self {
-            OutputFormat::Jpeg => {
-                write_jpeg(&mut out, image, quality, icc_profile).map_err(|e| {
-                    ImageError::Encoding(EncodingError::new(
-                        ImageFormatHint::Exact(ImageFormat::Jpeg),
-                        e,
-                    ))
-                })?
-            }
+            OutputFormat::Jpeg => write_jpeg(
+                &mut out,
+                image.as_bytes(),
+                (image.width(), image.height()),
+                jpeg_encoder::ColorType::Rgb,
+                quality,
+                icc_profile,
+            )
+            .map_err(jpeg_error)?,
             OutputFormat::Png => write(PngEncoder::new(&mut out), image, icc_profile)?,
         }
         Ok(out)
     }
 }
 
-/// Writes 8-bit RGB `image` as a baseline JPEG, chroma subsampled 4:2:0 (what
-/// libjpeg and libvips write at this quality).
-fn write_jpeg(
+/// A JPEG encoder's failure in `image`'s terms.
+pub fn jpeg_error(e: jpeg_encoder::EncodingError) -> ImageError {
+    ImageError::Encoding(EncodingError::new(
+        ImageFormatHint::Exact(ImageFormat::Jpeg),
+        e,
+    ))
+}
+
+/// Writes 8-bit `pixels` (RGB, or YCbCr from [`crate::ycbcr`]) as a baseline
+/// JPEG, chroma subsampled 4:2:0 (what libjpeg and libvips write at this
+/// quality).
+pub fn write_jpeg(
     out: &mut Vec<u8>,
-    image: &DynamicImage,
+    pixels: &[u8],
+    (width, height): (u32, u32),
+    color: jpeg_encoder::ColorType,
     quality: u8,
     icc_profile: Option<&[u8]>,
 ) -> Result<(), jpeg_encoder::EncodingError> {
@@ -88,12 +100,7 @@ fn write_jpeg(
     // Thumbnails are far below JPEG's 65535-pixel limit; the encoder
     // rejects a zero or oversized side rather than wrapping.
     let side = |n: u32| u16::try_from(n).unwrap_or(0);
-    encoder.encode(
-        image.as_bytes(),
-        side(image.width()),
-        side(image.height()),
-        jpeg_encoder::ColorType::Rgb,
-    )
+    encoder.encode(pixels, side(width), side(height), color)
 }
 
 /// Writes `image` with `encoder`, carrying its colour profile along.

@@ -25,6 +25,7 @@ mod key;
 mod report;
 mod resize;
 pub mod thumbnails;
+mod ycbcr;
 
 #[cfg(test)]
 mod fixtures;

@@ -6,8 +6,8 @@ use std::fmt;
 
 use image::ImageError;
 
-use crate::decode::{self, DecodeError};
-use crate::encode::OutputFormat;
+use crate::decode::{self, DecodeError, Pixels};
+use crate::encode::{self, OutputFormat};
 use crate::resize;
 
 /// One encoded thumbnail, upright.
@@ -57,26 +57,51 @@ pub fn make(
     .map_err(MakeError::Decode)?;
     let (width, height) = decoded.upright_dimensions();
     let swaps_axes = decode::swaps_axes(decoded.orientation);
-    let format = OutputFormat::for_image(&decoded.image);
     let icc_profile = decoded.rgb_icc_profile.as_deref();
-    let pixels = format.prepare(decoded.image);
+    // Scale in the stored frame and turn only the small result upright:
+    // rotating the full-size image first would copy all of it.
+    let stored = |(w, h)| if swaps_axes { (h, w) } else { (w, h) };
 
     let mut thumbnails = Vec::new();
-    for (w, h) in resize::plan(widths, (width, height)) {
-        // Scale in the stored frame and turn only the small result upright:
-        // rotating the full-size image first would copy all of it.
-        let (stored_w, stored_h) = if swaps_axes { (h, w) } else { (w, h) };
-        let mut small = resize::resize(&pixels, stored_w, stored_h);
-        small.apply_orientation(decoded.orientation);
-        let data = format
-            .encode(&small, quality, icc_profile)
-            .map_err(MakeError::Encode)?;
-        thumbnails.push(Thumbnail {
-            width: w,
-            height: h,
-            format,
-            data,
-        });
+    match decoded.pixels {
+        Pixels::YCbCr(planes) => {
+            for (w, h) in resize::plan(widths, (width, height)) {
+                let (stored_w, stored_h) = stored((w, h));
+                let (_, _, data) = planes
+                    .thumbnail(
+                        stored_w,
+                        stored_h,
+                        decoded.orientation,
+                        quality,
+                        icc_profile,
+                    )
+                    .map_err(|e| MakeError::Encode(encode::jpeg_error(e)))?;
+                thumbnails.push(Thumbnail {
+                    width: w,
+                    height: h,
+                    format: OutputFormat::Jpeg,
+                    data,
+                });
+            }
+        }
+        Pixels::Image(image) => {
+            let format = OutputFormat::for_image(&image);
+            let pixels = format.prepare(image);
+            for (w, h) in resize::plan(widths, (width, height)) {
+                let (stored_w, stored_h) = stored((w, h));
+                let mut small = resize::resize(&pixels, stored_w, stored_h);
+                small.apply_orientation(decoded.orientation);
+                let data = format
+                    .encode(&small, quality, icc_profile)
+                    .map_err(MakeError::Encode)?;
+                thumbnails.push(Thumbnail {
+                    width: w,
+                    height: h,
+                    format,
+                    data,
+                });
+            }
+        }
     }
     Ok((Source { width, height }, thumbnails))
 }

@@ -127,6 +127,23 @@ pub struct Decoder<R> {
 
     // Maximum allowed size of decoded image buffer
     decoding_buffer_size_limit: usize,
+
+    // runnel: set by `decode_ycbcr_planes`, which takes the planes from here.
+    keep_planes: bool,
+    kept_planes: Option<Vec<Plane>>,
+}
+
+/// runnel: one component of a decoded image as stored: its samples at its
+/// own (possibly subsampled) size, at the decoder's scale, rows without
+/// padding.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plane {
+    /// Samples per row.
+    pub width: usize,
+    /// Rows.
+    pub height: usize,
+    /// `width * height` samples, row by row.
+    pub data: Vec<u8>,
 }
 
 impl<R: BufRead> Decoder<R> {
@@ -150,6 +167,8 @@ impl<R: BufRead> Decoder<R> {
             coefficients: Vec::new(),
             coefficients_finished: [0; MAX_COMPONENTS],
             decoding_buffer_size_limit: usize::MAX,
+            keep_planes: false,
+            kept_planes: None,
         }
     }
 
@@ -287,6 +306,32 @@ impl<R: BufRead> Decoder<R> {
         );
         frame.update_idct_size(idct_size)?;
         Ok((frame.output_size.width, frame.output_size.height))
+    }
+
+    /// runnel: decodes a YCbCr image into its Y, Cb and Cr planes as stored
+    /// (chroma at its subsampled size, all at the scale set by `scale`),
+    /// without upsampling the chroma or converting to RGB: for a caller that
+    /// resizes anyway, and can resize each plane straight to its target.
+    ///
+    /// `Ok(None)`, decoding nothing, when the image is not three-component
+    /// YCbCr of 8-bit DCT coding; `decode` handles those.
+    pub fn decode_ycbcr_planes(&mut self) -> Result<Option<[Plane; 3]>> {
+        self.read_info()?;
+        let frame = self.frame.as_ref().unwrap();
+        if frame.components.len() != 3
+            || frame.coding_process == CodingProcess::Lossless
+            || frame.precision != 8
+            || self.determine_color_transform() != ColorTransform::YCbCr
+        {
+            return Ok(None);
+        }
+        self.keep_planes = true;
+        let decoded = self.decode();
+        self.keep_planes = false;
+        decoded?;
+        let planes = self.kept_planes.take().expect("decode_planes keeps the planes");
+        let [y, cb, cr]: [Plane; 3] = planes.try_into().expect("three components");
+        Ok(Some([y, cb, cr]))
     }
 
     /// Decodes the image and returns the decoded pixels if successful.
@@ -681,6 +726,19 @@ impl<R: BufRead> Decoder<R> {
                 worker.append_rows(&mut tasks)?;
                 planes[i] = worker.get_result(i)?;
             }
+        }
+
+        if self.keep_planes {
+            if planes.len() != frame.components.len() || planes.iter().any(Vec::is_empty) {
+                return Err(Error::Format("not all components have data".to_owned()));
+            }
+            let kept = planes
+                .into_iter()
+                .zip(&frame.components)
+                .map(|(data, component)| crop_plane(data, component))
+                .collect();
+            self.kept_planes = Some(kept);
+            return Ok(Vec::new());
         }
 
         if frame.coding_process == CodingProcess::Lossless {
@@ -1306,6 +1364,24 @@ fn refine_non_zeroes<R: BufRead>(
     }
 
     Ok(last)
+}
+
+/// runnel: a component's samples without the padding to whole blocks.
+fn crop_plane(mut data: Vec<u8>, component: &Component) -> Plane {
+    let width = usize::from(component.size.width);
+    let height = usize::from(component.size.height);
+    let line_stride = usize::from(component.block_size.width) * component.dct_scale;
+    if line_stride != width {
+        for y in 1..height {
+            data.copy_within(y * line_stride..y * line_stride + width, y * width);
+        }
+    }
+    data.truncate(width * height);
+    Plane {
+        width,
+        height,
+        data,
+    }
 }
 
 fn compute_image(

@@ -223,15 +223,12 @@ pub(crate) fn dequantize_and_idct_block(
             target_arch = "wasm32",
             target_feature = "simd128"
         ))]
-        #[allow(unsafe_code)]
-        4 => unsafe {
-            crate::arch::wasm::dequantize_and_idct_block_4x4(
-                coefficients,
-                quantization_table,
-                output_linestride,
-                output,
-            )
-        },
+        4 => crate::arch::wasm::dequantize_and_idct_block_4x4(
+            coefficients,
+            quantization_table,
+            output_linestride,
+            output,
+        ),
         4 => dequantize_and_idct_block_4x4(
             coefficients,
             quantization_table,

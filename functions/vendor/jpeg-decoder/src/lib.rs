@@ -36,7 +36,7 @@ extern crate core;
 #[cfg(feature = "rayon")]
 extern crate rayon;
 
-pub use decoder::{ColorTransform, Decoder, ImageInfo, PixelFormat};
+pub use decoder::{ColorTransform, Decoder, ImageInfo, PixelFormat, Plane};
 pub use error::{Error, UnsupportedFeature};
 pub use parser::CodingProcess;
 
