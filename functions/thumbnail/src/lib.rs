@@ -13,7 +13,9 @@
 //! - `key`: the naming of thumbnail keys.
 //! - `thumbnails`: the pure core, bytes in and encoded thumbnails out, using
 //!   `decode` (format sniffing, EXIF orientation; `jpeg_end` catches cut-off
-//!   JPEGs), `resize` (which sizes, and the scaling) and `encode` (JPEG or PNG).
+//!   JPEGs), `resize` (which sizes, and the scaling) and `encode` (JPEG or PNG);
+//!   a JPEG shrunk on load goes through `ycbcr` instead, its planes resized
+//!   one by one and encoded without converting to RGB.
 //! - `fixtures` (tests only): the core over `tests/fixtures/images/`.
 
 mod config;
