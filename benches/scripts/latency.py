@@ -12,6 +12,7 @@ defaults, the shipped image-upload and notify pipelines, a local webhook).
 Prints Markdown rows; raw figures go to $CARGO_TARGET_DIR/bench/latency.json.
 """
 import http.server
+import glob
 import json
 import os
 import shutil
@@ -95,7 +96,8 @@ def main():
     if not os.path.exists(BINARY):
         sys.exit(f"{BINARY} missing: build with cargo build --release first")
     if len(sys.argv) > 1:
-        files = sorted(os.path.join(sys.argv[1], n) for n in os.listdir(sys.argv[1]))
+        # photo-*.jpg only: photos.py keeps its sources in a hidden folder there.
+        files = sorted(glob.glob(os.path.join(sys.argv[1], "photo-*.jpg")))
         size = f"{len(files)} photos of benchmark #5 (about 2725×2225), cycled"
     else:
         files = [PHOTO]
