@@ -62,46 +62,41 @@ pub fn make(
     // rotating the full-size image first would copy all of it.
     let stored = |(w, h)| if swaps_axes { (h, w) } else { (w, h) };
 
-    let mut thumbnails = Vec::new();
-    match decoded.pixels {
-        Pixels::YCbCr(planes) => {
-            for (w, h) in resize::plan(widths, (width, height)) {
-                let (stored_w, stored_h) = stored((w, h));
-                let (_, _, data) = planes
-                    .thumbnail(
-                        stored_w,
-                        stored_h,
-                        decoded.orientation,
-                        quality,
-                        icc_profile,
-                    )
-                    .map_err(|e| MakeError::Encode(encode::jpeg_error(e)))?;
-                thumbnails.push(Thumbnail {
-                    width: w,
-                    height: h,
-                    format: OutputFormat::Jpeg,
-                    data,
-                });
-            }
-        }
+    // JPEG planes stay planes; anything else is prepared once for its format.
+    let (format, pixels) = match decoded.pixels {
         Pixels::Image(image) => {
             let format = OutputFormat::for_image(&image);
-            let pixels = format.prepare(image);
-            for (w, h) in resize::plan(widths, (width, height)) {
-                let (stored_w, stored_h) = stored((w, h));
-                let mut small = resize::resize(&pixels, stored_w, stored_h);
-                small.apply_orientation(decoded.orientation);
-                let data = format
-                    .encode(&small, quality, icc_profile)
-                    .map_err(MakeError::Encode)?;
-                thumbnails.push(Thumbnail {
-                    width: w,
-                    height: h,
-                    format,
-                    data,
-                });
-            }
+            (format, Pixels::Image(format.prepare(image)))
         }
+        planes @ Pixels::YCbCr(_) => (OutputFormat::Jpeg, planes),
+    };
+    let mut thumbnails = Vec::new();
+    for (w, h) in resize::plan(widths, (width, height)) {
+        let (stored_w, stored_h) = stored((w, h));
+        let data = match &pixels {
+            Pixels::YCbCr(planes) => planes
+                .thumbnail(
+                    stored_w,
+                    stored_h,
+                    decoded.orientation,
+                    quality,
+                    icc_profile,
+                )
+                .map_err(|e| MakeError::Encode(encode::jpeg_error(e)))?,
+            Pixels::Image(image) => {
+                let mut small = resize::resize(image, stored_w, stored_h);
+                small.apply_orientation(decoded.orientation);
+                format
+                    .encode(&small, quality, icc_profile)
+                    .map_err(MakeError::Encode)?
+            }
+        };
+        thumbnails.push(Thumbnail {
+            width: w,
+            height: h,
+            format,
+            data,
+        });
     }
     Ok((Source { width, height }, thumbnails))
 }
