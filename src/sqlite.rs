@@ -49,15 +49,6 @@ pub fn open(path: &Path, durability: Durability) -> rusqlite::Result<Connection>
     Ok(conn)
 }
 
-/// Another connection to the database at `path` (opened by [`open`]),
-/// refusing writes: for [`Reads`].
-pub fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.pragma_update(None, "query_only", true)?;
-    Ok(conn)
-}
-
 /// One SQLite connection on a thread of its own that commits whatever work
 /// is waiting in one transaction: *group commit*. Under load, one fsync
 /// makes many callers' writes durable at once instead of one each; alone,
@@ -127,58 +118,6 @@ impl GroupCommit {
     }
 }
 
-/// A read-only connection on a thread of its own, beside a [`GroupCommit`]
-/// on the same database: in WAL mode a reader runs while the writer
-/// commits, so a lookup does not wait behind the writer's fsync, and it
-/// sees every transaction committed before it was asked (a caller that
-/// awaited its own write reads it back).
-pub struct Reads {
-    jobs: std::sync::mpsc::Sender<ReadJob>,
-}
-
-type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
-
-impl Reads {
-    /// Moves `conn` (from [`open_read_only`]) to a new thread named `name`.
-    pub fn start(name: &str, conn: Connection) -> std::io::Result<Self> {
-        let (jobs, queue) = std::sync::mpsc::channel::<ReadJob>();
-        std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || {
-                for job in queue {
-                    job(&conn);
-                }
-            })?;
-        Ok(Self { jobs })
-    }
-
-    /// Runs `work` (in its own read transaction) and returns its result.
-    pub async fn run<R, F>(&self, work: F) -> Result<R, GroupCommitError>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
-    {
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        let job: ReadJob = Box::new(move |conn| {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn)));
-            let _ = sender.send(match result {
-                Ok(result) => result.map_err(GroupCommitError::from),
-                Err(panic) => Err(GroupCommitError::Panicked(panic_message(&*panic))),
-            });
-        });
-        self.jobs.send(job).map_err(|_| GroupCommitError::Stopped)?;
-        receiver.await.map_err(|_| GroupCommitError::Stopped)?
-    }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_default()
-}
-
 fn in_savepoint<R>(
     tx: &mut rusqlite::Transaction<'_>,
     work: impl FnOnce(&Connection) -> rusqlite::Result<R>,
@@ -192,7 +131,13 @@ fn in_savepoint<R>(
         }
         // Dropping the savepoint rolls its changes back.
         Ok(Err(error)) => Err(error.into()),
-        Err(panic) => Err(GroupCommitError::Panicked(panic_message(&*panic))),
+        Err(panic) => Err(GroupCommitError::Panicked(
+            panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default(),
+        )),
     }
 }
 
@@ -295,46 +240,5 @@ mod tests {
             })
             .unwrap();
         assert_eq!(missing, 0);
-    }
-
-    /// A lookup runs while the writer is busy (here: stuck in a job until
-    /// the lookup answered), sees what was committed, and cannot write.
-    #[tokio::test]
-    async fn reads_do_not_wait_for_the_writer() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.db");
-        let conn = open(&path, Durability::Full).unwrap();
-        conn.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY)")
-            .unwrap();
-        let db = Arc::new(GroupCommit::start("test-db", conn).unwrap());
-        let reads = Reads::start("test-reads", open_read_only(&path).unwrap()).unwrap();
-        db.run(|conn| conn.execute("INSERT INTO t (n) VALUES (1)", []).map(drop))
-            .await
-            .unwrap();
-
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let (holding, writer_holds) = tokio::sync::oneshot::channel::<()>();
-        let writer = tokio::spawn(async move {
-            db.run(move |conn| {
-                conn.execute("INSERT INTO t (n) VALUES (2)", [])?;
-                holding.send(()).unwrap();
-                held.recv().expect("the test releases the writer");
-                Ok(())
-            })
-            .await
-        });
-        writer_holds.await.unwrap();
-        // The uncommitted row is not seen; the committed one is.
-        assert_eq!(reads.run(count).await.unwrap(), 1);
-        let refused = reads
-            .run(|conn| conn.execute("INSERT INTO t (n) VALUES (3)", []).map(drop))
-            .await;
-        assert!(
-            matches!(&refused, Err(GroupCommitError::Sqlite(e)) if e.to_string().contains("readonly")),
-            "{refused:?}"
-        );
-        release.send(()).unwrap();
-        writer.await.unwrap().unwrap();
-        assert_eq!(reads.run(count).await.unwrap(), 2);
     }
 }

@@ -8,13 +8,10 @@ use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 
 use super::{Completion, IdempotencyError, IdempotencyStore};
-use crate::sqlite::{self, Durability, GroupCommit, Reads};
+use crate::sqlite::{self, Durability, GroupCommit};
 
 pub struct EmbeddedIdempotency {
     db: GroupCommit,
-    /// Lookups, which need not wait behind the writer's fsync: two per
-    /// event, beside one write (benchmark #3).
-    reads: Reads,
     ttl: Duration,
 }
 
@@ -62,14 +59,9 @@ impl EmbeddedIdempotency {
             params![cutoff],
         )
         .map_err(wrap)?;
-        let thread_error = |e: std::io::Error| IdempotencyError(format!("{}: {e}", path.display()));
-        let db = GroupCommit::start("runnel-idempotency", conn).map_err(thread_error)?;
-        let reads = Reads::start(
-            "runnel-idem-reads",
-            sqlite::open_read_only(path).map_err(wrap)?,
-        )
-        .map_err(thread_error)?;
-        Ok(Self { db, reads, ttl })
+        let db = GroupCommit::start("runnel-idempotency", conn)
+            .map_err(|e| IdempotencyError(format!("{}: {e}", path.display())))?;
+        Ok(Self { db, ttl })
     }
 
     /// Runs `work` atomically, committed with whatever other events' records
@@ -79,17 +71,6 @@ impl EmbeddedIdempotency {
         work: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
     ) -> Result<R, IdempotencyError> {
         self.db
-            .run(work)
-            .await
-            .map_err(|e| IdempotencyError(e.to_string()))
-    }
-
-    /// Runs the lookup `work` on the reading connection.
-    async fn read<R: Send + 'static>(
-        &self,
-        work: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
-    ) -> Result<R, IdempotencyError> {
-        self.reads
             .run(work)
             .await
             .map_err(|e| IdempotencyError(e.to_string()))
@@ -106,7 +87,7 @@ impl IdempotencyStore for EmbeddedIdempotency {
         let (p, k) = (pipeline.to_owned(), key.to_owned());
         let cutoff = now_ms() - self.ttl.as_millis() as i64;
         let how: Option<String> = self
-            .read(move |conn| {
+            .run(move |conn| {
                 conn.prepare_cached(
                     "SELECT how FROM completions
                      WHERE pipeline = ?1 AND key = ?2 AND completed_ms >= ?3",
@@ -124,7 +105,7 @@ impl IdempotencyStore for EmbeddedIdempotency {
         key: &str,
     ) -> Result<HashSet<String>, IdempotencyError> {
         let (p, k) = (pipeline.to_owned(), key.to_owned());
-        self.read(move |conn| {
+        self.run(move |conn| {
             let mut statement = conn
                 .prepare_cached("SELECT output FROM deliveries WHERE pipeline = ?1 AND key = ?2")?;
             statement
