@@ -185,6 +185,36 @@ async fn upload_makes_thumbnails_and_notifies() {
         )
         .await;
     assert_eq!(runnel.topic("notifications").await.len(), 1);
+    // The function ran while the claim was looked up (it has no side
+    // effects), and its outputs were dropped unwritten.
+    assert_eq!(
+        m(
+            "runnel_invocations_total",
+            &[
+                ("pipeline", "image-upload"),
+                ("function", "thumbnail"),
+                ("outcome", "ok")
+            ]
+        )
+        .await,
+        2.0
+    );
+    assert_eq!(
+        m(
+            "runnel_outputs_total",
+            &[("pipeline", "image-upload"), ("sink", "thumbnails")]
+        )
+        .await,
+        3.0
+    );
+    assert_eq!(
+        m(
+            "runnel_outputs_total",
+            &[("pipeline", "image-upload"), ("sink", "processed")]
+        )
+        .await,
+        1.0
+    );
 }
 
 /// A thumbnail expected: key suffix, width, height, format.
