@@ -113,18 +113,17 @@ async fn upload_makes_thumbnails_and_notifies() {
         .await,
         1.0
     );
-    assert_eq!(
+    let thumbnail_runs = || {
         m(
             "runnel_invocations_total",
             &[
                 ("pipeline", "image-upload"),
                 ("function", "thumbnail"),
-                ("outcome", "ok")
-            ]
+                ("outcome", "ok"),
+            ],
         )
-        .await,
-        1.0
-    );
+    };
+    assert_eq!(thumbnail_runs().await, 1.0);
     assert_eq!(
         m(
             "runnel_invocations_total",
@@ -137,14 +136,13 @@ async fn upload_makes_thumbnails_and_notifies() {
         .await,
         1.0
     );
-    assert_eq!(
+    let thumbnails_written = || {
         m(
             "runnel_outputs_total",
-            &[("pipeline", "image-upload"), ("sink", "thumbnails")]
+            &[("pipeline", "image-upload"), ("sink", "thumbnails")],
         )
-        .await,
-        4.0 - 1.0
-    );
+    };
+    assert_eq!(thumbnails_written().await, 4.0 - 1.0);
     assert_eq!(
         m(
             "runnel_outputs_total",
@@ -187,26 +185,8 @@ async fn upload_makes_thumbnails_and_notifies() {
     assert_eq!(runnel.topic("notifications").await.len(), 1);
     // The function ran while the claim was looked up (it has no side
     // effects), and its outputs were dropped unwritten.
-    assert_eq!(
-        m(
-            "runnel_invocations_total",
-            &[
-                ("pipeline", "image-upload"),
-                ("function", "thumbnail"),
-                ("outcome", "ok")
-            ]
-        )
-        .await,
-        2.0
-    );
-    assert_eq!(
-        m(
-            "runnel_outputs_total",
-            &[("pipeline", "image-upload"), ("sink", "thumbnails")]
-        )
-        .await,
-        3.0
-    );
+    assert_eq!(thumbnail_runs().await, 2.0);
+    assert_eq!(thumbnails_written().await, 3.0);
     assert_eq!(
         m(
             "runnel_outputs_total",

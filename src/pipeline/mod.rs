@@ -3,10 +3,12 @@
 //! A pipeline takes deliveries from its source and works on up to
 //! `concurrency` of them at once (deliveries with the same ordering key one
 //! after another, in source order). For each: skip it if its idempotency key
-//! is already complete; otherwise load the payload, run the function in a
-//! fresh instance, and write every output to its sink, in the order the
-//! function returned them. A retryable failure anywhere in that attempt is
-//! retried under the pipeline's [`retry`] policy; a permanent one, or the
+//! is already complete; otherwise write every output of the function (run
+//! in a fresh instance on the loaded payload) to its sink, in the order the
+//! function returned them. A function has no side effects, so the first run
+//! overlaps the lookup of the key, and a skipped event's outputs are
+//! dropped. A retryable failure anywhere in that attempt is retried under
+//! the pipeline's [`retry`] policy; a permanent one, or the
 //! last attempt's, sends the event to the dead-letter sink. Only when the
 //! outputs (or the dead letter) are written is completion recorded and the
 //! source acknowledged, so a crash at any point means redelivery, never loss.
