@@ -311,6 +311,9 @@ impl Drop for Runtime {
     }
 }
 
+/// Bytes of each pooled table kept resident and zeroed with memset.
+const TABLE_KEEP_RESIDENT: usize = 64 << 10;
+
 fn engine_config(pool: Option<&RuntimeSettings>) -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
@@ -334,8 +337,12 @@ fn engine_config(pool: Option<&RuntimeSettings>) -> Config {
         // handed back to the kernel, so the next instance does not fault
         // its memory in page by page again; with PAGEMAP_SCAN (Linux 6.7+)
         // only the pages the last instance touched are zeroed.
+        // Tables likewise: a component's few tables each fit in a page or
+        // two, and without this every one of them was a `madvise` (and a
+        // TLB shootdown across cores) per event (benchmark #3).
         pooling
             .linear_memory_keep_resident(settings.keep_resident as usize)
+            .table_keep_resident(TABLE_KEEP_RESIDENT)
             .pagemap_scan(wasmtime::Enabled::Auto);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     }
