@@ -75,7 +75,7 @@ fn describe() {
     );
     describe_gauge!(
         INFLIGHT,
-        "Events taken from the source and not yet acknowledged."
+        "Events being worked on (claimed, invoked, outputs being written): at most the pipeline's concurrency. Events recording their completion and being acknowledged are not counted."
     );
     describe_gauge!(
         BILLED_GB_SECONDS,

@@ -489,13 +489,16 @@ async fn hostile_images_are_refused_by_name() {
         );
         assert_eq!(record["retryable"], false);
     }
-    let peak = runnel
+    // Every outcome's series is exported from the start, at zero.
+    let ooms: f64 = runnel
         .metrics()
         .await
         .lines()
-        .any(|l| l.starts_with("runnel_invocations_total") && l.contains("outcome=\"oom\""));
-    assert!(
-        !peak,
+        .filter(|l| l.starts_with("runnel_invocations_total") && l.contains("outcome=\"oom\""))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(
+        ooms, 0.0,
         "refused by declared size, not by running out of memory"
     );
     assert_eq!(

@@ -14,6 +14,7 @@
 //! source acknowledged, so a crash at any point means redelivery, never loss.
 
 pub mod dead_letter;
+mod meters;
 pub mod retry;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -21,7 +22,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use backon::Retryable as _;
-use metrics::{counter, gauge, histogram};
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -30,11 +30,11 @@ use crate::config::pipeline::PipelineConfig;
 use crate::event::Event;
 use crate::health::Health;
 use crate::idempotency::{Claim, Completion, IdempotencyStore};
-use crate::metrics as m;
 use crate::runtime::{Context, Function, InvokeError, LogLabel, Output};
 use crate::sinks::{Backends, Sink, WriteId};
 use crate::sources::{Delivery, Loader, Source};
 use dead_letter::{DeadLetter, rfc3339};
+use meters::Meters;
 
 /// Deliveries asked of the source at a time.
 const BATCH: usize = 64;
@@ -59,6 +59,7 @@ pub struct Pipeline {
     /// How long a claim on an event lasts: one attempt plus the longest
     /// wait before the next, with a margin. Extended at every attempt.
     lease: Duration,
+    meters: Meters,
 }
 
 /// What [`Pipeline::claim`] found.
@@ -103,6 +104,11 @@ impl Pipeline {
                 .collect(),
             attempt: 0,
         };
+        let meters = Meters::new(
+            &config.name,
+            function.name(),
+            config.sinks.keys().map(String::as_str),
+        );
         Self {
             name: config.name.clone(),
             function,
@@ -117,6 +123,7 @@ impl Pipeline {
             max_outputs: config.function.max_outputs,
             max_output_bytes: config.function.max_output_bytes,
             lease: config.function.timeout + config.retry.max_delay + Duration::from_secs(30),
+            meters,
         }
     }
 
@@ -129,6 +136,10 @@ impl Pipeline {
     pub async fn run(self, mut source: Source, shutdown: CancellationToken, grace: Duration) {
         let this = Arc::new(self);
         let permits = Arc::new(Semaphore::new(this.concurrency));
+        // Events whose outputs are written and whose completion and ack
+        // are under way: as many again, so a slow store holds the source
+        // back instead of piling up tasks.
+        let finishing = Arc::new(Semaphore::new(this.concurrency));
         let ordering = Arc::new(Ordering::default());
         let mut tasks = JoinSet::new();
         let acks = source.acks.clone();
@@ -146,7 +157,7 @@ impl Pipeline {
                     deliveries
                 }
                 Err(error) => {
-                    counter!(m::SOURCE_ERRORS, "pipeline" => this.name.clone()).increment(1);
+                    this.meters.source_errors.increment(1);
                     failures = failures.saturating_add(1);
                     // Short enough to resume within seconds of recovery.
                     let delay = Duration::from_millis(100 << failures.min(5));
@@ -164,16 +175,26 @@ impl Pipeline {
                 };
                 let mut turn = ordering.queue(delivery.ordering_key.clone());
                 let (this, loader, acks) = (this.clone(), loader.clone(), acks.clone());
+                let finishing = finishing.clone();
                 tasks.spawn(async move {
                     turn.wait().await;
-                    let position = delivery.position;
-                    this.process(delivery, &loader).await;
+                    let (position, key) = (delivery.position, delivery.idempotency_key.clone());
+                    let ended = this.process(delivery, &loader).await;
+                    // The outputs are written: the event's slot goes to the
+                    // next one while completion is recorded and the source
+                    // acknowledged, as a Kafka client's window counts only
+                    // unacknowledged produces (benchmark #3).
+                    let finishing = finishing.acquire_owned().await.expect("semaphore is never closed");
+                    drop(permit);
+                    if let Some(how) = ended {
+                        this.complete(&key, how).await;
+                    }
                     if let Err(error) = acks.finished(position).await {
-                        counter!(m::SOURCE_ERRORS, "pipeline" => this.name.clone()).increment(1);
+                        this.meters.source_errors.increment(1);
                         tracing::warn!(pipeline = %this.name, %error, "committing the source failed; the event may be redelivered");
                     }
                     turn.done();
-                    drop(permit);
+                    drop(finishing);
                 });
                 while tasks.try_join_next().is_some() {}
             }
@@ -188,13 +209,15 @@ impl Pipeline {
         }
     }
 
-    /// Handles one delivery to the end: done, dead-lettered or skipped.
-    async fn process(&self, delivery: Delivery, loader: &Loader) {
-        let pipeline = self.name.clone();
-        counter!(m::EVENTS_RECEIVED, "pipeline" => pipeline.clone()).increment(1);
-        gauge!(m::INFLIGHT, "pipeline" => pipeline.clone()).increment(1.0);
+    /// Works on one delivery until its outputs (or its dead letter) are
+    /// written; returns how it ended, or `None` when it was skipped as
+    /// done already.
+    async fn process(&self, delivery: Delivery, loader: &Loader) -> Option<Completion> {
+        self.meters.received.increment(1);
+        self.meters.inflight.increment(1.0);
         let key = delivery.idempotency_key.clone();
-        let event: tokio::sync::OnceCell<Event> = tokio::sync::OnceCell::new();
+        // Shared, not cloned, with the blocking task that invokes it.
+        let event: tokio::sync::OnceCell<Arc<Event>> = tokio::sync::OnceCell::new();
         let (event_ref, delivery_ref, key_ref) = (&event, &delivery, key.as_str());
         let load = || {
             event_ref.get_or_try_init(|| async {
@@ -205,7 +228,7 @@ impl Pipeline {
                     // expression) names the event's outputs too.
                     .map(|mut event| {
                         event.idempotency_key = key_ref.to_owned();
-                        event
+                        Arc::new(event)
                     })
                     .map_err(|e| Failure {
                         retry_after: None,
@@ -228,10 +251,10 @@ impl Pipeline {
         });
         let waited = match claimed {
             Claimed::Done(how) => {
-                counter!(m::DUPLICATES_SKIPPED, "pipeline" => pipeline.clone()).increment(1);
+                self.meters.duplicates_skipped.increment(1);
                 tracing::info!(pipeline = %self.name, key = %key, how = how.as_str(), "skipping a redelivered event");
-                gauge!(m::INFLIGHT, "pipeline" => pipeline).decrement(1.0);
-                return;
+                self.meters.inflight.decrement(1.0);
+                return None;
             }
             Claimed::Ours { waited } => waited,
         };
@@ -283,17 +306,27 @@ impl Pipeline {
         let how = match result {
             Ok(()) => Completion::Done,
             Err(failure) => {
-                self.dead_letter(&key, event.get(), failure, attempts, first_attempt_at)
-                    .await;
+                self.dead_letter(
+                    &key,
+                    event.get().map(|e| &**e),
+                    failure,
+                    attempts,
+                    first_attempt_at,
+                )
+                .await;
                 Completion::DeadLettered
             }
         };
-        counter!(m::EVENTS_COMPLETED, "pipeline" => pipeline.clone(), "result" => how.as_str())
-            .increment(1);
-        if let Err(error) = self.idempotency.complete(&self.name, &key, how).await {
+        self.meters.inflight.decrement(1.0);
+        Some(how)
+    }
+
+    /// Records how the event ended, so a redelivery is skipped.
+    async fn complete(&self, key: &str, how: Completion) {
+        if let Err(error) = self.idempotency.complete(&self.name, key, how).await {
             tracing::warn!(pipeline = %self.name, %error, "recording completion failed; a redelivery would process the event again");
         }
-        gauge!(m::INFLIGHT, "pipeline" => pipeline).decrement(1.0);
+        self.meters.completed(how).increment(1);
     }
 
     /// Claims the event. While another process holds it, waits: that
@@ -343,7 +376,7 @@ impl Pipeline {
         .when(|failure: &Failure| failure.retryable && policy.within_age(started.elapsed()))
         .adjust(|failure: &Failure, delay| policy.adjust(delay, failure.retry_after))
         .notify(|failure: &Failure, delay: Duration| {
-            counter!(m::RETRIES, "pipeline" => self.name.clone()).increment(1);
+            self.meters.retries.increment(1);
             tracing::warn!(pipeline = %self.name, key, stage = failure.stage, error = %failure.message, ?delay, "attempt failed; retrying");
         })
         .await;
@@ -354,6 +387,7 @@ impl Pipeline {
     /// (`runnel dlq replay`), under the retry policy; on success records it
     /// as done. Returns the attempts it took, or why it failed again.
     pub async fn replay(&self, event: &Event) -> Result<u32, String> {
+        let event = &Arc::new(event.clone());
         let (result, attempts) = self
             .retrying(&self.retry, &event.idempotency_key, |attempt| {
                 self.attempt(event, attempt)
@@ -370,7 +404,7 @@ impl Pipeline {
     /// One attempt: invoke, then write each output that an earlier attempt
     /// (or process) did not already deliver, recording each as its sink
     /// acknowledges it.
-    async fn attempt(&self, event: &Event, attempt: u32) -> Result<(), Failure> {
+    async fn attempt(&self, event: &Arc<Event>, attempt: u32) -> Result<(), Failure> {
         let (outputs, delivered) = self.prepare(event, attempt).await?;
         self.deliver(event, &outputs, &delivered).await
     }
@@ -379,7 +413,7 @@ impl Pipeline {
     /// delivered already: looked up while the function runs.
     async fn prepare(
         &self,
-        event: &Event,
+        event: &Arc<Event>,
         attempt: u32,
     ) -> Result<(Vec<Output>, HashSet<String>), Failure> {
         let (outputs, delivered) = tokio::join!(
@@ -413,17 +447,14 @@ impl Pipeline {
                 .sinks
                 .get(&output.sink)
                 .expect("sink names are checked after invoking");
-            let labels = [
-                ("pipeline", self.name.clone()),
-                ("sink", output.sink.clone()),
-            ];
+            let meters = self.meters.sink(&output.sink);
             if !sink.enabled() {
-                counter!(m::OUTPUTS_DROPPED, &labels).increment(1);
+                meters.dropped.increment(1);
                 continue;
             }
             let id = format!("{key}#{}/{index}", output.sink);
             if delivered.contains(&id) {
-                counter!(m::OUTPUTS_SKIPPED, &labels).increment(1);
+                meters.skipped.increment(1);
                 continue;
             }
             let write_id = WriteId {
@@ -458,7 +489,7 @@ impl Pipeline {
                     })?;
                 }
             }
-            counter!(m::OUTPUTS, &labels).increment(1);
+            meters.written.increment(1);
             // The last output needs no record: `complete`, next, covers it,
             // and a crash between the sink's ack and the next record means
             // one more write either way. (One store round trip less per
@@ -473,7 +504,7 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn invoke(&self, event: &Event, attempt: u32) -> Result<Vec<Output>, Failure> {
+    async fn invoke(&self, event: &Arc<Event>, attempt: u32) -> Result<Vec<Output>, Failure> {
         let function = self.function.clone();
         let mut context = self.context.clone();
         context.attempt = attempt;
@@ -482,9 +513,7 @@ impl Pipeline {
             function: function.name().to_owned(),
             event_id: event.id.clone(),
         };
-        // The event is cloned into the blocking task; its payload is a
-        // reference-counted `Bytes`, so this copies no payload bytes.
-        let ev = event.clone();
+        let ev = Arc::clone(event);
         let (result, stats) =
             tokio::task::spawn_blocking(move || function.invoke(&context, &ev, label))
                 .await
@@ -493,16 +522,18 @@ impl Pipeline {
             Ok(_) => "ok",
             Err(e) => e.outcome(),
         };
-        let labels = [
-            ("pipeline", self.name.clone()),
-            ("function", self.function.name().to_owned()),
-        ];
-        counter!(m::INVOCATIONS, "pipeline" => self.name.clone(), "function" => self.function.name().to_owned(), "outcome" => outcome).increment(1);
-        histogram!(m::INVOCATION_DURATION, &labels).record(stats.duration.as_secs_f64());
-        histogram!(m::INSTANTIATION_DURATION, "function" => self.function.name().to_owned())
+        let meters = &self.meters;
+        meters.invocations(outcome).increment(1);
+        meters
+            .invocation_duration
+            .record(stats.duration.as_secs_f64());
+        meters
+            .instantiation_duration
             .record(stats.instantiation.as_secs_f64());
         let gib = self.function.memory_limit() as f64 / (1u64 << 30) as f64;
-        gauge!(m::BILLED_GB_SECONDS, &labels).increment(gib * stats.duration.as_secs_f64());
+        meters
+            .billed_gb_seconds
+            .increment(gib * stats.duration.as_secs_f64());
         tracing::info!(
             target: "runnel::invocation",
             id = %event.id,
@@ -607,7 +638,7 @@ impl Pipeline {
                 }
             }
         }
-        counter!(m::DEAD_LETTERS, "pipeline" => self.name.clone()).increment(1);
+        self.meters.dead_letters.increment(1);
     }
 }
 
