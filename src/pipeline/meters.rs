@@ -11,9 +11,7 @@ use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
 use crate::idempotency::Completion;
 use crate::metrics as m;
-
-/// What [`crate::runtime::InvokeError::outcome`] can say, and `ok`.
-const OUTCOMES: [&str; 5] = ["ok", "error", "trap", "timeout", "oom"];
+use crate::runtime::InvokeError;
 
 pub(super) struct Meters {
     pub received: Counter,
@@ -24,13 +22,11 @@ pub(super) struct Meters {
     pub source_errors: Counter,
     done: Counter,
     dead_lettered: Counter,
-    invocations: [Counter; OUTCOMES.len()],
+    invocations: [Counter; InvokeError::OUTCOMES.len()],
     pub invocation_duration: Histogram,
     pub instantiation_duration: Histogram,
     pub billed_gb_seconds: Gauge,
     sinks: BTreeMap<String, SinkMeters>,
-    pipeline: String,
-    function: String,
 }
 
 /// One sink's output counters.
@@ -54,7 +50,7 @@ impl Meters {
             source_errors: counter!(m::SOURCE_ERRORS, &[p()]),
             done: completed(Completion::Done.as_str()),
             dead_lettered: completed(Completion::DeadLettered.as_str()),
-            invocations: OUTCOMES.map(|outcome| {
+            invocations: InvokeError::OUTCOMES.map(|outcome| {
                 counter!(m::INVOCATIONS, "pipeline" => pipeline.to_owned(), "function" => function.to_owned(), "outcome" => outcome)
             }),
             invocation_duration: histogram!(m::INVOCATION_DURATION, &pf),
@@ -71,8 +67,6 @@ impl Meters {
                     (sink.to_owned(), meters)
                 })
                 .collect(),
-            pipeline: pipeline.to_owned(),
-            function: function.to_owned(),
         }
     }
 
@@ -83,14 +77,10 @@ impl Meters {
         }
     }
 
-    pub fn invocations(&self, outcome: &'static str) -> Counter {
-        match OUTCOMES.iter().position(|o| *o == outcome) {
-            Some(index) => self.invocations[index].clone(),
-            // An outcome added without being listed: still counted.
-            None => {
-                counter!(m::INVOCATIONS, "pipeline" => self.pipeline.clone(), "function" => self.function.clone(), "outcome" => outcome)
-            }
-        }
+    /// The invocation counter of `outcome`, one of [`InvokeError::OUTCOMES`].
+    pub fn invocations(&self, outcome: &str) -> &Counter {
+        let index = InvokeError::OUTCOMES.iter().position(|o| *o == outcome);
+        &self.invocations[index.expect("InvokeError::OUTCOMES lists every outcome")]
     }
 
     /// The counters of a sink the pipeline declares.

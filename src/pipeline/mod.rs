@@ -179,7 +179,7 @@ impl Pipeline {
                 tasks.spawn(async move {
                     turn.wait().await;
                     let (position, key) = (delivery.position, delivery.idempotency_key.clone());
-                    let ended = this.process(delivery, &loader).await;
+                    let ended = this.process(delivery, &key, &loader).await;
                     // The outputs are written: the event's slot goes to the
                     // next one while completion is recorded and the source
                     // acknowledged, as a Kafka client's window counts only
@@ -209,16 +209,15 @@ impl Pipeline {
         }
     }
 
-    /// Works on one delivery until its outputs (or its dead letter) are
-    /// written; returns how it ended, or `None` when it was skipped as
-    /// done already.
-    async fn process(&self, delivery: Delivery, loader: &Loader) -> Option<Completion> {
+    /// Works on one delivery (whose idempotency key is `key`) until its
+    /// outputs (or its dead letter) are written; returns how it ended, or
+    /// `None` when it was skipped as done already.
+    async fn process(&self, delivery: Delivery, key: &str, loader: &Loader) -> Option<Completion> {
         self.meters.received.increment(1);
         self.meters.inflight.increment(1.0);
-        let key = delivery.idempotency_key.clone();
         // Shared, not cloned, with the blocking task that invokes it.
         let event: tokio::sync::OnceCell<Arc<Event>> = tokio::sync::OnceCell::new();
-        let (event_ref, delivery_ref, key_ref) = (&event, &delivery, key.as_str());
+        let (event_ref, delivery_ref, key_ref) = (&event, &delivery, key);
         let load = || {
             event_ref.get_or_try_init(|| async {
                 loader

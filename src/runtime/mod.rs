@@ -394,6 +394,10 @@ pub enum InvokeError {
 }
 
 impl InvokeError {
+    /// Every `outcome` label of `runnel_invocations_total`: `ok` and what
+    /// [`outcome`](Self::outcome) can say.
+    pub const OUTCOMES: [&'static str; 5] = ["ok", "error", "trap", "timeout", "oom"];
+
     /// The `outcome` label of `runnel_invocations_total`.
     pub fn outcome(&self) -> &'static str {
         match self {
@@ -539,5 +543,29 @@ fn from_wit_output(output: wit::Output) -> Output {
         content_type: output.content_type,
         attributes: output.attributes,
         data: Bytes::from(output.data),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The metrics register one series per listed outcome, and look each
+    /// invocation's up there.
+    #[test]
+    fn every_outcome_is_listed() {
+        let errors = [
+            InvokeError::Function {
+                message: String::new(),
+                retryable: false,
+            },
+            InvokeError::Trap(String::new()),
+            InvokeError::Timeout(Duration::ZERO),
+            InvokeError::OutOfMemory { limit: 0 },
+            InvokeError::Instantiate(String::new()),
+        ];
+        for error in errors {
+            assert!(InvokeError::OUTCOMES.contains(&error.outcome()), "{error}");
+        }
     }
 }
