@@ -2,7 +2,8 @@
 //!
 //! A pipeline takes deliveries from its source and works on up to
 //! `concurrency` of them at once (deliveries with the same ordering key one
-//! after another, in source order). For each: skip it if its idempotency key
+//! after another, in source order, and likewise deliveries of the same
+//! event: the same idempotency key). For each: skip it if its idempotency key
 //! is already complete; otherwise write every output of the function (run
 //! in a fresh instance on the loaded payload) to its sink, in the order the
 //! function returned them. A function has no side effects, so the first run
@@ -141,6 +142,12 @@ impl Pipeline {
         // back instead of piling up tasks.
         let finishing = Arc::new(Semaphore::new(this.concurrency));
         let ordering = Arc::new(Ordering::default());
+        // The same event twice in flight in this process (two messages a key
+        // expression calls one, an upload repeated at once) takes turns too:
+        // the second then finds the first complete. The store's claims are
+        // between processes, and the first one's completion is recorded
+        // after its slot is given up.
+        let same_event = Arc::new(Ordering::default());
         let mut tasks = JoinSet::new();
         let acks = source.acks.clone();
         let loader = source.loader.clone();
@@ -174,10 +181,12 @@ impl Pipeline {
                     permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
                 };
                 let mut turn = ordering.queue(delivery.ordering_key.clone());
+                let mut event_turn = same_event.queue(Some(delivery.idempotency_key.clone()));
                 let (this, loader, acks) = (this.clone(), loader.clone(), acks.clone());
                 let finishing = finishing.clone();
                 tasks.spawn(async move {
                     turn.wait().await;
+                    event_turn.wait().await;
                     let (position, key) = (delivery.position, delivery.idempotency_key.clone());
                     let ended = this.process(delivery, &key, &loader).await;
                     // The outputs are written: the event's slot goes to the
@@ -189,6 +198,7 @@ impl Pipeline {
                     if let Some(how) = ended {
                         this.complete(&key, how).await;
                     }
+                    event_turn.done();
                     if let Err(error) = acks.finished(position).await {
                         this.meters.source_errors.increment(1);
                         tracing::warn!(pipeline = %this.name, %error, "committing the source failed; the event may be redelivered");
