@@ -63,7 +63,6 @@ impl OutputFormat {
                 &mut out,
                 image.as_bytes(),
                 (image.width(), image.height()),
-                jpeg_encoder::ColorType::Rgb,
                 quality,
                 icc_profile,
             )
@@ -82,25 +81,49 @@ pub fn jpeg_error(e: jpeg_encoder::EncodingError) -> ImageError {
     ))
 }
 
-/// Writes 8-bit `pixels` (RGB, or YCbCr from [`crate::ycbcr`]) as a baseline
-/// JPEG, chroma subsampled 4:2:0 (what libjpeg and libvips write at this
-/// quality).
-pub fn write_jpeg(
-    out: &mut Vec<u8>,
-    pixels: &[u8],
-    (width, height): (u32, u32),
-    color: jpeg_encoder::ColorType,
+/// Whether a JPEG thumbnail at `quality` has its chroma at half the width
+/// and height (4:2:0), as libvips decides by default: below quality 90 the
+/// eye does not miss it, and the file is smaller.
+fn subsamples_chroma(quality: u8) -> bool {
+    quality < 90
+}
+
+/// A baseline JPEG encoder writing to `out`, chroma subsampled as
+/// [`subsamples_chroma`] says, with `icc_profile` embedded.
+pub fn baseline_encoder<'a>(
+    out: &'a mut Vec<u8>,
     quality: u8,
     icc_profile: Option<&[u8]>,
-) -> Result<(), jpeg_encoder::EncodingError> {
+) -> Result<jpeg_encoder::Encoder<&'a mut Vec<u8>>, jpeg_encoder::EncodingError> {
     let mut encoder = jpeg_encoder::Encoder::new(out, quality);
+    encoder.set_sampling_factor(if subsamples_chroma(quality) {
+        jpeg_encoder::SamplingFactor::F_2_2
+    } else {
+        jpeg_encoder::SamplingFactor::F_1_1
+    });
     if let Some(profile) = icc_profile {
         encoder.add_icc_profile(profile)?;
     }
+    Ok(encoder)
+}
+
+/// Writes 8-bit RGB `pixels` as a baseline JPEG (see [`baseline_encoder`]).
+fn write_jpeg(
+    out: &mut Vec<u8>,
+    pixels: &[u8],
+    (width, height): (u32, u32),
+    quality: u8,
+    icc_profile: Option<&[u8]>,
+) -> Result<(), jpeg_encoder::EncodingError> {
     // Thumbnails are far below JPEG's 65535-pixel limit; the encoder
     // rejects a zero or oversized side rather than wrapping.
     let side = |n: u32| u16::try_from(n).unwrap_or(0);
-    encoder.encode(pixels, side(width), side(height), color)
+    baseline_encoder(out, quality, icc_profile)?.encode(
+        pixels,
+        side(width),
+        side(height),
+        jpeg_encoder::ColorType::Rgb,
+    )
 }
 
 /// Writes `image` with `encoder`, carrying its colour profile along.

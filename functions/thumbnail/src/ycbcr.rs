@@ -13,8 +13,10 @@
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{PixelType, ResizeOptions, Resizer};
 use image::metadata::Orientation;
-use image::{DynamicImage, ImageBuffer};
+use image::{DynamicImage, GrayImage};
 use jpeg_decoder::Plane;
+
+use crate::encode;
 
 /// A decoded JPEG's planes (see [`jpeg_decoder::Decoder::decode_ycbcr_planes`]).
 pub struct Planes {
@@ -25,7 +27,9 @@ pub struct Planes {
 
 impl Planes {
     /// Encodes a `width`×`height` thumbnail (in the stored frame), turned
-    /// upright by `orientation`, as a baseline JPEG.
+    /// upright by `orientation`, as a baseline JPEG. The resized planes go
+    /// to the encoder as they are: no interleaving into pixels for the
+    /// encoder to take apart again.
     pub fn thumbnail(
         &self,
         width: u32,
@@ -47,34 +51,57 @@ impl Planes {
             resizer
                 .resize(&src, &mut dst, &ResizeOptions::new())
                 .expect("source and destination share a pixel type");
-            dst.into_vec()
+            let mut plane = DynamicImage::ImageLuma8(
+                GrayImage::from_raw(width, height, dst.into_vec()).expect("sized by the resizer"),
+            );
+            plane.apply_orientation(orientation);
+            plane.into_luma8()
         });
-        let mut interleaved = Vec::with_capacity(y.len() * 3);
-        for ((y, cb), cr) in y.into_iter().zip(cb).zip(cr) {
-            interleaved.extend_from_slice(&[y, cb, cr]);
-        }
-        // An RGB buffer only to borrow `apply_orientation`: the three
-        // channels stay Y, Cb, Cr, and are written as such.
-        let mut image = DynamicImage::ImageRgb8(
-            ImageBuffer::from_raw(width, height, interleaved).expect("sized by the resizer"),
-        );
-        image.apply_orientation(orientation);
         let mut out = Vec::new();
-        crate::encode::write_jpeg(
-            &mut out,
-            image.as_bytes(),
-            (image.width(), image.height()),
-            jpeg_encoder::ColorType::Ycbcr,
-            quality,
-            icc_profile,
-        )?;
+        encode::baseline_encoder(&mut out, quality, icc_profile)?.encode_image(Thumbnail {
+            y,
+            cb,
+            cr,
+        })?;
         Ok(out)
+    }
+}
+
+/// A thumbnail's upright planes, all of its size, as the JPEG encoder reads
+/// them (it subsamples the chroma itself).
+struct Thumbnail {
+    y: GrayImage,
+    cb: GrayImage,
+    cr: GrayImage,
+}
+
+impl jpeg_encoder::ImageBuffer for Thumbnail {
+    fn get_jpeg_color_type(&self) -> jpeg_encoder::JpegColorType {
+        jpeg_encoder::JpegColorType::Ycbcr
+    }
+
+    fn width(&self) -> u16 {
+        // Thumbnails are far below JPEG's 65535-pixel limit; the encoder
+        // rejects a zero side rather than wrapping.
+        u16::try_from(self.y.width()).unwrap_or(0)
+    }
+
+    fn height(&self) -> u16 {
+        u16::try_from(self.y.height()).unwrap_or(0)
+    }
+
+    fn fill_buffers(&self, y: u16, buffers: &mut [Vec<u8>; 4]) {
+        for (buffer, plane) in buffers.iter_mut().zip([&self.y, &self.cb, &self.cr]) {
+            let width = plane.width() as usize;
+            buffer.extend_from_slice(&plane.as_raw()[usize::from(y) * width..][..width]);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::ImageBuffer;
 
     /// Mean absolute difference per sample, and the largest.
     fn difference(a: &[u8], b: &[u8]) -> (f64, u8) {
@@ -135,6 +162,65 @@ mod tests {
         let (mean, max) = difference(ours.as_raw(), through_rgb.as_bytes());
         // The thumbnail went through one more JPEG round (quality 95).
         assert!(mean < 2.0 && max < 40, "mean {mean:.2}, max {max}");
+    }
+
+    /// The encoder reading the planes writes the very bytes it writes from
+    /// the same samples interleaved, at an odd size with partial blocks.
+    #[test]
+    fn planes_encode_as_interleaved_samples() {
+        let (w, h) = (37u32, 23u32);
+        let plane = |f: fn(u32, u32) -> u8| GrayImage::from_fn(w, h, |x, y| image::Luma([f(x, y)]));
+        let thumbnail = Thumbnail {
+            y: plane(|x, y| (x * 7 + y * 3) as u8),
+            cb: plane(|x, _| 90 + x as u8),
+            cr: plane(|_, y| 160 - y as u8),
+        };
+        let interleaved: Vec<u8> = (0..(w * h) as usize)
+            .flat_map(|i| [&thumbnail.y, &thumbnail.cb, &thumbnail.cr].map(|p| p.as_raw()[i]))
+            .collect();
+        let mut expected = Vec::new();
+        encode::baseline_encoder(&mut expected, 80, None)
+            .unwrap()
+            .encode(
+                &interleaved,
+                w as u16,
+                h as u16,
+                jpeg_encoder::ColorType::Ycbcr,
+            )
+            .unwrap();
+        let mut planar = Vec::new();
+        encode::baseline_encoder(&mut planar, 80, None)
+            .unwrap()
+            .encode_image(thumbnail)
+            .unwrap();
+        assert_eq!(planar, expected);
+    }
+
+    /// Chroma is stored at half size below quality 90 and at full size from
+    /// 90 up, as libvips does.
+    #[test]
+    fn chroma_is_subsampled_below_quality_90() {
+        let plane = |w: usize, h: usize| Plane {
+            width: w,
+            height: h,
+            data: (0..w * h).map(|i| (i % 251) as u8).collect(),
+        };
+        let planes = Planes {
+            y: plane(64, 48),
+            cb: plane(32, 24),
+            cr: plane(32, 24),
+        };
+        for (quality, chroma) in [(89, (17, 12)), (90, (33, 23))] {
+            let jpeg = planes
+                .thumbnail(33, 23, Orientation::NoTransforms, quality, None)
+                .unwrap();
+            let mut decoder = jpeg_decoder::Decoder::new(&jpeg[..]);
+            let [y, cb, cr] = decoder.decode_ycbcr_planes().unwrap().expect("YCbCr");
+            assert_eq!((y.width, y.height), (33, 23));
+            for plane in [cb, cr] {
+                assert_eq!((plane.width, plane.height), chroma, "quality {quality}");
+            }
+        }
     }
 
     /// A turned photo's thumbnail comes out upright: the sides swap.
