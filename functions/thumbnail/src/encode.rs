@@ -84,7 +84,7 @@ pub fn jpeg_error(e: jpeg_encoder::EncodingError) -> ImageError {
 /// Whether a JPEG thumbnail at `quality` has its chroma at half the width
 /// and height (4:2:0), as libvips decides by default: below quality 90 the
 /// eye does not miss it, and the file is smaller.
-fn subsamples_chroma(quality: u8) -> bool {
+pub fn subsamples_chroma(quality: u8) -> bool {
     quality < 90
 }
 

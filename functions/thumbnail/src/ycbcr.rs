@@ -4,9 +4,11 @@
 //! half the width and height. Decoding to RGB upsamples the chroma to full
 //! size and converts every pixel, only for the resizer to throw most of them
 //! away, and the JPEG encoder then converts the thumbnail back to YCbCr.
-//! Resizing each plane to the thumbnail's size and giving the encoder YCbCr
-//! skips the upsampling and both conversions, and the resizer reads one full
-//! plane and two quarter planes instead of three full ones. The conversion is
+//! Resizing each plane to the size the thumbnail stores it at (the chroma to
+//! half the width and height when it is subsampled) and giving the encoder
+//! the planes skips the upsampling and both conversions, and the resizer
+//! reads one full plane and two quarter planes instead of three full ones,
+//! and writes a full and two quarter ones. The conversion is
 //! affine and resizing linear, so the order changes the picture by rounding
 //! only (`tests::same_picture_as_through_rgb`).
 
@@ -27,9 +29,15 @@ pub struct Planes {
 
 impl Planes {
     /// Encodes a `width`×`height` thumbnail (in the stored frame), turned
-    /// upright by `orientation`, as a baseline JPEG. The resized planes go
-    /// to the encoder as they are: no interleaving into pixels for the
-    /// encoder to take apart again.
+    /// upright by `orientation`, as a baseline JPEG.
+    ///
+    /// The resized planes go to the encoder as they are, not interleaved into
+    /// pixels for the encoder to take apart again. When the thumbnail's
+    /// chroma is subsampled ([`encode::subsamples_chroma`]), the chroma
+    /// planes are resized straight to half the width and height, which is
+    /// what gets stored: resized to full size, three of every four samples
+    /// would be thrown away by the encoder, and the one kept would sit half a
+    /// pixel off the centre of the luma it goes with.
     pub fn thumbnail(
         &self,
         width: u32,
@@ -38,8 +46,19 @@ impl Planes {
         quality: u8,
         icc_profile: Option<&[u8]>,
     ) -> Result<Vec<u8>, jpeg_encoder::EncodingError> {
+        let halved = encode::subsamples_chroma(quality);
+        let chroma = if halved {
+            (width.div_ceil(2), height.div_ceil(2))
+        } else {
+            (width, height)
+        };
         let mut resizer = Resizer::new();
-        let [y, cb, cr] = [&self.y, &self.cb, &self.cr].map(|plane| {
+        let [y, cb, cr] = [
+            (&self.y, (width, height)),
+            (&self.cb, chroma),
+            (&self.cr, chroma),
+        ]
+        .map(|(plane, (width, height))| {
             let src = ImageRef::new(
                 plane.width as u32,
                 plane.height as u32,
@@ -62,17 +81,19 @@ impl Planes {
             y,
             cb,
             cr,
+            halved,
         })?;
         Ok(out)
     }
 }
 
-/// A thumbnail's upright planes, all of its size, as the JPEG encoder reads
-/// them (it subsamples the chroma itself).
+/// A thumbnail's upright planes, as the JPEG encoder reads them.
 struct Thumbnail {
     y: GrayImage,
     cb: GrayImage,
     cr: GrayImage,
+    /// Whether the chroma planes are at half the width and height.
+    halved: bool,
 }
 
 impl jpeg_encoder::ImageBuffer for Thumbnail {
@@ -90,12 +111,30 @@ impl jpeg_encoder::ImageBuffer for Thumbnail {
         u16::try_from(self.y.height()).unwrap_or(0)
     }
 
+    /// Row `y` of each component at full width. The encoder subsamples
+    /// chroma by keeping the first sample of each 2×2, so a halved plane's
+    /// samples are each given twice, on every other row.
     fn fill_buffers(&self, y: u16, buffers: &mut [Vec<u8>; 4]) {
-        for (buffer, plane) in buffers.iter_mut().zip([&self.y, &self.cb, &self.cr]) {
-            let width = plane.width() as usize;
-            buffer.extend_from_slice(&plane.as_raw()[usize::from(y) * width..][..width]);
+        let y = usize::from(y);
+        buffers[0].extend_from_slice(row(&self.y, y));
+        for (buffer, plane) in buffers[1..3].iter_mut().zip([&self.cb, &self.cr]) {
+            if self.halved {
+                // Element by element: `fill` or `resize` here is a
+                // `memory.fill` call per pair or row in Wasm.
+                let end = buffer.len() + self.y.width() as usize;
+                buffer.extend(row(plane, y / 2).iter().flat_map(|&s| [s, s]));
+                buffer.truncate(end);
+            } else {
+                buffer.extend_from_slice(row(plane, y));
+            }
         }
     }
+}
+
+/// Row `y` of `plane`.
+fn row(plane: &GrayImage, y: usize) -> &[u8] {
+    let width = plane.width() as usize;
+    &plane.as_raw()[y * width..][..width]
 }
 
 #[cfg(test)]
@@ -165,35 +204,118 @@ mod tests {
     }
 
     /// The encoder reading the planes writes the very bytes it writes from
-    /// the same samples interleaved, at an odd size with partial blocks.
+    /// the same samples interleaved (a halved chroma plane's samples
+    /// repeated over each 2×2), at an odd size with partial blocks.
     #[test]
     fn planes_encode_as_interleaved_samples() {
         let (w, h) = (37u32, 23u32);
-        let plane = |f: fn(u32, u32) -> u8| GrayImage::from_fn(w, h, |x, y| image::Luma([f(x, y)]));
-        let thumbnail = Thumbnail {
-            y: plane(|x, y| (x * 7 + y * 3) as u8),
-            cb: plane(|x, _| 90 + x as u8),
-            cr: plane(|_, y| 160 - y as u8),
+        let luma = GrayImage::from_fn(w, h, |x, y| image::Luma([(x * 7 + y * 3) as u8]));
+        for (quality, halved) in [(80, true), (95, false)] {
+            let (cw, ch) = if halved {
+                (w.div_ceil(2), h.div_ceil(2))
+            } else {
+                (w, h)
+            };
+            let thumbnail = Thumbnail {
+                y: luma.clone(),
+                cb: GrayImage::from_fn(cw, ch, |x, _| image::Luma([90 + 2 * x as u8])),
+                cr: GrayImage::from_fn(cw, ch, |_, y| image::Luma([160 - 3 * y as u8])),
+                halved,
+            };
+            let shift = u32::from(halved);
+            let interleaved: Vec<u8> = (0..h)
+                .flat_map(|y| (0..w).map(move |x| (x, y)))
+                .flat_map(|(x, y)| {
+                    let chroma = |p: &GrayImage| p.get_pixel(x >> shift, y >> shift)[0];
+                    [
+                        thumbnail.y.get_pixel(x, y)[0],
+                        chroma(&thumbnail.cb),
+                        chroma(&thumbnail.cr),
+                    ]
+                })
+                .collect();
+            let mut expected = Vec::new();
+            encode::baseline_encoder(&mut expected, quality, None)
+                .unwrap()
+                .encode(
+                    &interleaved,
+                    w as u16,
+                    h as u16,
+                    jpeg_encoder::ColorType::Ycbcr,
+                )
+                .unwrap();
+            let mut planar = Vec::new();
+            encode::baseline_encoder(&mut planar, quality, None)
+                .unwrap()
+                .encode_image(thumbnail)
+                .unwrap();
+            assert_eq!(planar, expected, "quality {quality}");
+        }
+    }
+
+    /// Where the picture has an edge in luma and chroma at one place, the
+    /// thumbnail's chroma edge is where its luma edge is (within a fifth of
+    /// a pixel): halved chroma is resized for the centre of the 2×2 of luma
+    /// it is stored for. Resized to full size and subsampled by the encoder,
+    /// it was 0.8 pixel off vertically.
+    #[test]
+    fn chroma_stays_registered_with_luma() {
+        // A 4:2:0 photo decoded at 1/2 scale: 1363×1113 luma, 682×557 chroma;
+        // Y and Cb step at x = 500, Y and Cr at y = 400 (luma pixels).
+        let (w, h) = (1363usize, 1113usize);
+        let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+        let plane = |w: usize, h: usize, f: &dyn Fn(usize, usize) -> u8| Plane {
+            width: w,
+            height: h,
+            data: (0..h)
+                .flat_map(|y| (0..w).map(move |x| (x, y)))
+                .map(|(x, y)| f(x, y))
+                .collect(),
         };
-        let interleaved: Vec<u8> = (0..(w * h) as usize)
-            .flat_map(|i| [&thumbnail.y, &thumbnail.cb, &thumbnail.cr].map(|p| p.as_raw()[i]))
-            .collect();
-        let mut expected = Vec::new();
-        encode::baseline_encoder(&mut expected, 80, None)
-            .unwrap()
-            .encode(
-                &interleaved,
-                w as u16,
-                h as u16,
-                jpeg_encoder::ColorType::Ycbcr,
-            )
+        let planes = Planes {
+            y: plane(w, h, &|x, y| {
+                (if x < 500 { 30 } else { 90 }) + (if y < 400 { 30 } else { 90 })
+            }),
+            cb: plane(cw, ch, &|x, _| if x < 250 { 70 } else { 180 }),
+            cr: plane(cw, ch, &|_, y| if y < 200 { 80 } else { 170 }),
+        };
+        let (tw, th) = (720usize, 588usize);
+        let jpeg = planes
+            .thumbnail(tw as u32, th as u32, Orientation::NoTransforms, 80, None)
             .unwrap();
-        let mut planar = Vec::new();
-        encode::baseline_encoder(&mut planar, 80, None)
-            .unwrap()
-            .encode_image(thumbnail)
-            .unwrap();
-        assert_eq!(planar, expected);
+        let mut decoder = jpeg_decoder::Decoder::new(&jpeg[..]);
+        let [y, cb, cr] = decoder.decode_ycbcr_planes().unwrap().expect("YCbCr");
+        assert_eq!((cb.width, cb.height), (tw / 2, th / 2));
+
+        /// Where a step profile crosses halfway, in pixel-edge coordinates.
+        fn edge(profile: &[f64]) -> f64 {
+            let (low, high) = (profile[0], profile[profile.len() - 1]);
+            let half = (low + high) / 2.0;
+            let rising = high > low;
+            let i = profile
+                .iter()
+                .position(|&v| (v > half) == rising)
+                .expect("the profile crosses halfway");
+            i as f64 - 0.5 + (half - profile[i - 1]) / (profile[i] - profile[i - 1])
+        }
+        let row = |p: &Plane, r: usize| -> Vec<f64> {
+            p.data[r * p.width..][..p.width]
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect()
+        };
+        let column = |p: &Plane, c: usize| -> Vec<f64> {
+            (0..p.height)
+                .map(|r| f64::from(p.data[r * p.width + c]))
+                .collect()
+        };
+        // Luma's edges in thumbnail pixels; chroma's, doubled, likewise.
+        let (luma_x, luma_y) = (edge(&row(&y, 20)), edge(&column(&y, 20)));
+        let (chroma_x, chroma_y) = (2.0 * edge(&row(&cb, 10)), 2.0 * edge(&column(&cr, 10)));
+        assert!(
+            (chroma_x - luma_x).abs() < 0.2 && (chroma_y - luma_y).abs() < 0.2,
+            "luma edges at ({luma_x:.2}, {luma_y:.2}), chroma at ({chroma_x:.2}, {chroma_y:.2})"
+        );
     }
 
     /// Chroma is stored at half size below quality 90 and at full size from
