@@ -107,6 +107,13 @@ pub fn baseline_encoder<'a>(
     Ok(encoder)
 }
 
+/// A thumbnail's side as JPEG's 16-bit field: thumbnails are far below its
+/// 65535-pixel limit, and an oversized side becomes 0, which the encoder
+/// rejects rather than wrapping.
+pub fn jpeg_side(n: u32) -> u16 {
+    u16::try_from(n).unwrap_or(0)
+}
+
 /// Writes 8-bit RGB `pixels` as a baseline JPEG (see [`baseline_encoder`]).
 fn write_jpeg(
     out: &mut Vec<u8>,
@@ -115,13 +122,10 @@ fn write_jpeg(
     quality: u8,
     icc_profile: Option<&[u8]>,
 ) -> Result<(), jpeg_encoder::EncodingError> {
-    // Thumbnails are far below JPEG's 65535-pixel limit; the encoder
-    // rejects a zero or oversized side rather than wrapping.
-    let side = |n: u32| u16::try_from(n).unwrap_or(0);
     baseline_encoder(out, quality, icc_profile)?.encode(
         pixels,
-        side(width),
-        side(height),
+        jpeg_side(width),
+        jpeg_side(height),
         jpeg_encoder::ColorType::Rgb,
     )
 }
