@@ -44,7 +44,9 @@ const BATCH: usize = 64;
 pub struct Pipeline {
     name: String,
     function: Arc<Function>,
-    context: Context,
+    /// What the function is told besides the event, for a first attempt:
+    /// shared by every invocation (a retry's copy has its number).
+    context: Arc<Context>,
     sinks: BTreeMap<String, Sink>,
     dead_letter: Sink,
     retry: retry::RetryConfig,
@@ -103,7 +105,7 @@ impl Pipeline {
                 .iter()
                 .map(|(name, s)| (name.clone(), s.kind().to_owned(), s.target().to_owned()))
                 .collect(),
-            attempt: 0,
+            attempt: 1,
         };
         let meters = Meters::new(
             &config.name,
@@ -113,7 +115,7 @@ impl Pipeline {
         Self {
             name: config.name.clone(),
             function,
-            context,
+            context: Arc::new(context),
             sinks,
             dead_letter: config.dead_letter.build(&config.name, backends),
             retry: config.retry.clone(),
@@ -254,7 +256,7 @@ impl Pipeline {
         // one store round trip less per event (benchmark #3). An event that
         // turns out to be done already has its outputs dropped unwritten.
         let first_attempt_at = SystemTime::now();
-        let (claimed, first) = tokio::join!(self.claim(&key), async {
+        let (claimed, first) = tokio::join!(self.claim(key), async {
             let ev = load().await?;
             self.prepare(ev, 1).await
         });
@@ -297,7 +299,7 @@ impl Pipeline {
         };
         let mut attempts = 0;
         let result = loop {
-            let (result, tried) = self.retrying(&self.retry, &key, run).await;
+            let (result, tried) = self.retrying(&self.retry, key, run).await;
             attempts += tried;
             match &result {
                 // An outage is not the event's fault: hold it (and, with
@@ -306,7 +308,7 @@ impl Pipeline {
                 Err(failure) if failure.retryable && !self.health.is_healthy() => {
                     tracing::warn!(pipeline = %self.name, key, error = %failure.message, attempts, "retries ran out while a backend is unavailable; holding the event until it recovers");
                     self.health.recovered().await;
-                    let _ = self.idempotency.claim(&self.name, &key, self.lease).await;
+                    let _ = self.idempotency.claim(&self.name, key, self.lease).await;
                 }
                 _ => break result,
             }
@@ -316,7 +318,7 @@ impl Pipeline {
             Ok(()) => Completion::Done,
             Err(failure) => {
                 self.dead_letter(
-                    &key,
+                    key,
                     event.get().map(|e| &**e),
                     failure,
                     attempts,
@@ -515,8 +517,14 @@ impl Pipeline {
 
     async fn invoke(&self, event: &Arc<Event>, attempt: u32) -> Result<Vec<Output>, Failure> {
         let function = self.function.clone();
-        let mut context = self.context.clone();
-        context.attempt = attempt;
+        let context = if attempt == self.context.attempt {
+            Arc::clone(&self.context)
+        } else {
+            Arc::new(Context {
+                attempt,
+                ..Context::clone(&self.context)
+            })
+        };
         let label = LogLabel {
             pipeline: self.name.clone(),
             function: function.name().to_owned(),
