@@ -40,7 +40,8 @@ const EVENTS: usize = 20_000;
 /// `SHORT_RUN` and after `LONG_RUN` events.
 const LONG_RUN: usize = 100_000;
 const SHORT_RUN: usize = 10_000;
-const ROUNDS: usize = 3;
+/// Rounds of each side (#3); `RUNNEL_BENCH_ROUNDS` overrides it.
+const ROUNDS: usize = 5;
 const PARTITIONS: i32 = 4;
 /// Events in flight at once: the pipeline's `concurrency`, and the native
 /// loop's window of unacknowledged produces.
@@ -60,9 +61,14 @@ async fn run() {
     let kafka = services::tansu_in_memory(dir.path());
     let bootstrap = format!("127.0.0.1:{}", kafka.port);
 
+    let rounds = std::env::var("RUNNEL_BENCH_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(ROUNDS);
     let mut native = Vec::new();
     let mut runnel = Vec::new();
-    for round in 0..ROUNDS {
+    let mut runnel_cpu = Vec::new();
+    for round in 0..rounds {
         // Alternate which side goes first, so drift hurts both alike.
         let order = if round % 2 == 0 {
             [Side::Native, Side::Runnel]
@@ -70,22 +76,30 @@ async fn run() {
             [Side::Runnel, Side::Native]
         };
         for side in order {
-            let rate = kafka_round(dir.path(), &kafka, &bootstrap, round, side).await;
+            let (rate, cpu) = kafka_round(dir.path(), &kafka, &bootstrap, round, side).await;
             eprintln!("round {round}: {side:?} {rate:.0} events/s");
             match side {
                 Side::Native => native.push(rate),
-                Side::Runnel => runnel.push(rate),
+                Side::Runnel => {
+                    runnel.push(rate);
+                    runnel_cpu.push(cpu.expect("runnel's CPU time"));
+                }
             }
         }
     }
     let ratios: Vec<f64> = runnel.iter().zip(&native).map(|(r, n)| r / n).collect();
 
+    if std::env::var("RUNNEL_BENCH_ONLY").as_deref() == Ok("kafka") {
+        println!("ratios {ratios:?} runnel {runnel:?} native {native:?} cpu_us {runnel_cpu:?}");
+        return;
+    }
     let embedded = embedded_run(dir.path()).await;
 
     let json = serde_json::json!({
         "kafka": {
             "events_per_round": EVENTS, "window": WINDOW, "payload_bytes": PAYLOAD,
             "runnel_events_per_s": runnel, "native_events_per_s": native, "ratios": ratios,
+            "runnel_cpu_us_per_event": runnel_cpu,
         },
         "embedded": embedded.json(),
     });
@@ -101,8 +115,9 @@ async fn run() {
 
     let ratio = median(&ratios);
     println!(
-        "| 3 | passthrough, Kafka → Kafka, {PAYLOAD}-byte events, {WINDOW} in flight, at-least-once commits (median of {ROUNDS} rounds) | {:.0} events/s | native rdkafka loop: {:.0} events/s | {ratio:.2}× ({:.2}–{:.2}) | ≥ 0.8× | {} |",
+        "| 3 | passthrough, Kafka → Kafka, {PAYLOAD}-byte events, {WINDOW} in flight, at-least-once commits (median of {rounds} rounds) | {:.0} events/s ({:.0} µs of CPU per event) | native rdkafka loop: {:.0} events/s | {ratio:.2}× ({:.2}–{:.2}) | ≥ 0.8× | {} |",
         median(&runnel),
+        median(&runnel_cpu),
         median(&native),
         min(&ratios),
         max(&ratios),
@@ -135,14 +150,15 @@ enum Side {
 }
 
 /// One side's run on fresh topics: events/s between the group's first
-/// commit and the commit that covers every event.
+/// commit and the commit that covers every event; for runnel's side also
+/// the CPU time its process used per event (start-up included).
 async fn kafka_round(
     dir: &Path,
     kafka: &Service,
     bootstrap: &str,
     round: usize,
     side: Side,
-) -> f64 {
+) -> (f64, Option<f64>) {
     let name = format!("{side:?}-{round}").to_lowercase();
     let (input, output, group) = (
         format!("in-{name}"),
@@ -170,7 +186,7 @@ async fn kafka_round(
             let rate = watch.await.unwrap();
             stop.store(true, Ordering::Relaxed);
             looping.await.unwrap();
-            rate
+            (rate, None)
         }
         Side::Runnel => {
             let work = dir.join(&name);
@@ -183,8 +199,9 @@ async fn kafka_round(
             );
             let process = Runnel::start(&work, &[pipeline], &[], &broker).await;
             let rate = watch.await.unwrap();
+            let cpu_us = process.cpu_seconds() * 1e6 / EVENTS as f64;
             drop(process);
-            rate
+            (rate, Some(cpu_us))
         }
     }
 }

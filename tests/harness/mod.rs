@@ -110,7 +110,10 @@ impl Runnel {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_runnel"));
+        // `RUNNEL_BIN` runs another build (benchmarks compare two).
+        let binary = std::env::var_os("RUNNEL_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_runnel").into());
+        let mut command = Command::new(binary);
         command
             .arg("--config")
             .arg(&config)
