@@ -4,7 +4,7 @@
 
 mod harness;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
 use harness::services::{self, notified_keys, processed, produce};
@@ -140,11 +140,35 @@ async fn claims_exclude_other_processes_until_done_or_expired() {
         Claim::Completed(Completion::Done)
     );
 
-    // `a` "crashes" holding e2: after the lease, `b` takes over.
-    assert_eq!(a.claim("p", "e2", lease).await.unwrap(), Claim::Acquired);
-    assert_eq!(b.claim("p", "e2", lease).await.unwrap(), Claim::Busy);
+    // `a` "crashes" holding e2 with one output written: after the lease,
+    // `b` takes over, and the claim tells it what `a` delivered; while `a`
+    // held it, `b` heard only that it was busy.
+    let a_wrote = HashSet::from(["e2#hook/0".to_owned()]);
+    assert_eq!(
+        a.claim_with_delivered("p", "e2", lease).await.unwrap(),
+        (Claim::Acquired, HashSet::new())
+    );
+    a.record_delivery("p", "e2", "e2#hook/0").await.unwrap();
+    assert_eq!(
+        a.claim_with_delivered("p", "e2", lease).await.unwrap(),
+        (Claim::Acquired, a_wrote.clone()),
+        "re-claiming its own"
+    );
+    assert_eq!(
+        b.claim_with_delivered("p", "e2", lease).await.unwrap(),
+        (Claim::Busy, HashSet::new())
+    );
     tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        b.claim_with_delivered("p", "e2", lease).await.unwrap(),
+        (Claim::Acquired, a_wrote)
+    );
     assert_eq!(b.claim("p", "e2", lease).await.unwrap(), Claim::Acquired);
+    b.complete("p", "e2", Completion::Done).await.unwrap();
+    assert_eq!(
+        a.claim_with_delivered("p", "e2", lease).await.unwrap(),
+        (Claim::Completed(Completion::Done), HashSet::new())
+    );
 }
 
 /// Two processes in one consumer group share the Redis store; one is

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 
-use super::{Completion, IdempotencyError, IdempotencyStore};
+use super::{Claim, Completion, IdempotencyError, IdempotencyStore};
 use crate::sqlite::{self, Durability, GroupCommit};
 
 pub struct EmbeddedIdempotency {
@@ -64,6 +64,11 @@ impl EmbeddedIdempotency {
         Ok(Self { db, ttl })
     }
 
+    /// Completions older than this (ms since the epoch) are past the TTL.
+    fn cutoff(&self) -> i64 {
+        now_ms() - self.ttl.as_millis() as i64
+    }
+
     /// Runs `work` atomically, committed with whatever other events' records
     /// are waiting (group commit: one fsync for many).
     async fn run<R: Send + 'static>(
@@ -77,6 +82,33 @@ impl EmbeddedIdempotency {
     }
 }
 
+/// How the event ended, if it did after `cutoff` (ms; older is past the TTL).
+fn completion(
+    conn: &rusqlite::Connection,
+    pipeline: &str,
+    key: &str,
+    cutoff: i64,
+) -> rusqlite::Result<Option<Completion>> {
+    let how: Option<String> = conn
+        .prepare_cached(
+            "SELECT how FROM completions
+             WHERE pipeline = ?1 AND key = ?2 AND completed_ms >= ?3",
+        )?
+        .query_row(params![pipeline, key, cutoff], |row| row.get(0))
+        .optional()?;
+    Ok(how.map(|h| Completion::parse(&h)))
+}
+
+fn delivered(
+    conn: &rusqlite::Connection,
+    pipeline: &str,
+    key: &str,
+) -> rusqlite::Result<HashSet<String>> {
+    conn.prepare_cached("SELECT output FROM deliveries WHERE pipeline = ?1 AND key = ?2")?
+        .query_map(params![pipeline, key], |row| row.get(0))?
+        .collect()
+}
+
 #[async_trait]
 impl IdempotencyStore for EmbeddedIdempotency {
     async fn completion(
@@ -85,18 +117,24 @@ impl IdempotencyStore for EmbeddedIdempotency {
         key: &str,
     ) -> Result<Option<Completion>, IdempotencyError> {
         let (p, k) = (pipeline.to_owned(), key.to_owned());
-        let cutoff = now_ms() - self.ttl.as_millis() as i64;
-        let how: Option<String> = self
-            .run(move |conn| {
-                conn.prepare_cached(
-                    "SELECT how FROM completions
-                     WHERE pipeline = ?1 AND key = ?2 AND completed_ms >= ?3",
-                )?
-                .query_row(params![p, k, cutoff], |row| row.get(0))
-                .optional()
-            })
-            .await?;
-        Ok(how.map(|h| Completion::parse(&h)))
+        let cutoff = self.cutoff();
+        self.run(move |conn| completion(conn, &p, &k, cutoff)).await
+    }
+
+    /// One job on the database thread for both lookups.
+    async fn claim_with_delivered(
+        &self,
+        pipeline: &str,
+        key: &str,
+        _lease: Duration,
+    ) -> Result<(Claim, HashSet<String>), IdempotencyError> {
+        let (p, k) = (pipeline.to_owned(), key.to_owned());
+        let cutoff = self.cutoff();
+        self.run(move |conn| match completion(conn, &p, &k, cutoff)? {
+            Some(how) => Ok((Claim::Completed(how), HashSet::new())),
+            None => Ok((Claim::Acquired, delivered(conn, &p, &k)?)),
+        })
+        .await
     }
 
     async fn delivered(
@@ -105,14 +143,7 @@ impl IdempotencyStore for EmbeddedIdempotency {
         key: &str,
     ) -> Result<HashSet<String>, IdempotencyError> {
         let (p, k) = (pipeline.to_owned(), key.to_owned());
-        self.run(move |conn| {
-            let mut statement = conn
-                .prepare_cached("SELECT output FROM deliveries WHERE pipeline = ?1 AND key = ?2")?;
-            statement
-                .query_map(params![p, k], |row| row.get(0))?
-                .collect()
-        })
-        .await
+        self.run(move |conn| delivered(conn, &p, &k)).await
     }
 
     async fn record_delivery(
@@ -179,6 +210,37 @@ mod tests {
         let expired = EmbeddedIdempotency::open(&path, Durability::Normal, Duration::ZERO).unwrap();
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(expired.completion("p", "k").await.unwrap(), None);
+    }
+
+    /// The first attempt's one lookup: a new event is ours with nothing
+    /// delivered, a half-written one ours with what was, a finished one done.
+    #[tokio::test]
+    async fn claim_reads_delivered_outputs_in_the_same_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedIdempotency::open(
+            &dir.path().join("i.db"),
+            Durability::Normal,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let lease = Duration::from_secs(30);
+        assert_eq!(
+            store.claim_with_delivered("p", "k", lease).await.unwrap(),
+            (Claim::Acquired, HashSet::new())
+        );
+        store.record_delivery("p", "k", "k#out/0").await.unwrap();
+        assert_eq!(
+            store.claim_with_delivered("p", "k", lease).await.unwrap(),
+            (Claim::Acquired, HashSet::from(["k#out/0".to_owned()]))
+        );
+        store
+            .complete("p", "k", Completion::DeadLettered)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.claim_with_delivered("p", "k", lease).await.unwrap(),
+            (Claim::Completed(Completion::DeadLettered), HashSet::new())
+        );
     }
 
     #[tokio::test]

@@ -25,6 +25,10 @@ pub struct RedisIdempotency {
     owner: String,
 }
 
+fn lease_ms(lease: Duration) -> u64 {
+    lease.as_millis().max(1) as u64
+}
+
 fn unavailable(error: redis::RedisError) -> IdempotencyError {
     IdempotencyError(format!("redis: {error}"))
 }
@@ -58,6 +62,24 @@ impl RedisIdempotency {
         format!("{}{pipeline}:{key}", self.prefix)
     }
 
+    /// Our claim's value.
+    fn in_progress(&self) -> String {
+        format!("{IN_PROGRESS}{}", self.owner)
+    }
+
+    /// Claims `key` for `lease` unless it is set (`SET NX PX`): `OK` when it
+    /// was not, nil when it was.
+    fn set_claim(&self, key: &str, lease: Duration) -> redis::Cmd {
+        let mut command = redis::cmd("SET");
+        command
+            .arg(key)
+            .arg(self.in_progress())
+            .arg("NX")
+            .arg("PX")
+            .arg(lease_ms(lease));
+        command
+    }
+
     /// The set of an unfinished event's delivered outputs.
     fn outputs_key(&self, pipeline: &str, key: &str) -> String {
         format!("{}{pipeline}:{key}#outputs", self.prefix)
@@ -74,16 +96,12 @@ impl IdempotencyStore for RedisIdempotency {
     ) -> Result<Claim, IdempotencyError> {
         let mut connection = self.connection.clone();
         let key = self.key(pipeline, key);
-        let mine = format!("{IN_PROGRESS}{}", self.owner);
-        let lease_ms = lease.as_millis().max(1) as u64;
+        let mine = self.in_progress();
+        let lease_ms = lease_ms(lease);
         // A key can expire between the two commands: look again then.
         for _ in 0..3 {
-            let set: Option<String> = redis::cmd("SET")
-                .arg(&key)
-                .arg(&mine)
-                .arg("NX")
-                .arg("PX")
-                .arg(lease_ms)
+            let set: Option<String> = self
+                .set_claim(&key, lease)
                 .query_async(&mut connection)
                 .await
                 .map_err(unavailable)?;
@@ -106,6 +124,28 @@ impl IdempotencyStore for RedisIdempotency {
             }
         }
         Ok(Claim::Busy)
+    }
+
+    /// The claim's `SET NX` and the read of the outputs set in one
+    /// pipelined round trip; when the key is taken, as [`claim`](Self::claim)
+    /// (extending our own lease, or waiting on another's), then the set.
+    async fn claim_with_delivered(
+        &self,
+        pipeline: &str,
+        key: &str,
+        lease: Duration,
+    ) -> Result<(Claim, HashSet<String>), IdempotencyError> {
+        let mut connection = self.connection.clone();
+        let (set, delivered): (Option<String>, HashSet<String>) = redis::pipe()
+            .add_command(self.set_claim(&self.key(pipeline, key), lease))
+            .smembers(self.outputs_key(pipeline, key))
+            .query_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        if set.is_some() {
+            return Ok((Claim::Acquired, delivered));
+        }
+        super::claim_then_delivered(self, pipeline, key, lease).await
     }
 
     async fn completion(

@@ -69,8 +69,9 @@ pub struct Pipeline {
 enum Claimed {
     /// The event already ended.
     Done(Completion),
-    /// Ours to process; `waited` when another process held it first.
-    Ours { waited: bool },
+    /// Ours to process, with the outputs already delivered (`None` when
+    /// the store could not say).
+    Ours { delivered: Option<HashSet<String>> },
 }
 
 /// Why one attempt failed, classified where it happened.
@@ -252,26 +253,25 @@ impl Pipeline {
         };
 
         // A function has no side effects (its one import is logging), so
-        // the first attempt's invocation runs while the claim is looked up:
-        // one store round trip less per event (benchmark #3). An event that
-        // turns out to be done already has its outputs dropped unwritten.
+        // the first attempt's invocation runs while the event is claimed
+        // and its delivered outputs are read (one store round trip, off the
+        // critical path: benchmark #3). An event that turns out to be done
+        // already has its outputs dropped unwritten.
         let first_attempt_at = SystemTime::now();
         let (claimed, first) = tokio::join!(self.claim(key), async {
             let ev = load().await?;
-            self.prepare(ev, 1).await
+            self.invoke(ev, 1).await
         });
-        let waited = match claimed {
+        let delivered = match claimed {
             Claimed::Done(how) => {
                 self.meters.duplicates_skipped.increment(1);
                 tracing::info!(pipeline = %self.name, key = %key, how = how.as_str(), "skipping a redelivered event");
                 self.meters.inflight.decrement(1.0);
                 return None;
             }
-            Claimed::Ours { waited } => waited,
+            Claimed::Ours { delivered } => delivered,
         };
-        // When another process held the event meanwhile, it may have
-        // delivered outputs since they were looked up: look again.
-        let first = first.map(|(outputs, delivered)| (outputs, (!waited).then_some(delivered)));
+        let first = first.map(|outputs| (outputs, delivered));
         let first = Mutex::new(Some(first));
         let first_ref = &first;
         let run = |attempt| async move {
@@ -340,28 +340,36 @@ impl Pipeline {
         self.meters.completed(how).increment(1);
     }
 
-    /// Claims the event. While another process holds it, waits: that
-    /// process finishes it, or crashes and its lease runs out.
+    /// Claims the event, reading which of its outputs were delivered once
+    /// it is ours. While another process holds it, waits: that process
+    /// finishes it, or crashes and its lease runs out.
     async fn claim(&self, key: &str) -> Claimed {
         let started = Instant::now();
-        let mut waited = false;
         loop {
-            match self.idempotency.claim(&self.name, key, self.lease).await {
-                Ok(Claim::Completed(how)) => return Claimed::Done(how),
-                Ok(Claim::Acquired) => return Claimed::Ours { waited },
-                Ok(Claim::Busy) if started.elapsed() < self.lease * 2 => {
-                    waited = true;
+            match (self.idempotency)
+                .claim_with_delivered(&self.name, key, self.lease)
+                .await
+            {
+                Ok((Claim::Completed(how), _)) => return Claimed::Done(how),
+                Ok((Claim::Acquired, delivered)) => {
+                    return Claimed::Ours {
+                        delivered: Some(delivered),
+                    };
+                }
+                Ok((Claim::Busy, _)) if started.elapsed() < self.lease * 2 => {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                Ok(Claim::Busy) => {
+                // The holder may be writing outputs still: read them when
+                // writing ours, as late as can be.
+                Ok((Claim::Busy, _)) => {
                     tracing::warn!(pipeline = %self.name, key, "another process has held this event for twice its lease; processing it");
-                    return Claimed::Ours { waited: true };
+                    return Claimed::Ours { delivered: None };
                 }
                 // Without the store we cannot tell; processing again is the
                 // at-least-once choice, and outputs are idempotent.
                 Err(error) => {
                     tracing::warn!(pipeline = %self.name, %error, "idempotency lookup failed; processing anyway");
-                    return Claimed::Ours { waited };
+                    return Claimed::Ours { delivered: None };
                 }
             }
         }
