@@ -22,7 +22,7 @@ import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
-BINARY = os.path.join(TARGET, "release", "runnel")
+BINARY = os.environ.get("RUNNEL_BIN") or os.path.join(TARGET, "release", "runnel")
 PHOTO = os.path.join(REPO, "tests", "fixtures", "images", "baseline.jpg")
 ROUNDS = 5
 

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
-BINARY = os.path.join(TARGET, "release", "runnel")
+BINARY = os.environ.get("RUNNEL_BIN") or os.path.join(TARGET, "release", "runnel")
 NATIVE = os.path.join(TARGET, "release", "examples", "native_thumbnails")
 ROUNDS = 3
 WIDTH, QUALITY, PARALLEL = 720, 80, 2

@@ -111,8 +111,8 @@ impl Runnel {
             .open(&self.log)
             .unwrap();
         // `RUNNEL_BIN` runs another build (benchmarks compare two).
-        let binary = std::env::var_os("RUNNEL_BIN")
-            .unwrap_or_else(|| env!("CARGO_BIN_EXE_runnel").into());
+        let binary =
+            std::env::var_os("RUNNEL_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_runnel").into());
         let mut command = Command::new(binary);
         command
             .arg("--config")
