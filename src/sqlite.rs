@@ -61,9 +61,15 @@ pub struct GroupCommit {
     jobs: std::sync::mpsc::Sender<Job>,
 }
 
-/// Runs one caller's work in the open transaction; returns how to tell the
-/// caller the outcome once the commit is known.
-type Job = Box<dyn FnOnce(&mut rusqlite::Transaction<'_>) -> Reply + Send>;
+/// One caller's work.
+enum Job {
+    /// Runs in the batch's open transaction; returns how to tell the
+    /// caller the outcome once the commit is known.
+    Write(Box<dyn FnOnce(&mut rusqlite::Transaction<'_>) -> Reply + Send>),
+    /// Only reads: runs before the batch's writes, on what is committed,
+    /// and tells the caller at once.
+    Read(Box<dyn FnOnce(&Connection) + Send>),
+}
 type Reply = Box<dyn FnOnce(Result<(), &rusqlite::Error>) + Send>;
 
 /// Work committed together at most: bounds the latency one batch adds.
@@ -102,7 +108,7 @@ impl GroupCommit {
         F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
     {
         let (sender, receiver) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |tx| {
+        let job = Job::Write(Box::new(move |tx| {
             let result = in_savepoint(tx, work);
             Box::new(move |commit| {
                 let outcome = match (result, commit) {
@@ -112,10 +118,42 @@ impl GroupCommit {
                 };
                 let _ = sender.send(outcome);
             })
-        });
+        }));
         self.jobs.send(job).map_err(|_| GroupCommitError::Stopped)?;
         receiver.await.map_err(|_| GroupCommitError::Stopped)?
     }
+
+    /// Runs `work`, which only reads, and answers as soon as it ran: it sees
+    /// what is committed (not the writes waiting in the same batch, which
+    /// no caller has heard of yet) and does not wait for the batch's fsync.
+    /// (The idempotency lookups: an event's claim waited for other events'
+    /// commits before, benchmark #3.)
+    pub async fn read<R, F>(&self, work: F) -> Result<R, GroupCommitError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let job = Job::Read(Box::new(move |conn| {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn)));
+            let _ = sender.send(match result {
+                Ok(result) => result.map_err(GroupCommitError::from),
+                Err(panic) => Err(panicked(panic)),
+            });
+        }));
+        self.jobs.send(job).map_err(|_| GroupCommitError::Stopped)?;
+        receiver.await.map_err(|_| GroupCommitError::Stopped)?
+    }
+}
+
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> GroupCommitError {
+    GroupCommitError::Panicked(
+        panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default(),
+    )
 }
 
 fn in_savepoint<R>(
@@ -137,22 +175,25 @@ fn in_savepoint<R>(
     }
     match result {
         Ok(result) => Ok(result?),
-        Err(panic) => Err(GroupCommitError::Panicked(
-            panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default(),
-        )),
+        Err(panic) => Err(panicked(panic)),
     }
 }
 
-/// The database thread: takes what is waiting (up to [`MAX_BATCH`]), runs it
-/// in one transaction, commits, answers everyone; until every sender is gone.
+/// The database thread: takes what is waiting (up to [`MAX_BATCH`]), runs
+/// the reads and answers them, runs the writes in one transaction, commits,
+/// answers their callers; until every sender is gone.
 fn run_batches(mut conn: Connection, queue: std::sync::mpsc::Receiver<Job>) {
     while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        batch.extend(queue.try_iter().take(MAX_BATCH - 1));
+        let mut batch = Vec::new();
+        for job in std::iter::once(first).chain(queue.try_iter().take(MAX_BATCH - 1)) {
+            match job {
+                Job::Read(read) => read(&conn),
+                Job::Write(write) => batch.push(write),
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
         let mut tx = match conn.transaction() {
             Ok(tx) => tx,
             Err(error) => {
@@ -246,5 +287,34 @@ mod tests {
             })
             .unwrap();
         assert_eq!(missing, 0);
+    }
+
+    /// Reads see what was committed before them, and a failing or
+    /// panicking read hears its own error without disturbing writes.
+    #[tokio::test]
+    async fn reads_see_committed_work_and_report_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("r.db"), Durability::Full).unwrap();
+        conn.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+            .unwrap();
+        let db = Arc::new(GroupCommit::start("test-db", conn).unwrap());
+        for n in 0..10 {
+            db.run(move |conn| conn.execute("INSERT INTO t (n) VALUES (?1)", [n]).map(drop))
+                .await
+                .unwrap();
+            assert_eq!(db.read(count).await.unwrap(), n + 1);
+        }
+        let (bad, panicking, write) = tokio::join!(
+            db.read(|conn| conn.query_row("SELECT nope FROM t", [], |r| r.get::<_, i64>(0))),
+            db.read(|_| -> rusqlite::Result<()> { panic!("a read panics") }),
+            db.run(|conn| conn.execute("INSERT INTO t (n) VALUES (10)", []).map(drop)),
+        );
+        assert!(matches!(bad, Err(GroupCommitError::Sqlite(_))), "{bad:?}");
+        assert!(
+            matches!(&panicking, Err(GroupCommitError::Panicked(m)) if m.contains("panics")),
+            "{panicking:?}"
+        );
+        write.unwrap();
+        assert_eq!(db.read(count).await.unwrap(), 11);
     }
 }

@@ -69,6 +69,17 @@ impl EmbeddedIdempotency {
         now_ms() - self.ttl.as_millis() as i64
     }
 
+    /// Runs `work`, which only reads, on what is committed.
+    async fn read<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
+    ) -> Result<R, IdempotencyError> {
+        self.db
+            .read(work)
+            .await
+            .map_err(|e| IdempotencyError(e.to_string()))
+    }
+
     /// Runs `work` atomically, committed with whatever other events' records
     /// are waiting (group commit: one fsync for many).
     async fn run<R: Send + 'static>(
@@ -118,7 +129,8 @@ impl IdempotencyStore for EmbeddedIdempotency {
     ) -> Result<Option<Completion>, IdempotencyError> {
         let (p, k) = (pipeline.to_owned(), key.to_owned());
         let cutoff = self.cutoff();
-        self.run(move |conn| completion(conn, &p, &k, cutoff)).await
+        self.read(move |conn| completion(conn, &p, &k, cutoff))
+            .await
     }
 
     /// One job on the database thread for both lookups.
@@ -130,7 +142,7 @@ impl IdempotencyStore for EmbeddedIdempotency {
     ) -> Result<(Claim, HashSet<String>), IdempotencyError> {
         let (p, k) = (pipeline.to_owned(), key.to_owned());
         let cutoff = self.cutoff();
-        self.run(move |conn| match completion(conn, &p, &k, cutoff)? {
+        self.read(move |conn| match completion(conn, &p, &k, cutoff)? {
             Some(how) => Ok((Claim::Completed(how), HashSet::new())),
             None => Ok((Claim::Acquired, delivered(conn, &p, &k)?)),
         })
@@ -143,7 +155,7 @@ impl IdempotencyStore for EmbeddedIdempotency {
         key: &str,
     ) -> Result<HashSet<String>, IdempotencyError> {
         let (p, k) = (pipeline.to_owned(), key.to_owned());
-        self.run(move |conn| delivered(conn, &p, &k)).await
+        self.read(move |conn| delivered(conn, &p, &k)).await
     }
 
     async fn record_delivery(
