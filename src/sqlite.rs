@@ -119,8 +119,7 @@ impl GroupCommit {
                 let _ = sender.send(outcome);
             })
         }));
-        self.jobs.send(job).map_err(|_| GroupCommitError::Stopped)?;
-        receiver.await.map_err(|_| GroupCommitError::Stopped)?
+        self.submit(job, receiver).await
     }
 
     /// Runs `work`, which only reads, and answers as soon as it ran: it sees
@@ -141,8 +140,17 @@ impl GroupCommit {
                 Err(panic) => Err(panicked(panic)),
             });
         }));
+        self.submit(job, receiver).await
+    }
+
+    /// Hands `job` to the database thread; `answer` hears how it went.
+    async fn submit<R>(
+        &self,
+        job: Job,
+        answer: tokio::sync::oneshot::Receiver<Result<R, GroupCommitError>>,
+    ) -> Result<R, GroupCommitError> {
         self.jobs.send(job).map_err(|_| GroupCommitError::Stopped)?;
-        receiver.await.map_err(|_| GroupCommitError::Stopped)?
+        answer.await.map_err(|_| GroupCommitError::Stopped)?
     }
 }
 

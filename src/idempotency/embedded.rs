@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 
 use super::{Claim, Completion, IdempotencyError, IdempotencyStore};
-use crate::sqlite::{self, Durability, GroupCommit};
+use crate::sqlite::{self, Durability, GroupCommit, GroupCommitError};
 
 pub struct EmbeddedIdempotency {
     db: GroupCommit,
@@ -68,29 +68,11 @@ impl EmbeddedIdempotency {
     fn cutoff(&self) -> i64 {
         now_ms() - self.ttl.as_millis() as i64
     }
+}
 
-    /// Runs `work`, which only reads, on what is committed.
-    async fn read<R: Send + 'static>(
-        &self,
-        work: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
-    ) -> Result<R, IdempotencyError> {
-        self.db
-            .read(work)
-            .await
-            .map_err(|e| IdempotencyError(e.to_string()))
-    }
-
-    /// Runs `work` atomically, committed with whatever other events' records
-    /// are waiting (group commit: one fsync for many).
-    async fn run<R: Send + 'static>(
-        &self,
-        work: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
-    ) -> Result<R, IdempotencyError> {
-        self.db
-            .run(work)
-            .await
-            .map_err(|e| IdempotencyError(e.to_string()))
-    }
+/// A database-thread failure as the store's error.
+fn failed(error: GroupCommitError) -> IdempotencyError {
+    IdempotencyError(error.to_string())
 }
 
 /// How the event ended, if it did after `cutoff` (ms; older is past the TTL).
@@ -129,8 +111,10 @@ impl IdempotencyStore for EmbeddedIdempotency {
     ) -> Result<Option<Completion>, IdempotencyError> {
         let (p, k) = (pipeline.to_owned(), key.to_owned());
         let cutoff = self.cutoff();
-        self.read(move |conn| completion(conn, &p, &k, cutoff))
+        (self.db)
+            .read(move |conn| completion(conn, &p, &k, cutoff))
             .await
+            .map_err(failed)
     }
 
     /// One job on the database thread for both lookups.
@@ -142,11 +126,13 @@ impl IdempotencyStore for EmbeddedIdempotency {
     ) -> Result<(Claim, HashSet<String>), IdempotencyError> {
         let (p, k) = (pipeline.to_owned(), key.to_owned());
         let cutoff = self.cutoff();
-        self.read(move |conn| match completion(conn, &p, &k, cutoff)? {
-            Some(how) => Ok((Claim::Completed(how), HashSet::new())),
-            None => Ok((Claim::Acquired, delivered(conn, &p, &k)?)),
-        })
-        .await
+        (self.db)
+            .read(move |conn| match completion(conn, &p, &k, cutoff)? {
+                Some(how) => Ok((Claim::Completed(how), HashSet::new())),
+                None => Ok((Claim::Acquired, delivered(conn, &p, &k)?)),
+            })
+            .await
+            .map_err(failed)
     }
 
     async fn delivered(
@@ -155,7 +141,10 @@ impl IdempotencyStore for EmbeddedIdempotency {
         key: &str,
     ) -> Result<HashSet<String>, IdempotencyError> {
         let (p, k) = (pipeline.to_owned(), key.to_owned());
-        self.read(move |conn| delivered(conn, &p, &k)).await
+        (self.db)
+            .read(move |conn| delivered(conn, &p, &k))
+            .await
+            .map_err(failed)
     }
 
     async fn record_delivery(
@@ -165,15 +154,19 @@ impl IdempotencyStore for EmbeddedIdempotency {
         output: &str,
     ) -> Result<(), IdempotencyError> {
         let (p, k, o) = (pipeline.to_owned(), key.to_owned(), output.to_owned());
-        self.run(move |conn| {
-            conn.prepare_cached(
-                "INSERT OR REPLACE INTO deliveries (pipeline, key, output, delivered_ms)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![p, k, o, now_ms()])
-            .map(drop)
-        })
-        .await
+        // Committed with whatever other events' records are waiting
+        // (group commit: one fsync for many).
+        (self.db)
+            .run(move |conn| {
+                conn.prepare_cached(
+                    "INSERT OR REPLACE INTO deliveries (pipeline, key, output, delivered_ms)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![p, k, o, now_ms()])
+                .map(drop)
+            })
+            .await
+            .map_err(failed)
     }
 
     async fn complete(
@@ -184,17 +177,19 @@ impl IdempotencyStore for EmbeddedIdempotency {
     ) -> Result<(), IdempotencyError> {
         let (p, k) = (pipeline.to_owned(), key.to_owned());
         // Both or neither: `run` holds its work in a savepoint.
-        self.run(move |conn| {
-            conn.prepare_cached(
-                "INSERT OR REPLACE INTO completions (pipeline, key, how, completed_ms)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![p, k, how.as_str(), now_ms()])?;
-            conn.prepare_cached("DELETE FROM deliveries WHERE pipeline = ?1 AND key = ?2")?
-                .execute(params![p, k])
-                .map(drop)
-        })
-        .await
+        (self.db)
+            .run(move |conn| {
+                conn.prepare_cached(
+                    "INSERT OR REPLACE INTO completions (pipeline, key, how, completed_ms)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![p, k, how.as_str(), now_ms()])?;
+                conn.prepare_cached("DELETE FROM deliveries WHERE pipeline = ?1 AND key = ?2")?
+                    .execute(params![p, k])
+                    .map(drop)
+            })
+            .await
+            .map_err(failed)
     }
 }
 
