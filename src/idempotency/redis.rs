@@ -21,8 +21,9 @@ pub struct RedisIdempotency {
     connection: ConnectionManager,
     prefix: String,
     ttl: Duration,
-    /// Who this process is in leases (random per process).
-    owner: String,
+    /// The value of this process's claims: `in-progress:` and who this
+    /// process is (random per process, or its instance id).
+    claim_value: String,
 }
 
 fn lease_ms(lease: Duration) -> u64 {
@@ -51,9 +52,15 @@ impl RedisIdempotency {
             connection,
             prefix: prefix.to_owned(),
             ttl,
-            owner: instance.map_or_else(
-                || format!("{}-{:016x}", std::process::id(), fastrand::u64(..)),
-                |id| format!("instance:{id}"),
+            claim_value: instance.map_or_else(
+                || {
+                    format!(
+                        "{IN_PROGRESS}{}-{:016x}",
+                        std::process::id(),
+                        fastrand::u64(..)
+                    )
+                },
+                |id| format!("{IN_PROGRESS}instance:{id}"),
             ),
         })
     }
@@ -62,18 +69,13 @@ impl RedisIdempotency {
         format!("{}{pipeline}:{key}", self.prefix)
     }
 
-    /// Our claim's value.
-    fn in_progress(&self) -> String {
-        format!("{IN_PROGRESS}{}", self.owner)
-    }
-
     /// Claims `key` for `lease` unless it is set (`SET NX PX`): `OK` when it
     /// was not, nil when it was.
     fn set_claim(&self, key: &str, lease: Duration) -> redis::Cmd {
         let mut command = redis::cmd("SET");
         command
             .arg(key)
-            .arg(self.in_progress())
+            .arg(&self.claim_value)
             .arg("NX")
             .arg("PX")
             .arg(lease_ms(lease));
@@ -96,8 +98,6 @@ impl IdempotencyStore for RedisIdempotency {
     ) -> Result<Claim, IdempotencyError> {
         let mut connection = self.connection.clone();
         let key = self.key(pipeline, key);
-        let mine = self.in_progress();
-        let lease_ms = lease_ms(lease);
         // A key can expire between the two commands: look again then.
         for _ in 0..3 {
             let set: Option<String> = self
@@ -111,10 +111,10 @@ impl IdempotencyStore for RedisIdempotency {
             let value: Option<String> = connection.get(&key).await.map_err(unavailable)?;
             match value {
                 None => continue,
-                Some(v) if v == mine => {
+                Some(v) if v == self.claim_value => {
                     // Ours already (a retry): extend the lease.
                     let _: bool = connection
-                        .pexpire(&key, lease_ms as i64)
+                        .pexpire(&key, lease_ms(lease) as i64)
                         .await
                         .map_err(unavailable)?;
                     return Ok(Claim::Acquired);
