@@ -58,6 +58,12 @@ fn main() {
 
 async fn run() {
     let dir = tempfile::tempdir().unwrap();
+    let only = std::env::var("RUNNEL_BENCH_ONLY").ok();
+    if only.as_deref() == Some("embedded") {
+        let embedded = embedded_run(dir.path()).await;
+        println!("{}", embedded.json());
+        return;
+    }
     let kafka = services::tansu_in_memory(dir.path());
     let bootstrap = format!("127.0.0.1:{}", kafka.port);
 
@@ -89,7 +95,7 @@ async fn run() {
     }
     let ratios: Vec<f64> = runnel.iter().zip(&native).map(|(r, n)| r / n).collect();
 
-    if std::env::var("RUNNEL_BENCH_ONLY").as_deref() == Ok("kafka") {
+    if only.as_deref() == Some("kafka") {
         println!("ratios {ratios:?} runnel {runnel:?} native {native:?} cpu_us {runnel_cpu:?}");
         return;
     }
@@ -462,6 +468,7 @@ async fn embedded_run(dir: &Path) -> Embedded {
     let started = Instant::now();
     let mut first = None;
     let mut rss_short = None;
+    let mut traced = 0;
     let (rate, cores) = loop {
         assert!(
             started.elapsed() < Duration::from_secs(600),
@@ -474,6 +481,17 @@ async fn embedded_run(dir: &Path) -> Embedded {
         }
         if done >= SHORT_RUN && rss_short.is_none() {
             rss_short = Some(process.rss_mib());
+        }
+        // The trace behind the leak check: RSS and threads every 10k events.
+        if done / SHORT_RUN > traced {
+            traced = done / SHORT_RUN;
+            eprintln!(
+                "after {done} events: RSS {:.1} MiB ({:.1} anonymous, {:.1} files), {} threads",
+                process.rss_mib(),
+                process.status_mib("RssAnon:"),
+                process.status_mib("RssFile:"),
+                process.threads()
+            );
         }
         if done >= LONG_RUN {
             let (at, cpu, from) = first.unwrap();

@@ -17,6 +17,7 @@
 pub mod dead_letter;
 mod meters;
 pub mod retry;
+mod threads;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -53,6 +54,8 @@ pub struct Pipeline {
     /// Per-sink policies, replacing `retry` for those sinks' writes.
     sink_retry: BTreeMap<String, retry::RetryConfig>,
     concurrency: usize,
+    /// Where the function runs: a thread per invocation in flight.
+    threads: threads::Threads,
     idempotency: Arc<dyn IdempotencyStore>,
     max_outputs: usize,
     max_output_bytes: u64,
@@ -122,6 +125,8 @@ impl Pipeline {
             retry: config.retry.clone(),
             sink_retry: config.sink_retry.clone(),
             concurrency: config.concurrency,
+            // Linux keeps 15 bytes of a thread name.
+            threads: threads::Threads::new(&format!("fn:{}", config.name), config.concurrency),
             idempotency,
             health,
             max_outputs: config.function.max_outputs,
@@ -539,10 +544,10 @@ impl Pipeline {
             event_id: event.id.clone(),
         };
         let ev = Arc::clone(event);
-        let (result, stats) =
-            tokio::task::spawn_blocking(move || function.invoke(&context, &ev, label))
-                .await
-                .expect("invocation task panicked");
+        let (result, stats) = self
+            .threads
+            .run(move || function.invoke(&context, &ev, label))
+            .await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.outcome(),

@@ -176,15 +176,26 @@ impl Runnel {
         self.status_mib("VmRSS:")
     }
 
-    fn status_mib(&self, field: &str) -> f64 {
+    /// The process's threads now.
+    pub fn threads(&self) -> usize {
+        self.status_field("Threads:") as usize
+    }
+
+    /// A memory figure from /proc/<pid>/status (`VmRSS:`, `RssAnon:`...),
+    /// in MiB.
+    pub fn status_mib(&self, field: &str) -> f64 {
+        self.status_field(field) / 1024.0
+    }
+
+    /// A number from /proc/<pid>/status (a kB unit dropped).
+    fn status_field(&self, field: &str) -> f64 {
         let pid = self.child.as_ref().expect("running").id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let kib: f64 = status
+        status
             .lines()
             .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("{field} in /proc/<pid>/status"));
-        kib / 1024.0
+            .unwrap_or_else(|| panic!("{field} in /proc/<pid>/status"))
     }
 
     /// CPU time the process used so far (user + system), in seconds.
