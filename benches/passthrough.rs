@@ -206,10 +206,32 @@ async fn kafka_round(
             let process = Runnel::start(&work, &[pipeline], &[], &broker).await;
             let rate = watch.await.unwrap();
             let cpu_us = process.cpu_seconds() * 1e6 / EVENTS as f64;
+            eprintln!(
+                "round {round}: runnel's stages, mean ms per event: {}",
+                stages(&process).await
+            );
             drop(process);
             (rate, Some(cpu_us))
         }
     }
+}
+
+/// The mean of each of `runnel_stage_duration_seconds`'s stages, in ms.
+async fn stages(process: &Runnel) -> String {
+    let mut means = Vec::new();
+    for stage in [
+        "queued", "load", "claim", "invoke", "write", "complete", "ack",
+    ] {
+        let labels = [("pipeline", "passthrough"), ("stage", stage)];
+        let sum = process
+            .metric("runnel_stage_duration_seconds_sum", &labels)
+            .await;
+        let count = process
+            .metric("runnel_stage_duration_seconds_count", &labels)
+            .await;
+        means.push(format!("{stage} {:.2}", sum * 1e3 / count.max(1.0)));
+    }
+    means.join(", ")
 }
 
 fn pipeline_toml(input: &str, group: Option<&str>, output: &str) -> String {

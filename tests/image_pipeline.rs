@@ -170,6 +170,46 @@ async fn upload_makes_thumbnails_and_notifies() {
     );
     assert!(text.contains("runnel_instantiation_duration_seconds_count{function=\"thumbnail\"} 1"));
 
+    // Where the event's time went: one sample of each stage (acknowledging
+    // the source comes last, after the completion counted above).
+    let stage = |stage: &'static str| {
+        let runnel = &runnel;
+        async move {
+            let labels = [("pipeline", "image-upload"), ("stage", stage)];
+            (
+                runnel
+                    .metric("runnel_stage_duration_seconds_count", &labels)
+                    .await,
+                runnel
+                    .metric("runnel_stage_duration_seconds_sum", &labels)
+                    .await,
+            )
+        }
+    };
+    runnel
+        .wait_for_metric(
+            "runnel_stage_duration_seconds_count",
+            &[("pipeline", "image-upload"), ("stage", "ack")],
+            1.0,
+        )
+        .await;
+    for name in [
+        "queued", "load", "claim", "invoke", "write", "complete", "ack",
+    ] {
+        assert_eq!(stage(name).await.0, 1.0, "stage {name}");
+    }
+    // The invoke stage is the call and handing it to a thread.
+    let call = m(
+        "runnel_invocation_duration_seconds_sum",
+        &[("pipeline", "image-upload"), ("function", "thumbnail")],
+    )
+    .await;
+    let invoke = stage("invoke").await.1;
+    assert!(
+        call > 0.0 && invoke >= call,
+        "invoke stage {invoke} s, call {call} s"
+    );
+
     // The same bytes under the same key are the same event: skipped.
     let again = runnel
         .upload("uploads", "photos/photo.jpg", photo, Some("alice"))

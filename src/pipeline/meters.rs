@@ -6,6 +6,7 @@
 //! front also exports each at zero from the start, as Prometheus prefers.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
@@ -26,7 +27,44 @@ pub(super) struct Meters {
     pub invocation_duration: Histogram,
     pub instantiation_duration: Histogram,
     pub billed_gb_seconds: Gauge,
+    stages: [Histogram; Stage::ALL.len()],
     sinks: BTreeMap<String, SinkMeters>,
+}
+
+/// Where an event's time goes: `runnel_stage_duration_seconds{stage}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Stage {
+    Queued,
+    Load,
+    Claim,
+    Invoke,
+    Write,
+    Complete,
+    Ack,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 7] = [
+        Stage::Queued,
+        Stage::Load,
+        Stage::Claim,
+        Stage::Invoke,
+        Stage::Write,
+        Stage::Complete,
+        Stage::Ack,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Queued => "queued",
+            Stage::Load => "load",
+            Stage::Claim => "claim",
+            Stage::Invoke => "invoke",
+            Stage::Write => "write",
+            Stage::Complete => "complete",
+            Stage::Ack => "ack",
+        }
+    }
 }
 
 /// One sink's output counters.
@@ -56,6 +94,9 @@ impl Meters {
             invocation_duration: histogram!(m::INVOCATION_DURATION, &pf),
             instantiation_duration: histogram!(m::INSTANTIATION_DURATION, "function" => function.to_owned()),
             billed_gb_seconds: gauge!(m::BILLED_GB_SECONDS, &pf),
+            stages: Stage::ALL.map(|stage| {
+                histogram!(m::STAGE_DURATION, "pipeline" => pipeline.to_owned(), "stage" => stage.as_str())
+            }),
             sinks: sinks
                 .map(|sink| {
                     let labels = [p(), ("sink", sink.to_owned())];
@@ -81,6 +122,19 @@ impl Meters {
     pub fn invocations(&self, outcome: &str) -> &Counter {
         let index = InvokeError::OUTCOMES.iter().position(|o| *o == outcome);
         &self.invocations[index.expect("InvokeError::OUTCOMES lists every outcome")]
+    }
+
+    /// Records how long `stage` took, from `started`.
+    pub fn stage(&self, stage: Stage, started: Instant) {
+        self.stages[stage as usize].record(started.elapsed().as_secs_f64());
+    }
+
+    /// `work`, timed as `stage`.
+    pub async fn timed<T>(&self, stage: Stage, work: impl Future<Output = T>) -> T {
+        let started = Instant::now();
+        let value = work.await;
+        self.stage(stage, started);
+        value
     }
 
     /// The counters of a sink the pipeline declares.

@@ -36,7 +36,7 @@ use crate::runtime::{Context, Function, InvokeError, LogLabel, Output};
 use crate::sinks::{Backends, Sink, WriteId};
 use crate::sources::{Delivery, Loader, Source};
 use dead_letter::{DeadLetter, rfc3339};
-use meters::Meters;
+use meters::{Meters, Stage};
 
 /// Deliveries asked of the source at a time.
 const BATCH: usize = 64;
@@ -192,9 +192,11 @@ impl Pipeline {
                 let mut event_turn = same_event.queue(Some(delivery.idempotency_key.clone()));
                 let (this, loader, acks) = (this.clone(), loader.clone(), acks.clone());
                 let finishing = finishing.clone();
+                let taken = Instant::now();
                 tasks.spawn(async move {
                     turn.wait().await;
                     event_turn.wait().await;
+                    this.meters.stage(Stage::Queued, taken);
                     let (position, key) = (delivery.position, delivery.idempotency_key.clone());
                     let ended = this.process(delivery, &key, &loader).await;
                     // The outputs are written: the event's slot goes to the
@@ -204,10 +206,10 @@ impl Pipeline {
                     let finishing = finishing.acquire_owned().await.expect("semaphore is never closed");
                     drop(permit);
                     if let Some(how) = ended {
-                        this.complete(&key, how).await;
+                        this.meters.timed(Stage::Complete, this.complete(&key, how)).await;
                     }
                     event_turn.done();
-                    if let Err(error) = acks.finished(position).await {
+                    if let Err(error) = this.meters.timed(Stage::Ack, acks.finished(position)).await {
                         this.meters.source_errors.increment(1);
                         tracing::warn!(pipeline = %this.name, %error, "committing the source failed; the event may be redelivered");
                     }
@@ -238,8 +240,8 @@ impl Pipeline {
         let (event_ref, delivery_ref, key_ref) = (&event, &delivery, key);
         let load = || {
             event_ref.get_or_try_init(|| async {
-                loader
-                    .load(&delivery_ref.pending)
+                self.meters
+                    .timed(Stage::Load, loader.load(&delivery_ref.pending))
                     .await
                     // The delivery's key (maybe from the pipeline's
                     // expression) names the event's outputs too.
@@ -263,10 +265,11 @@ impl Pipeline {
         // critical path: benchmark #3). An event that turns out to be done
         // already has its outputs dropped unwritten.
         let first_attempt_at = SystemTime::now();
-        let (claimed, first) = tokio::join!(self.claim(key), async {
-            let ev = load().await?;
-            self.invoke(ev, 1).await
-        });
+        let (claimed, first) =
+            tokio::join!(self.meters.timed(Stage::Claim, self.claim(key)), async {
+                let ev = load().await?;
+                self.invoke(ev, 1).await
+            });
         let delivered = match claimed {
             Claimed::Done(how) => {
                 self.meters.duplicates_skipped.increment(1);
@@ -300,7 +303,9 @@ impl Pipeline {
                 Some(delivered) => delivered,
                 None => self.delivered(key_ref).await,
             };
-            self.deliver(ev, &outputs, &delivered).await
+            self.meters
+                .timed(Stage::Write, self.deliver(ev, &outputs, &delivered))
+                .await
         };
         let mut attempts = 0;
         let result = loop {
@@ -545,8 +550,12 @@ impl Pipeline {
         };
         let ev = Arc::clone(event);
         let (result, stats) = self
-            .threads
-            .run(move || function.invoke(&context, &ev, label))
+            .meters
+            .timed(
+                Stage::Invoke,
+                self.threads
+                    .run(move || function.invoke(&context, &ev, label)),
+            )
             .await;
         let outcome = match &result {
             Ok(_) => "ok",
