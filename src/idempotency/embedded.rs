@@ -59,7 +59,15 @@ impl EmbeddedIdempotency {
             params![cutoff],
         )
         .map_err(wrap)?;
-        let db = GroupCommit::start("runnel-idempotency", conn)
+        // Claims are read on a connection of their own, on the caller's
+        // thread: an event's claim neither waits for other events'
+        // completions in their fsync nor hops to the database thread and
+        // back (benchmark #3: 1.7–2.0 ms a claim that way, 20 µs this way).
+        let reader = sqlite::open(path, durability).map_err(wrap)?;
+        reader
+            .pragma_update(None, "query_only", true)
+            .map_err(wrap)?;
+        let db = GroupCommit::start_with_reader("runnel-idempotency", conn, reader)
             .map_err(|e| IdempotencyError(format!("{}: {e}", path.display())))?;
         Ok(Self { db, ttl })
     }
