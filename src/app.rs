@@ -246,7 +246,13 @@ pub async fn up(config: RuntimeConfig, pipelines: Vec<PipelineConfig>) -> anyhow
             &opened.backends,
             opened.idempotency.clone(),
             health.clone(),
-        );
+        )
+        .with_context(|| {
+            format!(
+                "pipeline {}: starting its invocation threads",
+                config_p.name
+            )
+        })?;
         running.spawn(pipeline.run(source, shutdown.clone(), config.shutdown_grace));
     }
     if let Some(broker) = opened.embedded_broker.clone() {

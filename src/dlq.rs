@@ -150,7 +150,13 @@ pub async fn replay(
         backends,
         idempotency,
         crate::health::Health::unchecked(),
-    );
+    )
+    .with_context(|| {
+        format!(
+            "pipeline {}: starting its invocation threads",
+            pipeline.name
+        )
+    })?;
     let mut results = Vec::new();
     for entry in entries {
         if !ids.is_empty() && !ids.iter().any(|id| id == entry.key()) {

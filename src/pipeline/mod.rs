@@ -95,7 +95,7 @@ impl Pipeline {
         backends: &Backends,
         idempotency: Arc<dyn IdempotencyStore>,
         health: Arc<Health>,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let sinks: BTreeMap<_, _> = config
             .sinks
             .iter()
@@ -116,7 +116,7 @@ impl Pipeline {
             function.name(),
             config.sinks.keys().map(String::as_str),
         );
-        Self {
+        Ok(Self {
             name: config.name.clone(),
             function,
             context: Arc::new(context),
@@ -126,14 +126,14 @@ impl Pipeline {
             sink_retry: config.sink_retry.clone(),
             concurrency: config.concurrency,
             // Linux keeps 15 bytes of a thread name.
-            threads: threads::Threads::new(&format!("fn:{}", config.name), config.concurrency),
+            threads: threads::Threads::start(&format!("fn:{}", config.name), config.concurrency)?,
             idempotency,
             health,
             max_outputs: config.function.max_outputs,
             max_output_bytes: config.function.max_output_bytes,
             lease: config.function.timeout + config.retry.max_delay + Duration::from_secs(30),
             meters,
-        }
+        })
     }
 
     pub fn name(&self) -> &str {

@@ -7,10 +7,11 @@
 //! not counted yet: with 64 events in flight it went past 100 threads in a
 //! long run, and each thread keeps its allocator heap and its stack pages
 //! (benchmark #7's leak check: RSS followed the thread count). A pipeline
-//! has at most one invocation per permit in flight, so here it has at most
-//! `concurrency` threads: started when first needed, kept while the
-//! pipeline runs, so that no call waits for a thread and none is started
-//! and stopped again.
+//! has at most one invocation per permit in flight, so here it has
+//! `concurrency` threads, started with it and kept while it runs: no call
+//! waits for a thread, and none is started and stopped again. (Started
+//! when first needed, their number still crept up through a long run, as
+//! ever larger bursts of calls came at once.)
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -18,16 +19,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Up to `max` threads running jobs in the order they came; they stop once
-/// this is dropped and the queue is empty.
+/// Threads running jobs in the order they came; they stop once this is
+/// dropped and the queue is empty.
 pub struct Threads {
     shared: Arc<Shared>,
 }
 
 struct Shared {
-    /// The threads' name, for `top -H` and profiles.
-    name: String,
-    max: usize,
     state: Mutex<State>,
     work: Condvar,
 }
@@ -35,63 +33,45 @@ struct Shared {
 #[derive(Default)]
 struct State {
     queue: VecDeque<Job>,
-    /// Threads waiting for work (some of them may have been woken already
-    /// and not yet taken their job).
-    idle: usize,
+    /// Threads running.
     threads: usize,
     closed: bool,
 }
 
 impl Threads {
-    pub fn new(name: &str, max: usize) -> Self {
-        Self {
+    /// Starts `count` threads (at least one) named `name`, for `top -H` and
+    /// profiles.
+    pub fn start(name: &str, count: usize) -> std::io::Result<Self> {
+        let threads = Self {
             shared: Arc::new(Shared {
-                name: name.to_owned(),
-                max: max.max(1),
                 state: Mutex::default(),
                 work: Condvar::new(),
             }),
+        };
+        for _ in 0..count.max(1) {
+            let shared = Arc::clone(&threads.shared);
+            std::thread::Builder::new()
+                .name(name.to_owned())
+                .spawn(move || shared.work())?;
+            threads.shared.lock().threads += 1;
         }
+        Ok(threads)
     }
 
     /// Runs `f` on one of the threads. A panic in `f` resumes in the caller,
     /// and the thread goes on.
     pub async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let (done, result) = tokio::sync::oneshot::channel();
-        self.submit(Box::new(move || {
+        self.shared.lock().queue.push_back(Box::new(move || {
             let _ = done.send(std::panic::catch_unwind(AssertUnwindSafe(f)));
         }));
+        self.shared.work.notify_one();
         match result
             .await
             .expect("an invocation thread ran every job it took")
         {
             Ok(value) => value,
             Err(panic) => std::panic::resume_unwind(panic),
-        }
-    }
-
-    fn submit(&self, job: Job) {
-        let shared = &self.shared;
-        let mut state = shared.lock();
-        state.queue.push_back(job);
-        if state.queue.len() > state.idle && state.threads < shared.max {
-            let thread = Arc::clone(shared);
-            match std::thread::Builder::new()
-                .name(shared.name.clone())
-                .spawn(move || thread.work())
-            {
-                Ok(_) => state.threads += 1,
-                // The job waits for a thread that is running; with none, it
-                // could only wait forever.
-                Err(error) if state.threads == 0 => {
-                    panic!("starting an invocation thread failed: {error}")
-                }
-                Err(error) => {
-                    tracing::warn!(%error, threads = state.threads, "starting one more invocation thread failed; the call waits for a running one");
-                }
-            }
-        } else {
-            shared.work.notify_one();
         }
     }
 }
@@ -123,12 +103,10 @@ impl Shared {
                 state.threads -= 1;
                 return;
             } else {
-                state.idle += 1;
                 state = self
                     .work
                     .wait(state)
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
-                state.idle -= 1;
             }
         }
     }
@@ -141,14 +119,15 @@ mod tests {
     use std::time::Duration;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn runs_calls_at_once_on_at_most_max_threads() {
-        let threads = Arc::new(Threads::new("test-invoke", 4));
+    async fn runs_calls_side_by_side_on_its_threads_and_queues_the_rest() {
+        let threads = Arc::new(Threads::start("test-invoke", 4).unwrap());
+        assert_eq!(threads.shared.lock().threads, 4);
         let running = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
         let mut calls = tokio::task::JoinSet::new();
-        // Rounds of 4 calls at once, as a pipeline's permits allow.
-        for round in 0..10 {
-            for i in 0..4 {
+        // Rounds of 8 calls at once for 4 threads.
+        for round in 0..5 {
+            for i in 0..8 {
                 let (threads, running, most) = (threads.clone(), running.clone(), most.clone());
                 calls.spawn(async move {
                     threads
@@ -157,7 +136,7 @@ mod tests {
                             most.fetch_max(now, Ordering::SeqCst);
                             std::thread::sleep(Duration::from_millis(20));
                             running.fetch_sub(1, Ordering::SeqCst);
-                            round * 4 + i
+                            round * 8 + i
                         })
                         .await
                 });
@@ -167,20 +146,16 @@ mod tests {
                 got.push(value.unwrap());
             }
             got.sort();
-            assert_eq!(got, (round * 4..round * 4 + 4).collect::<Vec<_>>());
+            assert_eq!(got, (round * 8..round * 8 + 8).collect::<Vec<_>>());
         }
-        // All four ran side by side at some point, never more.
+        // Four ran side by side, never more.
         assert_eq!(most.load(Ordering::SeqCst), 4);
-        let started = threads.shared.lock().threads;
-        assert!(
-            (1..=4).contains(&started),
-            "{started} threads for 4 calls at a time"
-        );
+        assert_eq!(threads.shared.lock().threads, 4);
     }
 
     #[tokio::test]
     async fn a_panicking_call_resumes_in_the_caller_and_the_thread_goes_on() {
-        let threads = Arc::new(Threads::new("test-invoke", 1));
+        let threads = Arc::new(Threads::start("test-invoke", 1).unwrap());
         let call = tokio::spawn({
             let threads = threads.clone();
             async move {
@@ -197,7 +172,7 @@ mod tests {
 
     #[tokio::test]
     async fn threads_stop_when_dropped() {
-        let threads = Threads::new("test-invoke", 2);
+        let threads = Threads::start("test-invoke", 2).unwrap();
         assert_eq!(threads.run(|| 1).await, 1);
         let shared = Arc::clone(&threads.shared);
         drop(threads);
