@@ -522,6 +522,10 @@ async fn embedded_run(dir: &Path) -> Embedded {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    eprintln!(
+        "embedded: runnel's stages, mean ms per event: {}",
+        stages(&process).await
+    );
     let rss_short_mib = rss_short.unwrap();
     Embedded {
         rate,
