@@ -125,7 +125,7 @@ impl IdempotencyStore for EmbeddedIdempotency {
             .map_err(failed)
     }
 
-    /// One job on the database thread for both lookups.
+    /// Both lookups in one read, on the reader connection.
     async fn claim_with_delivered(
         &self,
         pipeline: &str,

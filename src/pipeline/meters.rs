@@ -32,7 +32,7 @@ pub(super) struct Meters {
 }
 
 /// Where an event's time goes: `runnel_stage_duration_seconds{stage}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub(super) enum Stage {
     Queued,
     Load,

@@ -235,7 +235,7 @@ impl Pipeline {
     async fn process(&self, delivery: Delivery, key: &str, loader: &Loader) -> Option<Completion> {
         self.meters.received.increment(1);
         self.meters.inflight.increment(1.0);
-        // Shared, not cloned, with the blocking task that invokes it.
+        // Shared, not cloned, with the invocation thread that runs it.
         let event: tokio::sync::OnceCell<Arc<Event>> = tokio::sync::OnceCell::new();
         let (event_ref, delivery_ref, key_ref) = (&event, &delivery, key);
         let load = || {

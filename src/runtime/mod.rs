@@ -447,7 +447,7 @@ impl Function {
     }
 
     /// Runs the function on one event in a fresh instance. Blocking: call
-    /// it from a blocking thread.
+    /// it off the async workers (a pipeline's invocation threads).
     pub fn invoke(
         &self,
         context: &Context,
