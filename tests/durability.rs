@@ -118,8 +118,10 @@ async fn kill_mid_processing_loses_nothing_and_duplicates_no_topic_output() {
     }
     let repeats = received.len() - UPLOADS;
     eprintln!("webhook repeats after the kill: {repeats}");
+    // notify.toml works on 2 events at a time, and 2 more may be recording
+    // their completion after their outputs were written.
     assert!(
-        repeats <= 2,
+        repeats <= 4,
         "at most the in-flight notifications repeat, got {repeats}"
     );
 }

@@ -235,9 +235,12 @@ async fn two_instances_share_the_store_and_survive_a_kill() {
     }
     let repeats = webhook.count() - EVENTS;
     eprintln!("killed after {killed_at} notifications; repeats: {repeats}");
-    // notify.toml works on 2 events at a time per process.
+    // notify.toml works on 2 events at a time per process, and 2 more may
+    // have their outputs written while their completion is being recorded
+    // (an event's slot goes to the next one once its outputs are written):
+    // those are the events that can repeat.
     assert!(
-        repeats <= 2,
+        repeats <= 4,
         "only the killed process's in-flight events may repeat: {repeats}"
     );
     let received = b
