@@ -166,19 +166,25 @@ def main():
         sys.exit(f"no photos in {sys.argv[1]}: run benches/scripts/photos.py first")
     sides = {"runnel": runnel, "native": native, "vips": vips}
     rates = {name: [] for name in sides}
-    for round in range(ROUNDS):
-        names = list(sides)
-        names = names[round % len(names):] + names[:round % len(names)]
-        for name in names:
-            work = tempfile.mkdtemp(prefix=f"runnel-bench-{name}-")
-            try:
+    # Every round's files are removed at the end, not after each round: on
+    # ext4 without a journal (this machine's root), creating a file skips
+    # every free inode of its group deleted in the last minute or so
+    # (`recently_deleted` in the kernel's inode allocator), so each side's
+    # files made the next side's file creations slower.
+    works = tempfile.mkdtemp(prefix="runnel-bench-thumbnails-")
+    try:
+        for round in range(ROUNDS):
+            names = list(sides)
+            names = names[round % len(names):] + names[:round % len(names)]
+            for name in names:
+                work = tempfile.mkdtemp(prefix=f"{round}-{name}-", dir=works)
                 seconds = sides[name](photos, work)
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
-            rates[name].append(len(photos) / seconds)
-            busy = f" ({BUSY[-1]:.2f} cores busy)" if name == "runnel" else ""
-            print(f"round {round}: {name} {len(photos) / seconds:.1f} thumbnails/s{busy}",
-                  file=sys.stderr)
+                rates[name].append(len(photos) / seconds)
+                busy = f" ({BUSY[-1]:.2f} cores busy)" if name == "runnel" else ""
+                print(f"round {round}: {name} {len(photos) / seconds:.1f} thumbnails/s{busy}",
+                      file=sys.stderr)
+    finally:
+        shutil.rmtree(works, ignore_errors=True)
     vs_native = [r / n for r, n in zip(rates["runnel"], rates["native"])]
     vs_vips = [r / v for r, v in zip(rates["runnel"], rates["vips"])]
     med = statistics.median
