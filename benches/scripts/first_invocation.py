@@ -11,14 +11,14 @@ $CARGO_TARGET_DIR/bench/first_invocation.json.
 """
 import json
 import os
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
+
+import workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
@@ -40,7 +40,7 @@ def request(method, url, body=None):
 
 
 def run_once(cache_dir):
-    work = tempfile.mkdtemp(prefix="runnel-bench-")
+    work = workdir.make("runnel-bench-first-")
     port = free_port()
     config = os.path.join(work, "runnel.toml")
     with open(config, "w") as f:
@@ -69,19 +69,17 @@ def run_once(cache_dir):
     finally:
         process.kill()
         process.wait()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def main():
     if not os.path.exists(BINARY):
         sys.exit(f"{BINARY} missing: build with cargo build --release first")
     cold, warm = [], []
-    warm_cache = tempfile.mkdtemp(prefix="runnel-cache-")
+    warm_cache = workdir.make("runnel-cache-")
     run_once(warm_cache)  # fill the warm cache (and build the function if needed)
     for _ in range(ROUNDS):
-        cold_cache = tempfile.mkdtemp(prefix="runnel-cache-")
+        cold_cache = workdir.make("runnel-cache-")
         cold.append(run_once(cold_cache))
-        shutil.rmtree(cold_cache, ignore_errors=True)
         warm.append(run_once(warm_cache))
     ms = lambda xs: [x * 1000 for x in xs]
     rows = {}
@@ -98,7 +96,6 @@ def main():
     os.makedirs(os.path.join(TARGET, "bench"), exist_ok=True)
     with open(os.path.join(TARGET, "bench", "first_invocation.json"), "w") as f:
         json.dump(rows, f, indent=2)
-    shutil.rmtree(warm_cache, ignore_errors=True)
 
 
 if __name__ == "__main__":

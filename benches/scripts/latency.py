@@ -15,16 +15,16 @@ import http.server
 import glob
 import json
 import os
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+
+import workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
@@ -109,7 +109,7 @@ def main():
 
     receiver = Receiver()
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    work = tempfile.mkdtemp(prefix="runnel-bench-")
+    work = workdir.make("runnel-bench-latency-")
     port = free_port()
     config = os.path.join(work, "runnel.toml")
     with open(config, "w") as f:
@@ -166,7 +166,6 @@ def main():
         process.kill()
         process.wait()
         receiver.shutdown()
-        shutil.rmtree(work, ignore_errors=True)
 
     print(f"| 6 | latency upload → webhook notification, {size}, at half of max throughput "
           f"({rate:.1f} of {max_rate:.1f} uploads/s), {PACED} uploads | p50 {p50:.0f} ms, "

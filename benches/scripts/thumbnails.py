@@ -19,15 +19,15 @@ Usage: thumbnails.py PHOTO_DIR
 import glob
 import json
 import os
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+
+import workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
@@ -166,25 +166,18 @@ def main():
         sys.exit(f"no photos in {sys.argv[1]}: run benches/scripts/photos.py first")
     sides = {"runnel": runnel, "native": native, "vips": vips}
     rates = {name: [] for name in sides}
-    # Every round's files are removed at the end, not after each round: on
-    # ext4 without a journal (this machine's root), creating a file skips
-    # every free inode of its group deleted in the last minute or so
-    # (`recently_deleted` in the kernel's inode allocator), so each side's
-    # files made the next side's file creations slower.
-    works = tempfile.mkdtemp(prefix="runnel-bench-thumbnails-")
-    try:
-        for round in range(ROUNDS):
-            names = list(sides)
-            names = names[round % len(names):] + names[:round % len(names)]
-            for name in names:
-                work = tempfile.mkdtemp(prefix=f"{round}-{name}-", dir=works)
-                seconds = sides[name](photos, work)
-                rates[name].append(len(photos) / seconds)
-                busy = f" ({BUSY[-1]:.2f} cores busy)" if name == "runnel" else ""
-                print(f"round {round}: {name} {len(photos) / seconds:.1f} thumbnails/s{busy}",
-                      file=sys.stderr)
-    finally:
-        shutil.rmtree(works, ignore_errors=True)
+    for round in range(ROUNDS):
+        names = list(sides)
+        names = names[round % len(names):] + names[:round % len(names)]
+        for name in names:
+            # Kept until the end: deleting a side's files would slow the next
+            # side's file creations (workdir.py).
+            work = workdir.make(f"runnel-bench-{name}-")
+            seconds = sides[name](photos, work)
+            rates[name].append(len(photos) / seconds)
+            busy = f" ({BUSY[-1]:.2f} cores busy)" if name == "runnel" else ""
+            print(f"round {round}: {name} {len(photos) / seconds:.1f} thumbnails/s{busy}",
+                  file=sys.stderr)
     vs_native = [r / n for r, n in zip(rates["runnel"], rates["native"])]
     vs_vips = [r / v for r, v in zip(rates["runnel"], rates["vips"])]
     med = statistics.median
