@@ -33,7 +33,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
 BINARY = os.environ.get("RUNNEL_BIN") or os.path.join(TARGET, "release", "runnel")
 NATIVE = os.path.join(TARGET, "release", "examples", "native_thumbnails")
-ROUNDS = 3
+# Five rounds: #5a's goal is a few hundredths below what this machine measures,
+# and medians of three rounds ranged 0.76-0.88x between runs of the same build.
+ROUNDS = 5
 WIDTH, QUALITY, PARALLEL = 720, 80, 2
 
 PIPELINE = f"""
