@@ -4,8 +4,9 @@ On ext4 without a journal (this machine's root filesystem), creating a file
 skips every free inode of its block group deleted in the last minute or so
 (`recently_deleted` in the kernel's inode allocator), one lookup each: a
 benchmark that runs right after another deleted its thousands of files pays
-for that in every file it creates (6.6 % of the machine in ext4's inode
-allocation during #5's runnel rounds, 0.25 % without the deletions). So under
+for that in every file it creates (1.7-2.4 % of all samples in ext4's inode
+allocation over a run of #5 when each round's files were deleted after it,
+0.25 % when they were kept until the end). So under
 scripts/bench, which sets RUNNEL_BENCH_TMP, the scripts leave their files in
 that directory for scripts/bench to remove once the suite is done; a script
 run alone removes its own when it exits.
