@@ -282,6 +282,8 @@ pub async fn up(config: RuntimeConfig, pipelines: Vec<PipelineConfig>) -> anyhow
         broker: opened.backends.broker.clone(),
         metrics,
         max_upload_size: config.http.max_upload_size,
+        max_body_size: config.http.max_body_size,
+        known_buckets: Arc::new(pipelines.iter().flat_map(PipelineConfig::buckets).collect()),
         s3_webhook: s3_webhook(&config.storage),
         health,
     };

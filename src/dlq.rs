@@ -66,7 +66,10 @@ pub async fn list(pipeline: &PipelineConfig, backends: &Backends) -> anyhow::Res
                 .await?;
             let mut entries = Vec::new();
             for key in keys {
-                let (_, body) = backends.store.get(&sink.bucket, &key, 64 << 20).await?;
+                let (_, body) = backends
+                    .store
+                    .get(&sink.bucket, &key, 64 << 20, None)
+                    .await?;
                 let record = serde_json::from_slice(&body).with_context(|| {
                     format!("{}/{key} is not a dead-letter record", sink.bucket)
                 })?;

@@ -53,6 +53,10 @@ pub struct ObjectCreated {
     pub content_type: Option<String>,
     /// User metadata (`x-runnel-meta-*` / `x-amz-meta-*`), names lower-cased.
     pub metadata: BTreeMap<String, String>,
+    /// The S3 version id, in a bucket with versioning on: with it the
+    /// version the event names can be read even after an overwrite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
 }
 
 impl ObjectCreated {
@@ -71,6 +75,9 @@ impl ObjectCreated {
             ("etag".to_owned(), self.etag.clone()),
             ("size".to_owned(), self.size.to_string()),
         ]);
+        if let Some(version) = &self.version_id {
+            attributes.insert("version_id".to_owned(), version.clone());
+        }
         for (name, value) in self.metadata {
             attributes.insert(format!("{META_PREFIX}{name}"), value);
         }
@@ -191,6 +198,7 @@ mod tests {
             size: 3,
             content_type: Some("image/jpeg".into()),
             metadata: BTreeMap::from([("user".into(), "alice".into())]),
+            version_id: None,
         };
         let event = created.into_event(Bytes::from_static(b"xyz"));
         assert_eq!(event.idempotency_key, "uploads/photos/a.jpg@abc");

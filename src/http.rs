@@ -1,11 +1,15 @@
 //! runnel's HTTP API: uploads and downloads of objects, a read-only view of
 //! topics, `/metrics` and `/healthz`.
 //!
-//! Uploads stream into memory up to `max_upload_size` and are refused with
-//! 413 beyond it, before the store sees anything. Keys are validated by the
-//! storage layer; anything that could escape a bucket is a 400.
+//! Every body is bounded before it is read: uploads by `max_upload_size`,
+//! every other request by `max_body_size`, refused with 413 by their
+//! declared length at once and by their streamed length as soon as it
+//! passes the limit, before the store sees anything. A route that needs a
+//! credential checks it before reading the body, in constant time. Keys are
+//! validated by the storage layer; anything that could escape a bucket is
+//! a 400.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use axum::Router;
@@ -34,6 +38,12 @@ pub struct ApiState {
     pub broker: Arc<dyn Broker>,
     pub metrics: PrometheusHandle,
     pub max_upload_size: u64,
+    /// Largest body of any other request.
+    pub max_body_size: u64,
+    /// The buckets the pipelines name: `runnel_uploads_total` is labelled
+    /// with these, and every other bucket counts as `other`, so a client
+    /// cannot grow the metric's label set without bound.
+    pub known_buckets: Arc<BTreeSet<String>>,
     /// Where `POST /v1/events/s3` queues S3 notifications, when configured.
     pub s3_webhook: Option<S3Webhook>,
     pub health: Arc<crate::health::Health>,
@@ -56,7 +66,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/events/s3", axum::routing::post(s3_notification))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
-        .layer(DefaultBodyLimit::disable())
+        // Uploads and webhooks read their bodies themselves, with their own
+        // limits; this bounds any extractor added later.
+        .layer(DefaultBodyLimit::max(state.max_body_size as usize))
         .with_state(state)
 }
 
@@ -90,7 +102,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 fn storage_error(e: StorageError) -> Response {
     let status = match &e {
         StorageError::InvalidBucket(_) | StorageError::InvalidKey { .. } => StatusCode::BAD_REQUEST,
-        StorageError::NotFound { .. } => StatusCode::NOT_FOUND,
+        StorageError::NotFound { .. } | StorageError::Changed { .. } => StatusCode::NOT_FOUND,
         StorageError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         StorageError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         StorageError::Rejected(_) => StatusCode::BAD_GATEWAY,
@@ -98,14 +110,49 @@ fn storage_error(e: StorageError) -> Response {
     error(status, e.to_string())
 }
 
-fn too_large(limit: u64) -> Response {
-    error(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!(
-            "upload exceeds the limit of {} (http.max_upload_size)",
-            units::format_size(limit)
-        ),
-    )
+/// Reads a body of at most `limit` bytes: refused by its declared length
+/// before any of it is read, and as soon as the stream passes the limit.
+/// `setting` names the limit in the 413.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+    setting: &str,
+) -> Result<axum::body::Bytes, Response> {
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "body exceeds the limit of {} ({setting})",
+                units::format_size(limit)
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    match axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX)).await {
+        Ok(body) => Ok(body),
+        Err(e) if is_length_limit(&e) => Err(too_large()),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("reading the body: {e}"),
+        )),
+    }
+}
+
+/// Whether `given` is `expected`, in time that does not depend on where
+/// they differ (nor on their lengths: both are hashed first).
+pub fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    Sha256::digest(given)
+        .ct_eq(&Sha256::digest(expected))
+        .into()
 }
 
 async fn put_object(
@@ -114,18 +161,16 @@ async fn put_object(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let limit = state.max_upload_size;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return too_large(limit);
-    }
-    let body = match axum::body::to_bytes(body, limit as usize).await {
+    let body = match read_body(
+        &headers,
+        body,
+        state.max_upload_size,
+        "http.max_upload_size",
+    )
+    .await
+    {
         Ok(body) => body,
-        Err(e) if is_length_limit(&e) => return too_large(limit),
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("reading the upload: {e}")),
+        Err(response) => return response,
     };
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -154,7 +199,12 @@ async fn put_object(
     };
     match state.store.put(&bucket, &key, object).await {
         Ok(created) => {
-            counter!(m::UPLOADS, "bucket" => bucket).increment(1);
+            let label = if state.known_buckets.contains(&bucket) {
+                bucket
+            } else {
+                "other".to_owned()
+            };
+            counter!(m::UPLOADS, "bucket" => label).increment(1);
             let body = json!({
                 "bucket": created.bucket,
                 "key": created.key,
@@ -182,7 +232,7 @@ async fn get_object(
     State(state): State<ApiState>,
     Path((bucket, key)): Path<(String, String)>,
 ) -> Response {
-    match state.store.get(&bucket, &key, u64::MAX).await {
+    match state.store.get(&bucket, &key, u64::MAX, None).await {
         Ok((info, body)) => {
             let mut response = Response::new(Body::from(body));
             let headers = response.headers_mut();
@@ -259,13 +309,18 @@ async fn read_topic(
     }
 }
 
-/// Receives S3 event notifications (MinIO's webhook target) and queues each
-/// record on the configured topic before answering, so an acknowledged
-/// notification is never lost. The store retries what is not acknowledged.
+/// Receives S3 event notifications (MinIO's webhook target, or any body
+/// [`s3_events::decode`](crate::storage::s3_events::decode) reads) and
+/// queues the body on the configured topic before answering, so an
+/// acknowledged notification is never lost; the sender retries what is not
+/// acknowledged. The token is checked before the body is read. A body that
+/// is JSON but no notification runnel understands is queued too: the
+/// storage source dead-letters it with the reason, where `runnel dlq list`
+/// shows it.
 async fn s3_notification(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Response {
     let Some(webhook) = &state.s3_webhook else {
         return error(
@@ -276,49 +331,46 @@ async fn s3_notification(
     if let Some(token) = &webhook.auth_token {
         let given = headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        if given != Some(&format!("Bearer {token}")) {
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if !same_secret(given, format!("Bearer {token}").as_bytes()) {
             return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         }
     }
-    let notification: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(value) => value,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("malformed S3 event notification: {e}"),
-            );
-        }
+    let body = match read_body(&headers, body, state.max_body_size, "http.max_body_size").await {
+        Ok(body) => body,
+        Err(response) => return response,
     };
-    let records = notification["Records"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    for record in records {
-        let s3 = &record["s3"];
-        // The same notification delivered twice is queued once.
-        let producer_id = format!(
-            "{}/{}@{}/{}",
-            s3["bucket"]["name"].as_str().unwrap_or_default(),
-            s3["object"]["key"].as_str().unwrap_or_default(),
-            s3["object"]["eTag"].as_str().unwrap_or_default(),
-            s3["object"]["sequencer"].as_str().unwrap_or_default(),
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("malformed S3 event notification: {e}"),
         );
-        let message = crate::event::Message {
-            key: s3["object"]["key"].as_str().map(str::to_owned),
-            headers: Vec::new(),
-            payload: json!({ "Records": [record] }).to_string().into(),
-        };
-        if let Err(e) = state
-            .broker
-            .publish(&webhook.topic, Some(producer_id), message)
-            .await
-        {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("queueing the notification: {e}"),
-            );
-        }
+    }
+    // Ordered by the first object's key; the same body delivered twice is
+    // queued once.
+    let key = crate::storage::s3_events::decode(&body)
+        .ok()
+        .and_then(|events| events.into_iter().next())
+        .map(|created| created.key);
+    let producer_id = {
+        use sha2::{Digest, Sha256};
+        format!("s3-webhook:{}", hex::encode(Sha256::digest(&body)))
+    };
+    let message = crate::event::Message {
+        key,
+        headers: Vec::new(),
+        payload: body,
+    };
+    if let Err(e) = state
+        .broker
+        .publish(&webhook.topic, Some(producer_id), message)
+        .await
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("queueing the notification: {e}"),
+        );
     }
     StatusCode::NO_CONTENT.into_response()
 }

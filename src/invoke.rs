@@ -113,6 +113,7 @@ pub fn read_event(
             size: bytes.len() as u64,
             content_type: None,
             metadata: metadata.clone(),
+            version_id: None,
         }
         .into_event(Bytes::from(bytes)),
         None => Event {

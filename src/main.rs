@@ -30,11 +30,17 @@ struct Cli {
     /// Prebuilt components of crate functions (see functions.components_dir).
     #[arg(long, global = true, env = "RUNNEL_COMPONENTS_DIR")]
     components_dir: Option<PathBuf>,
-    /// Log format: text or json.
-    #[arg(long, global = true, env = "RUNNEL_LOG_FORMAT", default_value = "text")]
-    log_format: String,
+    /// Log format.
+    #[arg(long, global = true, env = "RUNNEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -102,7 +108,7 @@ fn parse_pair(text: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    init_logging(cli.log_format);
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
@@ -112,19 +118,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: &str) {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only for a terminal: a log file or journald gets plain text.
+    let colour = colours(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR"),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
-    if format == "json" {
+    if format == LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();
     }
+}
+
+/// Colours only for a terminal (a log file or journald gets plain text),
+/// and not when `NO_COLOR` is set to anything but the empty string
+/// (no-color.org).
+fn colours(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 fn print_diagnostics(diagnostics: &[Diagnostic]) {
@@ -273,5 +289,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_color_turns_colours_off_on_a_terminal() {
+        assert!(colours(true, None));
+        assert!(!colours(true, Some("1".into())));
+        assert!(colours(true, Some("".into())), "empty NO_COLOR is unset");
+        assert!(!colours(false, None));
     }
 }

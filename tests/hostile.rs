@@ -99,6 +99,9 @@ async fn hostile_events_are_dead_lettered_with_their_reason_and_runnel_keeps_ser
             br#"{"Event": "s3:TestEvent", "Bucket": "uploads"}"#.to_vec(),
             // A creation of an object that is not there.
             record("s3:ObjectCreated:Put", "missing.jpg"),
+            // JSON, but no notification runnel knows: dead-lettered, never
+            // deleted as if it had no work (it used to yield no events).
+            br#"{"hello": "world"}"#.to_vec(),
         ],
     )
     .await;
@@ -109,9 +112,9 @@ async fn hostile_events_are_dead_lettered_with_their_reason_and_runnel_keeps_ser
     )
     .await;
 
-    let records = eventually("six dead letters", WAIT, || async {
+    let records = eventually("seven dead letters", WAIT, || async {
         let records = dead_letters(&s3_client).await;
-        (records.len() >= 6).then_some(records)
+        (records.len() >= 7).then_some(records)
     })
     .await;
     let errors: Vec<(String, String)> = records
@@ -135,10 +138,15 @@ async fn hostile_events_are_dead_lettered_with_their_reason_and_runnel_keeps_ser
         "not JSON, not UTF-8, no s3 entity: {errors:#?}"
     );
     assert_eq!(count("image-upload", "missing.jpg"), 1, "{errors:#?}");
+    assert_eq!(
+        count("image-upload", "not an S3 event notification"),
+        1,
+        "{errors:#?}"
+    );
     assert_eq!(count("notify", ""), 2, "{errors:#?}");
     assert_eq!(
         errors.len(),
-        6,
+        7,
         "removals and test events are not errors: {errors:#?}"
     );
     for record in &records {
@@ -151,7 +159,7 @@ async fn hostile_events_are_dead_lettered_with_their_reason_and_runnel_keeps_ser
         .wait_for_metric(
             "runnel_dead_letters_total",
             &[("pipeline", "image-upload")],
-            4.0,
+            5.0,
         )
         .await;
     runnel
@@ -183,4 +191,77 @@ async fn hostile_events_are_dead_lettered_with_their_reason_and_runnel_keeps_ser
         .expect("thumbnail");
     let image = image::load_from_memory(&thumbnail).unwrap();
     assert_eq!((image.width(), image.height()), (128, 85));
+
+    // The envelopes AWS delivers: S3 → SNS → SQS without raw delivery (the
+    // record as text in an SNS notification), and EventBridge.
+    let upload = |key: &'static str, width: u32| {
+        let (client, photo) = (s3_client.clone(), photo_jpeg(width, 100));
+        async move {
+            let put = client
+                .put_object()
+                .bucket("uploads")
+                .key(key)
+                .body(photo.clone().into())
+                .send()
+                .await
+                .unwrap();
+            (
+                put.e_tag().unwrap().trim_matches('"').to_owned(),
+                photo.len(),
+            )
+        }
+    };
+    let (etag, size) = upload("sns.jpg", 300).await;
+    let inner = serde_json::json!({"Records": [{"eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": "uploads"}, "object": {"key": "sns.jpg", "size": size, "eTag": etag}}}]});
+    let sns = serde_json::json!({"Type": "Notification", "MessageId": "m1",
+        "TopicArn": "arn:aws:sns:us-east-1:123456789012:uploads", "Message": inner.to_string()});
+    let (etag, size) = upload("eventbridge.jpg", 400).await;
+    let eventbridge = serde_json::json!({"version": "0", "detail-type": "Object Created",
+        "source": "aws.s3", "detail": {"bucket": {"name": "uploads"},
+        "object": {"key": "eventbridge.jpg", "size": size, "etag": etag}}});
+    // Another bucket's notification on the same topic is not this source's.
+    let other = serde_json::json!({"Records": [{"eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": "elsewhere"}, "object": {"key": "x.jpg", "size": 1, "eTag": "e"}}}]});
+    // An object overwritten after its notification: the old version is not
+    // read under the old event's name; it is dead-lettered saying so.
+    let (first, size) = upload("over.jpg", 500).await;
+    upload("over.jpg", 600).await;
+    let stale = serde_json::json!({"Records": [{"eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": "uploads"}, "object": {"key": "over.jpg", "size": size, "eTag": first}}}]});
+    produce_raw(
+        &bootstrap,
+        "s3-events",
+        &[sns, eventbridge, other, stale].map(|v| v.to_string().into_bytes()),
+    )
+    .await;
+    eventually("both wrapped uploads notified", WAIT, || async {
+        (webhook.count() == 3).then_some(())
+    })
+    .await;
+    for (key, width) in [("sns-128.jpg", 128), ("eventbridge-128.jpg", 128)] {
+        let (_, thumbnail) = runnel.object("thumbnails", key).await.expect(key);
+        assert_eq!(image::load_from_memory(&thumbnail).unwrap().width(), width);
+    }
+    let records = eventually("the stale event's dead letter", WAIT, || async {
+        let records = dead_letters(&s3_client).await;
+        (records.len() >= 8).then_some(records)
+    })
+    .await;
+    let stale: Vec<_> = records
+        .iter()
+        .filter(|r| r["key"].as_str().unwrap_or_default().contains("over.jpg"))
+        .collect();
+    assert_eq!(stale.len(), 1, "{records:#?}");
+    let error = stale[0]["error"].as_str().unwrap();
+    assert!(error.contains("no longer the version"), "{error}");
+    assert!(
+        runnel.object("thumbnails", "over-512.jpg").await.is_none(),
+        "the newer bytes were not processed under the older event"
+    );
+    assert_eq!(
+        records.len(),
+        8,
+        "the other bucket's event was skipped: {records:#?}"
+    );
 }

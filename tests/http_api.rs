@@ -82,3 +82,33 @@ async fn refuses_oversized_uploads_and_escaping_keys() {
     );
     assert_eq!(raw_status(&runnel, "GET", "/healthz").await, 200);
 }
+
+/// `runnel_uploads_total` is labelled only with the buckets the pipelines
+/// name: uploads to any other bucket count as `other`, so clients cannot
+/// grow the metric's labels without bound.
+#[tokio::test(flavor = "multi_thread")]
+async fn upload_metrics_are_labelled_with_known_buckets_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let runnel = Runnel::start(dir.path(), &pipelines()[..1], &[], "").await;
+    for bucket in ["random-1", "random-2", "uploads"] {
+        let status = runnel
+            .upload(bucket, "x.bin", b"not an image".to_vec(), None)
+            .await
+            .status();
+        assert_eq!(status, 201, "{bucket}");
+    }
+    assert_eq!(
+        runnel
+            .metric("runnel_uploads_total", &[("bucket", "other")])
+            .await,
+        2.0
+    );
+    assert_eq!(
+        runnel
+            .metric("runnel_uploads_total", &[("bucket", "uploads")])
+            .await,
+        1.0
+    );
+    let metrics = runnel.metrics().await;
+    assert!(!metrics.contains("random-"), "{metrics}");
+}

@@ -379,4 +379,60 @@ async fn events_from_the_s3_webhook_endpoint() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+
+    // Limits before work: a request declaring a 10 GB body is answered at
+    // once, before any of it is sent — 401 without the token (the token is
+    // checked before the body is read), 413 with it — and so is one whose
+    // streamed body passes the limit without declaring its length.
+    for (auth, status) in [("", "401"), ("authorization: Bearer sesame\r\n", "413")] {
+        let request = format!(
+            "POST /v1/events/s3 HTTP/1.1\r\nhost: x\r\n{auth}content-length: 10000000000\r\nconnection: close\r\n\r\n"
+        );
+        let response = raw_response(runnel.addr, request.as_bytes()).await;
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status}")),
+            "{auth:?}: {response}"
+        );
+    }
+    let mut chunked = b"POST /v1/events/s3 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer sesame\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_vec();
+    for _ in 0..3 {
+        // Three chunks of 512 KiB: over the 1 MiB default of http.max_body_size.
+        chunked.extend_from_slice(b"80000\r\n");
+        chunked.extend(std::iter::repeat_n(b' ', 512 << 10));
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let response = raw_response(runnel.addr, &chunked).await;
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.contains("1MiB (http.max_body_size)"), "{response}");
+}
+
+/// Writes `request` (as much of it as the server takes) while reading the
+/// response, and returns the response, within 10 s.
+async fn raw_response(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let request = request.to_vec();
+    // The server may answer and close before taking the whole body: read
+    // at once, so the answer is in hand before the close resets the socket.
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(&request).await;
+        write
+    });
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let read_all = async {
+        while let Ok(n) = read.read(&mut buffer).await {
+            if n == 0 {
+                break;
+            }
+            response.extend_from_slice(&buffer[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read_all)
+        .await
+        .expect("answered within 10 s");
+    writer.abort();
+    String::from_utf8_lossy(&response).into_owned()
 }

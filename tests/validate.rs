@@ -87,3 +87,28 @@ fn broken_runtime_config_reports_every_problem_with_its_location() {
         .expect("runnel.expected exists; run with RUNNEL_BLESS=1 and review it");
     assert_eq!(stderr, expected);
 }
+
+/// A misspelt `--log-format` is refused, naming the values it takes,
+/// instead of silently logging text.
+#[test]
+fn an_unknown_log_format_is_refused() {
+    for (how, value) in [("flag", "jsn"), ("env", "jsn")] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_runnel"));
+        match how {
+            "flag" => command.args(["--log-format", value]),
+            _ => command.env("RUNNEL_LOG_FORMAT", value),
+        };
+        let output = command
+            .args(["validate", "pipelines"])
+            .current_dir(harness::repo())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{how}: {stderr}");
+        assert!(
+            stderr.contains("invalid value 'jsn'")
+                && stderr.contains("[possible values: text, json]"),
+            "{how}: {stderr}"
+        );
+    }
+}

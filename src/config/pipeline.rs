@@ -31,6 +31,25 @@ pub struct PipelineConfig {
     pub retry: RetryConfig,
 }
 
+impl PipelineConfig {
+    /// The buckets this pipeline reads or writes.
+    pub fn buckets(&self) -> Vec<String> {
+        let source = match &self.source {
+            SourceConfig::Storage(s) => Some(s.bucket.clone()),
+            SourceConfig::Topic(_) => None,
+        };
+        let sinks = self
+            .sinks
+            .values()
+            .chain([&self.dead_letter])
+            .filter_map(|sink| match sink {
+                SinkConfig::Storage(s) => Some(s.bucket.clone()),
+                _ => None,
+            });
+        source.into_iter().chain(sinks).collect()
+    }
+}
+
 /// Names of pipelines and sinks: they appear in metrics labels and logs.
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()

@@ -44,6 +44,9 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Largest accepted upload (default 64 MiB); larger ones get 413.
     pub max_upload_size: u64,
+    /// Largest body of every other request (default 1 MiB): S3
+    /// notifications by webhook. Larger ones get 413 before they are read.
+    pub max_body_size: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -112,6 +115,7 @@ impl RuntimeConfig {
             http: HttpConfig {
                 listen: "127.0.0.1:8080".parse().expect("valid address"),
                 max_upload_size: 64 << 20,
+                max_body_size: 1 << 20,
             },
             storage: StorageConfig::Local {
                 root: data_dir.join("storage"),
@@ -193,6 +197,9 @@ fn read(root: Table<'_, '_>, file: &Path, data_dir: Option<&Path>) -> RuntimeCon
         }
         if let Some(size) = t.size("max_upload_size") {
             config.http.max_upload_size = size;
+        }
+        if let Some(size) = t.size("max_body_size") {
+            config.http.max_body_size = size;
         }
         t.finish();
     }

@@ -22,7 +22,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ));
         }
     };
-    Ok(Duration::from_secs_f64(number * scale))
+    Duration::try_from_secs_f64(number * scale)
+        .map_err(|_| format!("duration {text:?} is too long; use at most 100 years"))
+        .and_then(|d| {
+            // Far past any limit runnel has, and safe to add to an `Instant`.
+            if d > Duration::from_secs(100 * 365 * 86400) {
+                Err(format!(
+                    "duration {text:?} is too long; use at most 100 years"
+                ))
+            } else {
+                Ok(d)
+            }
+        })
 }
 
 pub fn parse_size(text: &str) -> Result<u64, String> {
@@ -41,7 +52,12 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             ));
         }
     };
-    Ok((number * scale as f64) as u64)
+    let bytes = number * scale as f64;
+    // `as u64` would saturate silently.
+    if bytes >= u64::MAX as f64 {
+        return Err(format!("size {text:?} is too large"));
+    }
+    Ok(bytes as u64)
 }
 
 fn split_number(text: &str) -> Result<(f64, &str), String> {
@@ -84,5 +100,25 @@ mod tests {
         assert_eq!(parse_size("1 GB").unwrap(), 1_000_000_000);
         assert_eq!(parse_size("512").unwrap(), 512);
         assert!(parse_size("12 parsecs").is_err());
+    }
+
+    /// Numbers too large for a `Duration` or a byte count are reported,
+    /// not a panic (found by hand: `timeout = "300000000000000d"`).
+    #[test]
+    fn overflowing_numbers_are_errors() {
+        let e = parse_duration("300000000000000d").unwrap_err();
+        assert!(e.contains("too long"), "{e}");
+        assert!(parse_duration("101000000000000000000000000000000000000s").is_err());
+        assert!(parse_duration("36600000d").is_err());
+        assert_eq!(
+            parse_duration("36500d").unwrap(),
+            Duration::from_secs(36500 * 86400)
+        );
+        assert!(parse_size("1e30GiB").is_err());
+        assert!(
+            parse_size("99999999999999999999GiB")
+                .unwrap_err()
+                .contains("too large")
+        );
     }
 }

@@ -3,6 +3,12 @@
 //! which is a no-op (a fraction of a second) when nothing changed, and the
 //! component's path is taken from cargo's own artifact messages rather than
 //! guessed from target-dir conventions.
+//!
+//! A toolchain that rustup did not install from `rust-toolchain.toml`
+//! (one the machine image provides under that version) lacks the targets the
+//! file lists, since rustup adds them only when it installs the toolchain.
+//! So before building, the sysroot is checked for `wasm32-wasip2`, and
+//! rustup adds it when it is there; without rustup the error says what to do.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -23,6 +29,14 @@ pub enum BuildError {
     Failed { crate_dir: String, status: String },
     #[error("cargo built {crate_dir} but produced no .wasm component (is it a `cdylib` crate?)")]
     NoComponent { crate_dir: String },
+    #[error(
+        "the Rust toolchain at {sysroot} has no {TARGET} target, needed to build {crate_dir}: {reason}"
+    )]
+    MissingTarget {
+        crate_dir: String,
+        sysroot: String,
+        reason: String,
+    },
 }
 
 /// Builds the crate in `crate_dir` (release, `wasm32-wasip2`) and returns
@@ -38,6 +52,7 @@ pub fn build_crate(crate_dir: &Path) -> Result<PathBuf, BuildError> {
         })?;
     let manifest = crate_dir.join("Cargo.toml");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    ensure_target(crate_dir, Path::new(&cargo), &display)?;
     let mut child = Command::new(cargo)
         .args([
             "build",
@@ -75,6 +90,91 @@ pub fn build_crate(crate_dir: &Path) -> Result<PathBuf, BuildError> {
         });
     }
     component.ok_or(BuildError::NoComponent { crate_dir: display })
+}
+
+/// Makes sure the toolchain cargo builds `crate_dir` with has the
+/// `wasm32-wasip2` standard library, adding it with rustup when it is
+/// missing. The toolchain is the one `rustc` resolves to in the crate's
+/// directory (its `rust-toolchain.toml`, `RUSTUP_TOOLCHAIN`), as for cargo.
+fn ensure_target(crate_dir: &Path, cargo: &Path, display: &str) -> Result<(), BuildError> {
+    let rustc = rustc_beside(cargo);
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .current_dir(crate_dir)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|source| BuildError::Spawn {
+            crate_dir: display.to_owned(),
+            source,
+        })?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    let has_target = |sysroot: &Path| {
+        sysroot
+            .join("lib/rustlib")
+            .join(TARGET)
+            .join("lib")
+            .is_dir()
+    };
+    if sysroot.as_os_str().is_empty() || has_target(&sysroot) {
+        // An unreadable sysroot is left to cargo, whose error says more.
+        return Ok(());
+    }
+    let missing = |reason: String| BuildError::MissingTarget {
+        crate_dir: display.to_owned(),
+        sysroot: sysroot.display().to_string(),
+        reason,
+    };
+    let Some(rustup) = find_on_path("rustup") else {
+        return Err(missing(format!(
+            "rustup is not on PATH to add it; install the target with your toolchain's installer (with rustup: `rustup target add {TARGET}`)"
+        )));
+    };
+    // rustup names a toolchain by its directory under `toolchains/`.
+    let toolchain = sysroot
+        .parent()
+        .filter(|dir| dir.file_name().is_some_and(|n| n == "toolchains"))
+        .and_then(|_| sysroot.file_name())
+        .map(|name| name.to_string_lossy().into_owned());
+    eprintln!(
+        "runnel: the Rust toolchain at {} has no {TARGET} target; adding it with rustup (once, about 30 MB)",
+        sysroot.display()
+    );
+    let mut add = Command::new(&rustup);
+    add.args(["target", "add", TARGET]).current_dir(crate_dir);
+    if let Some(toolchain) = &toolchain {
+        add.args(["--toolchain", toolchain]);
+    }
+    let status = add.status().map_err(|source| BuildError::Spawn {
+        crate_dir: display.to_owned(),
+        source,
+    })?;
+    if !status.success() || !has_target(&sysroot) {
+        return Err(missing(format!(
+            "`rustup target add {TARGET}` failed ({status}); its messages are above"
+        )));
+    }
+    Ok(())
+}
+
+/// The `rustc` of the toolchain `cargo` belongs to: beside it when `cargo`
+/// is a toolchain's own binary (as `CARGO` is under `cargo run`), else the
+/// one on PATH (a rustup proxy resolves the same toolchain cargo does).
+fn rustc_beside(cargo: &Path) -> PathBuf {
+    if let Ok(rustc) = std::env::var("RUSTC") {
+        return rustc.into();
+    }
+    let beside = cargo.with_file_name("rustc");
+    if cargo.components().count() > 1 && beside.is_file() {
+        beside
+    } else {
+        PathBuf::from("rustc")
+    }
+}
+
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
 }
 
 /// The `.wasm` file of a `compiler-artifact` message for our package.

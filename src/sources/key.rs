@@ -267,6 +267,7 @@ mod tests {
             size: 5,
             content_type: None,
             metadata: [("user".to_owned(), "ann".to_owned())].into(),
+            version_id: None,
         };
         let e = KeyExpression::parse("{bucket}/{key}@{etag}#{meta.User}", Kind::Storage).unwrap();
         assert_eq!(e.for_object(&object).unwrap(), "uploads/a.jpg@e1#ann");

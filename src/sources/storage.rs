@@ -7,7 +7,7 @@ use super::key::{KeyExpression, Kind};
 use super::{Delivery, LoadError, Loader, Pending, Source, SourceKind};
 use crate::config::reader::Table;
 use crate::event::{Event, ObjectCreated, Position};
-use crate::storage::{ObjectStore, StorageError, validate_bucket};
+use crate::storage::{ObjectStore, StorageError, Version, validate_bucket};
 
 #[derive(Clone, Debug)]
 pub struct StorageSourceConfig {
@@ -51,7 +51,13 @@ impl StorageSourceConfig {
         })
     }
 
-    fn wants(&self, key: &str) -> bool {
+    /// Whether an event is this source's: its bucket (a topic or queue of
+    /// notifications may carry several buckets'), under its filters.
+    fn wants(&self, created: &ObjectCreated) -> bool {
+        let key = &created.key;
+        if created.bucket != self.bucket {
+            return false;
+        }
         let prefix_ok = self.prefix.as_deref().is_none_or(|p| key.starts_with(p));
         let lower = key.to_ascii_lowercase();
         let suffix_ok =
@@ -103,7 +109,7 @@ impl StorageSource {
         let mut skipped = Vec::new();
         for item in self.feed.poll(max).await? {
             match item.item {
-                Ok(created) if !self.config.wants(&created.key) => skipped.push(item.position),
+                Ok(created) if !self.config.wants(&created) => skipped.push(item.position),
                 Ok(created) => {
                     let key = match &self.config.idempotency_key {
                         Some(expression) => expression.for_object(&created),
@@ -143,7 +149,12 @@ impl ObjectLoader {
     pub(super) async fn load(&self, created: &ObjectCreated) -> Result<Event, LoadError> {
         match self
             .store
-            .get(&created.bucket, &created.key, self.max_object_size)
+            .get(
+                &created.bucket,
+                &created.key,
+                self.max_object_size,
+                Some(Version::of(created)),
+            )
             .await
         {
             // The notification's etag names the version the event is about.

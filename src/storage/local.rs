@@ -16,7 +16,7 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use rusqlite::{OptionalExtension, params};
 
-use super::{NewObject, ObjectStore, StorageError, validate_bucket, validate_key};
+use super::{NewObject, ObjectStore, StorageError, Version, validate_bucket, validate_key};
 use crate::event::{Message, ObjectCreated};
 use crate::journal::{Journal, JournalError};
 use crate::sources::feed::{Feed, JournalFeed};
@@ -83,7 +83,12 @@ impl LocalStorage {
 fn write_file(root: &Path, path: &Path, body: &[u8]) -> Result<(), StorageError> {
     let dir = path.parent().expect("object paths have a bucket directory");
     std::fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, e))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(root.join(".runnel").join("tmp"))
+    // Readable by others as any file a program creates (0666 less the
+    // umask: 0644 usually), so a web server or another user can serve the
+    // thumbnails directory. tempfile's own default is 0600.
+    let mut tmp = tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .tempfile_in(root.join(".runnel").join("tmp"))
         .map_err(|e| io_error("creating a temporary file in", root, e))?;
     tmp.write_all(body)
         .and_then(|_| tmp.as_file().sync_all())
@@ -130,6 +135,7 @@ impl ObjectStore for LocalStorage {
                 .into_iter()
                 .map(|(k, v)| (k.to_ascii_lowercase(), v))
                 .collect(),
+            version_id: None,
         };
 
         let record = created.clone();
@@ -167,6 +173,7 @@ impl ObjectStore for LocalStorage {
         bucket: &str,
         key: &str,
         max_size: u64,
+        version: Option<Version<'_>>,
     ) -> Result<(ObjectCreated, Bytes), StorageError> {
         let path = self.path_of(bucket, key)?;
         let (b, k) = (bucket.to_owned(), key.to_owned());
@@ -194,6 +201,16 @@ impl ObjectStore for LocalStorage {
             key: key.to_owned(),
         };
         let (etag, size, content_type, metadata) = row.ok_or_else(not_found)?;
+        let changed = |etag: &str| StorageError::Changed {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            etag: etag.to_owned(),
+        };
+        if let Some(version) = version
+            && version.etag != etag
+        {
+            return Err(changed(version.etag));
+        }
         let size = size as u64;
         if size > max_size {
             return Err(StorageError::TooLarge {
@@ -203,10 +220,35 @@ impl ObjectStore for LocalStorage {
                 limit: max_size,
             });
         }
-        let body = match tokio::fs::read(&path).await {
-            Ok(body) => Bytes::from(body),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
-            Err(e) => return Err(io_error("reading", &path, e)),
+        // A write renames its file into place before it commits the new
+        // row, so the file read may be newer than the row: a read for an
+        // event checks the bytes' MD5 against the version it names (on the
+        // blocking thread that reads them, as `put` hashes).
+        let verify = version.is_some();
+        let read = tokio::task::spawn_blocking(move || {
+            std::fs::read(&path).map(|body| {
+                let md5 = verify.then(|| hex::encode(Md5::digest(&body)));
+                (body, md5, path)
+            })
+        })
+        .await
+        .expect("read task panicked");
+        let body = match read {
+            Ok((body, md5, _)) => {
+                if let (Some(version), Some(md5)) = (version, md5)
+                    && md5 != version.etag
+                {
+                    return Err(changed(version.etag));
+                }
+                Bytes::from(body)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(match version {
+                    Some(version) => changed(version.etag),
+                    None => not_found(),
+                });
+            }
+            Err(e) => return Err(io_error("reading", &self.root.join(bucket).join(key), e)),
         };
         let metadata: BTreeMap<String, String> =
             serde_json::from_str(&metadata).unwrap_or_default();
@@ -217,6 +259,7 @@ impl ObjectStore for LocalStorage {
             size: body.len() as u64,
             content_type,
             metadata,
+            version_id: None,
         };
         Ok((info, body))
     }
@@ -275,5 +318,83 @@ impl ObjectStore for LocalStorage {
             serde_json::from_slice::<ObjectCreated>(&message.payload)
                 .map_err(|e| format!("malformed object notification: {e}"))
         })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    /// The process's umask, as /proc shows it.
+    fn umask() -> u32 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let value = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .expect("Umask in /proc/self/status");
+        u32::from_str_radix(value.trim(), 8).unwrap()
+    }
+
+    /// A read for an event returns the version the event names, or says
+    /// it is gone; a plain read returns the newest.
+    #[tokio::test]
+    async fn a_read_for_an_event_is_of_the_version_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStorage::open(dir.path(), Durability::Normal)
+            .await
+            .unwrap();
+        let put = |body: &'static [u8]| NewObject {
+            body: Bytes::from_static(body),
+            ..Default::default()
+        };
+        let first = store.put("uploads", "a.jpg", put(b"one")).await.unwrap();
+        let (_, body) = store
+            .get("uploads", "a.jpg", 100, Some(Version::of(&first)))
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"one");
+        let second = store.put("uploads", "a.jpg", put(b"two")).await.unwrap();
+        let error = store
+            .get("uploads", "a.jpg", 100, Some(Version::of(&first)))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StorageError::Changed { .. }), "{error}");
+        assert!(!error.retryable());
+        let (_, body) = store
+            .get("uploads", "a.jpg", 100, Some(Version::of(&second)))
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"two");
+
+        // The file replaced before its row commits (a write in progress).
+        std::fs::write(dir.path().join("uploads/a.jpg"), b"three").unwrap();
+        let error = store
+            .get("uploads", "a.jpg", 100, Some(Version::of(&second)))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StorageError::Changed { .. }), "{error}");
+        let (_, body) = store.get("uploads", "a.jpg", 100, None).await.unwrap();
+        assert_eq!(&body[..], b"three");
+    }
+
+    /// Objects are files others may read (0666 less the umask), not 0600.
+    #[tokio::test]
+    async fn objects_are_created_readable_under_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStorage::open(dir.path(), Durability::Normal)
+            .await
+            .unwrap();
+        let object = NewObject {
+            body: Bytes::from_static(b"abc"),
+            ..Default::default()
+        };
+        store.put("thumbnails", "a/b.jpg", object).await.unwrap();
+        let mode = std::fs::metadata(dir.path().join("thumbnails/a/b.jpg"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o666 & !umask(), "mode {mode:o}");
     }
 }

@@ -34,6 +34,24 @@ pub struct NewObject {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// Which version of an object a read must return: the one an event names.
+#[derive(Clone, Copy, Debug)]
+pub struct Version<'a> {
+    /// The object's ETag (MD5 hex for single-part uploads), unquoted.
+    pub etag: &'a str,
+    /// The S3 version id, where the bucket keeps versions.
+    pub version_id: Option<&'a str>,
+}
+
+impl<'a> Version<'a> {
+    pub fn of(object: &'a ObjectCreated) -> Self {
+        Self {
+            etag: &object.etag,
+            version_id: object.version_id.as_deref(),
+        }
+    }
+}
+
 /// Errors say whether trying again can help.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -51,6 +69,14 @@ pub enum StorageError {
         key: String,
         size: u64,
         limit: u64,
+    },
+    #[error(
+        "object {bucket}/{key} is no longer the version the event names (etag {etag}): it was overwritten or removed after its notification"
+    )]
+    Changed {
+        bucket: String,
+        key: String,
+        etag: String,
     },
     #[error("storage unavailable: {0}")]
     Unavailable(String),
@@ -79,12 +105,14 @@ pub trait ObjectStore: Send + Sync {
     ) -> Result<ObjectCreated, StorageError>;
 
     /// Reads an object, refusing objects larger than `max_size` bytes
-    /// before reading them.
+    /// before reading them. With `version`, exactly that version or
+    /// [`StorageError::Changed`]: never other bytes under its name.
     async fn get(
         &self,
         bucket: &str,
         key: &str,
         max_size: u64,
+        version: Option<Version<'_>>,
     ) -> Result<(ObjectCreated, Bytes), StorageError>;
 
     /// Keys in `bucket` starting with `prefix`, in key order (at most `limit`).

@@ -20,7 +20,9 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 
-use super::{NewObject, ObjectStore, StorageError, s3_events, validate_bucket, validate_key};
+use super::{
+    NewObject, ObjectStore, StorageError, Version, s3_events, validate_bucket, validate_key,
+};
 use crate::broker::Broker;
 use crate::event::{Consumed, ObjectCreated, Position};
 use crate::sources::feed::{Commit, Feed, FeedError, Item};
@@ -318,6 +320,7 @@ impl ObjectStore for S3Storage {
             size: object.body.len() as u64,
             content_type: object.content_type,
             metadata: object.metadata,
+            version_id: None,
         })
     }
 
@@ -326,17 +329,32 @@ impl ObjectStore for S3Storage {
         bucket: &str,
         key: &str,
         max_size: u64,
+        version: Option<Version<'_>>,
     ) -> Result<(ObjectCreated, Bytes), StorageError> {
         validate_bucket(bucket)?;
         validate_key(key)?;
-        let output = self
-            .s3
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| classify(bucket, key, &format!("reading {bucket}/{key}"), e))?;
+        // The version the event names: by version id where the bucket keeps
+        // versions (readable after an overwrite), and by ETag always, so an
+        // overwritten object is refused (412) rather than read.
+        let mut request = self.s3.get_object().bucket(bucket).key(key);
+        if let Some(version) = version {
+            request = request.set_version_id(version.version_id.map(str::to_owned));
+            if !version.etag.is_empty() {
+                request = request.if_match(format!("\"{}\"", version.etag));
+            }
+        }
+        let output = request.send().await.map_err(|e| {
+            let precondition_failed =
+                matches!(&e, SdkError::ServiceError(s) if s.raw().status().as_u16() == 412);
+            match version {
+                Some(version) if precondition_failed => StorageError::Changed {
+                    bucket: bucket.to_owned(),
+                    key: key.to_owned(),
+                    etag: version.etag.to_owned(),
+                },
+                _ => classify(bucket, key, &format!("reading {bucket}/{key}"), e),
+            }
+        })?;
         let size = output.content_length().unwrap_or(0).max(0) as u64;
         if size > max_size {
             return Err(StorageError::TooLarge {
@@ -364,6 +382,7 @@ impl ObjectStore for S3Storage {
                         .collect()
                 })
                 .unwrap_or_default(),
+            version_id: output.version_id().map(str::to_owned),
         };
         let body = output
             .body
@@ -601,8 +620,10 @@ impl Commit for SqsCommit {
     }
 }
 
-/// S3 notifications on a broker topic: one record per message, as MinIO
-/// and RustFS send them.
+/// S3 notifications on a broker topic, in any shape [`s3_events::decode`]
+/// reads: MinIO and RustFS send one record per message; an envelope or a
+/// webhook body may hold several, which share the message's position (it
+/// is committed once all of them are finished).
 struct TopicEvents {
     feed: Box<dyn Feed<Consumed>>,
 }
@@ -616,21 +637,18 @@ impl Feed<ObjectCreated> for TopicEvents {
                 let decoded = item
                     .item
                     .and_then(|consumed| s3_events::decode(&consumed.message.payload));
-                let record = match decoded {
+                match decoded {
                     // Removals and test events carry no work; skipping an
                     // offset is safe because commits only cover what follows.
-                    Ok(records) if records.is_empty() => continue,
-                    Ok(mut records) if records.len() == 1 => Ok(records.remove(0)),
-                    Ok(records) => Err(format!(
-                        "S3 notification with {} records; runnel expects one per message",
-                        records.len()
-                    )),
-                    Err(reason) => Err(reason),
-                };
-                out.push(Item {
-                    position: item.position,
-                    item: record,
-                });
+                    Ok(records) => out.extend(records.into_iter().map(|record| Item {
+                        position: item.position,
+                        item: Ok(record),
+                    })),
+                    Err(reason) => out.push(Item {
+                        position: item.position,
+                        item: Err(reason),
+                    }),
+                }
             }
             if !out.is_empty() {
                 return Ok(out);

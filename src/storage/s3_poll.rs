@@ -151,6 +151,7 @@ impl Feed<ObjectCreated> for PollFeed {
                         size,
                         content_type: None,
                         metadata: BTreeMap::new(),
+                        version_id: None,
                     }),
                 });
                 if items.len() >= max {
