@@ -151,7 +151,18 @@ impl RuntimeConfig {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, Vec<Diagnostic>> {
         let text = reader::read_text(file)?;
-        let doc = Document::new(file, &text, env);
+        Self::parse(file, &text, data_dir, env)
+    }
+
+    /// Reads a runtime config from its text (`file` names it in
+    /// diagnostics and anchors relative paths).
+    pub fn parse(
+        file: &Path,
+        text: &str,
+        data_dir: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, Vec<Diagnostic>> {
+        let doc = Document::new(file, text, env);
         let root = doc.parse();
         let config = read(doc.root(&root), file, data_dir);
         let diagnostics = doc.into_diagnostics();
