@@ -225,16 +225,17 @@ impl ObjectStore for LocalStorage {
         // event checks the bytes' MD5 against the version it names (on the
         // blocking thread that reads them, as `put` hashes).
         let verify = version.is_some();
+        let file = path.clone();
         let read = tokio::task::spawn_blocking(move || {
-            std::fs::read(&path).map(|body| {
+            std::fs::read(&file).map(|body| {
                 let md5 = verify.then(|| hex::encode(Md5::digest(&body)));
-                (body, md5, path)
+                (body, md5)
             })
         })
         .await
         .expect("read task panicked");
         let body = match read {
-            Ok((body, md5, _)) => {
+            Ok((body, md5)) => {
                 if let (Some(version), Some(md5)) = (version, md5)
                     && md5 != version.etag
                 {
@@ -248,7 +249,7 @@ impl ObjectStore for LocalStorage {
                     None => not_found(),
                 });
             }
-            Err(e) => return Err(io_error("reading", &self.root.join(bucket).join(key), e)),
+            Err(e) => return Err(io_error("reading", &path, e)),
         };
         let metadata: BTreeMap<String, String> =
             serde_json::from_str(&metadata).unwrap_or_default();
