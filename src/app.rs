@@ -1,11 +1,14 @@
 //! The running process: backends, functions, pipelines, HTTP, shutdown.
 //!
-//! `runnel up` opens the backends the runtime config names, builds and
-//! loads every pipeline's function (all before serving anything, so a
-//! broken function fails the start, not the first event), starts each
-//! pipeline and the HTTP API, and on SIGINT/SIGTERM stops taking events,
-//! lets those in flight finish within the grace period, and exits. A second
-//! signal exits at once.
+//! `runnel up` binds its listener, builds and loads every pipeline's
+//! function (all before serving anything, so a broken function fails the
+//! start, not the first event), then runs a [`Process`]: opens the backends
+//! the runtime config names, starts each pipeline's trigger and the HTTP
+//! API, and on SIGINT/SIGTERM stops taking events, lets those in flight
+//! finish within the grace period, and exits. A second signal exits at
+//! once. [`Process::run`] takes its listener and shutdown signal from the
+//! caller, so tests run the whole process in theirs, with functions of
+//! their own.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, EmbeddedBroker};
@@ -20,10 +24,12 @@ use crate::config::pipeline::PipelineConfig;
 use crate::config::runtime::{
     BrokerConfig, FunctionsConfig, IdempotencyConfig, RuntimeConfig, StorageConfig,
 };
+use crate::engine::{Handler, feed_driver};
 use crate::http::{ApiState, router};
 use crate::idempotency::{EmbeddedIdempotency, IdempotencyStore};
-use crate::pipeline::Pipeline;
-use crate::runtime::{Function, FunctionConfig, FunctionLocation, Runtime, RuntimeSettings, build};
+use crate::runtime::{
+    Function, FunctionConfig, FunctionLocation, Invoke, Runtime, RuntimeSettings, build,
+};
 use crate::sinks::Backends;
 use crate::storage::{LocalStorage, ObjectStore};
 
@@ -202,10 +208,13 @@ pub fn load_functions(
     Ok((runtime, functions))
 }
 
-/// `runnel up`: runs until a signal.
+/// `runnel up`: binds `http.listen`, loads the functions and runs until a
+/// signal.
 pub async fn up(config: RuntimeConfig, pipelines: Vec<PipelineConfig>) -> anyhow::Result<()> {
     let metrics = crate::metrics::install()?;
-    let opened = open_backends(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("listening on {} (http.listen)", config.http.listen))?;
     let (runtime, functions) = {
         let (config, pipelines) = (config.clone(), pipelines.clone());
         tokio::task::spawn_blocking(move || load_functions(&config, &pipelines)).await??
@@ -215,101 +224,151 @@ pub async fn up(config: RuntimeConfig, pipelines: Vec<PipelineConfig>) -> anyhow
         functions = functions.len(),
         "runtime ready"
     );
-
     let shutdown = CancellationToken::new();
-    let health = crate::health::Health::start(
-        crate::health::Backends {
-            store: opened.backends.store.clone(),
-            broker: opened.backends.broker.clone(),
-            idempotency: opened.idempotency.clone(),
-        },
-        shutdown.clone(),
-    )
-    .await;
-    if !health.is_healthy() {
-        tracing::warn!(checks = ?health.report(), "starting with backends unavailable; events wait for them");
-    }
-    let mut running = tokio::task::JoinSet::new();
-    for (config_p, function) in pipelines.iter().zip(functions) {
-        let source = config_p
-            .source
-            .open(
-                &config_p.name,
-                opened.backends.store.clone(),
-                opened.backends.broker.clone(),
-            )
-            .await
-            .with_context(|| format!("pipeline {}: opening its source", config_p.name))?;
-        let pipeline = Pipeline::new(
-            config_p,
-            function,
-            &opened.backends,
-            opened.idempotency.clone(),
-            health.clone(),
-        )
-        .with_context(|| {
-            format!(
-                "pipeline {}: starting its invocation threads",
-                config_p.name
-            )
-        })?;
-        running.spawn(pipeline.run(source, shutdown.clone(), config.shutdown_grace));
-    }
-    if let Some(broker) = opened.embedded_broker.clone() {
-        let (retention, stop) = (opened.retention, shutdown.clone());
-        tokio::spawn(async move {
-            loop {
-                if let Some(cutoff) = SystemTime::now().checked_sub(retention) {
-                    match broker.journal().prune(cutoff).await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(deleted = n, "pruned messages past retention"),
-                        Err(error) => tracing::warn!(%error, "pruning the broker failed"),
-                    }
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-                }
-            }
-        });
-    }
-
-    let listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .with_context(|| format!("listening on {} (http.listen)", config.http.listen))?;
-    let state = ApiState {
-        store: opened.backends.store.clone(),
-        broker: opened.backends.broker.clone(),
-        metrics,
-        max_upload_size: config.http.max_upload_size,
-        max_body_size: config.http.max_body_size,
-        known_buckets: Arc::new(pipelines.iter().flat_map(PipelineConfig::buckets).collect()),
-        s3_webhook: s3_webhook(&config.storage),
-        health,
-    };
-    tracing::info!(listen = %listener.local_addr()?, pipelines = pipelines.len(), "runnel is up");
-    let server = {
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, router(state))
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        })
-    };
-
-    wait_for_signal().await;
-    tracing::info!("stopping: finishing events in flight (a second signal exits at once)");
-    shutdown.cancel();
-    tokio::spawn(async {
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stopping: finishing events in flight (a second signal exits at once)");
+        stop.cancel();
         wait_for_signal().await;
         tracing::warn!("second signal: exiting now");
         std::process::exit(130);
     });
-    while running.join_next().await.is_some() {}
-    let _ = server.await;
+    let functions = functions
+        .into_iter()
+        .map(|f| f as Arc<dyn Invoke>)
+        .collect();
+    let process = Process {
+        config,
+        pipelines,
+        functions,
+        metrics,
+    };
+    process.run(listener, shutdown).await?;
     drop(runtime);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What `runnel up` runs, assembled: the configs and a loaded function per
+/// pipeline (in the order of `pipelines`).
+pub struct Process {
+    pub config: RuntimeConfig,
+    pub pipelines: Vec<PipelineConfig>,
+    pub functions: Vec<Arc<dyn Invoke>>,
+    pub metrics: PrometheusHandle,
+}
+
+impl Process {
+    /// Opens the backends, starts every pipeline's trigger and serves the
+    /// HTTP API on `listener` until `shutdown` is cancelled; then stops
+    /// taking events and lets those in flight finish within
+    /// `shutdown_grace`. Taking the listener and the signal from the caller
+    /// lets tests run the whole process in theirs.
+    pub async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let Process {
+            config,
+            pipelines,
+            functions,
+            metrics,
+        } = self;
+        anyhow::ensure!(
+            functions.len() == pipelines.len(),
+            "one function per pipeline"
+        );
+        let opened = open_backends(&config).await?;
+        let health = crate::health::Health::start(
+            crate::health::Backends {
+                store: opened.backends.store.clone(),
+                broker: opened.backends.broker.clone(),
+                idempotency: opened.idempotency.clone(),
+            },
+            shutdown.clone(),
+        )
+        .await;
+        if !health.is_healthy() {
+            tracing::warn!(checks = ?health.report(), "starting with backends unavailable; events wait for them");
+        }
+        let mut running = tokio::task::JoinSet::new();
+        for (pipeline, function) in pipelines.iter().zip(functions) {
+            let trigger = pipeline
+                .source
+                .open(
+                    &pipeline.name,
+                    opened.backends.store.clone(),
+                    opened.backends.broker.clone(),
+                )
+                .await
+                .with_context(|| format!("pipeline {}: opening its source", pipeline.name))?;
+            let handler = Handler::new(
+                pipeline,
+                function,
+                &opened.backends,
+                opened.idempotency.clone(),
+                health.clone(),
+            )
+            .with_context(|| {
+                format!(
+                    "pipeline {}: starting its invocation threads",
+                    pipeline.name
+                )
+            })?;
+            running.spawn(feed_driver::run(
+                Arc::new(handler),
+                trigger,
+                shutdown.clone(),
+                config.shutdown_grace,
+            ));
+        }
+        if let Some(broker) = opened.embedded_broker.clone() {
+            tokio::spawn(prune(broker, opened.retention, shutdown.clone()));
+        }
+
+        let state = ApiState {
+            store: opened.backends.store.clone(),
+            broker: opened.backends.broker.clone(),
+            metrics,
+            max_upload_size: config.http.max_upload_size,
+            max_body_size: config.http.max_body_size,
+            known_buckets: Arc::new(pipelines.iter().flat_map(PipelineConfig::buckets).collect()),
+            s3_webhook: s3_webhook(&config.storage),
+            health,
+        };
+        tracing::info!(listen = %listener.local_addr()?, pipelines = pipelines.len(), "runnel is up");
+        let server = {
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, router(state))
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            })
+        };
+        shutdown.cancelled().await;
+        while running.join_next().await.is_some() {}
+        let _ = server.await;
+        Ok(())
+    }
+}
+
+/// Deletes the embedded broker's messages past `retention`, hourly.
+async fn prune(broker: Arc<EmbeddedBroker>, retention: Duration, stop: CancellationToken) {
+    loop {
+        if let Some(cutoff) = SystemTime::now().checked_sub(retention) {
+            match broker.journal().prune(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "pruned messages past retention"),
+                Err(error) => tracing::warn!(%error, "pruning the broker failed"),
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
 }
 
 fn s3_webhook(storage: &StorageConfig) -> Option<crate::http::S3Webhook> {

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 
 use crate::config::pipeline::PipelineConfig;
+use crate::engine::{Handler, OnFailure, Outcome, Pending, Work};
 use crate::event::Event;
 use crate::idempotency::IdempotencyStore;
-use crate::pipeline::Pipeline;
-use crate::runtime::Function;
+use crate::runtime::Invoke;
 use crate::sinks::{Backends, SinkConfig};
 
 /// One dead letter and where it is kept.
@@ -23,7 +23,7 @@ pub struct Entry {
     pub location: String,
     /// The object key, for deleting it after a replay.
     pub object_key: Option<String>,
-    /// The record as written (see `pipeline::dead_letter::DeadLetter`).
+    /// The record as written (see `engine::dead_letter::DeadLetter`).
     pub record: serde_json::Value,
 }
 
@@ -141,13 +141,13 @@ pub enum Replayed {
 /// Replays the dead letters whose key is in `ids` (all when empty).
 pub async fn replay(
     pipeline: &PipelineConfig,
-    function: Arc<Function>,
+    function: Arc<dyn Invoke>,
     backends: &Backends,
     idempotency: Arc<dyn IdempotencyStore>,
     ids: &[String],
 ) -> anyhow::Result<Vec<(Entry, Replayed)>> {
     let entries = list(pipeline, backends).await?;
-    let runner = Pipeline::new(
+    let handler = Handler::new(
         pipeline,
         function,
         backends,
@@ -167,17 +167,35 @@ pub async fn replay(
         }
         let outcome = match entry.event() {
             None => Replayed::NoEvent,
-            Some(event) => match runner.replay(&event).await {
-                Ok(attempts) => {
-                    if let (SinkConfig::Storage(sink), Some(key)) =
-                        (&pipeline.dead_letter, &entry.object_key)
-                    {
-                        backends.store.delete(&sink.bucket, key).await?;
+            // The same handler as the pipeline's trigger uses; the event
+            // ended before (dead-lettered), and failing again leaves its
+            // dead letter where it is.
+            Some(event) => {
+                let work = Work {
+                    key: event.idempotency_key.clone(),
+                    pending: Pending::Event(Box::new(event)),
+                    on_failure: OnFailure::Return,
+                    again: true,
+                };
+                let handled = handler.handle(handler.admit().await, work).await;
+                match handled.outcome {
+                    Outcome::Done { attempts } => {
+                        if let (SinkConfig::Storage(sink), Some(key)) =
+                            (&pipeline.dead_letter, &entry.object_key)
+                        {
+                            backends.store.delete(&sink.bucket, key).await?;
+                        }
+                        Replayed::Done { attempts }
                     }
-                    Replayed::Done { attempts }
+                    Outcome::Failed { attempts, failure } => Replayed::FailedAgain(format!(
+                        "{} (after {attempts} attempts)",
+                        failure.message
+                    )),
+                    other => {
+                        unreachable!("a replay is neither skipped nor dead-lettered: {other:?}")
+                    }
                 }
-                Err(reason) => Replayed::FailedAgain(reason),
-            },
+            }
         };
         results.push((entry, outcome));
     }
@@ -214,7 +232,7 @@ pub async fn print_replay(
     let (_runtime, mut functions) =
         tokio::task::spawn_blocking(move || crate::app::load_functions(&config_c, &pipelines))
             .await??;
-    let function = functions.pop().expect("one function per pipeline");
+    let function: Arc<dyn Invoke> = functions.pop().expect("one function per pipeline");
     let results = replay(
         pipeline,
         function,

@@ -18,7 +18,7 @@ use crate::event::{Event, MESSAGE, ObjectCreated};
 use crate::runtime::{
     Context, FunctionConfig, FunctionLocation, LogLabel, Runtime, RuntimeSettings,
 };
-use crate::sources::SourceConfig;
+use crate::triggers::TriggerConfig;
 
 /// An event written by hand: every field optional.
 #[derive(Deserialize, Default)]
@@ -100,8 +100,8 @@ pub fn read_event(
         .unwrap_or_default();
     let bucket = match target {
         Target::Pipeline(p) => match &p.source {
-            SourceConfig::Storage(s) => Some(s.bucket.clone()),
-            SourceConfig::Topic(_) => None,
+            TriggerConfig::Storage(s) => Some(s.bucket.clone()),
+            TriggerConfig::Topic(_) => None,
         },
         Target::Function(_) => None,
     };

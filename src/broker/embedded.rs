@@ -11,8 +11,8 @@ use async_trait::async_trait;
 
 use super::{Broker, BrokerError, validate_topic};
 use crate::event::{Consumed, Message, Position};
+use crate::feed::{Feed, JournalFeed};
 use crate::journal::{Journal, JournalError};
-use crate::sources::feed::{Feed, JournalFeed};
 use crate::sqlite::Durability;
 
 pub struct EmbeddedBroker {
@@ -100,11 +100,11 @@ impl Feed<Consumed> for TopicFeed {
     async fn poll(
         &mut self,
         max: usize,
-    ) -> Result<Vec<crate::sources::feed::Item<Consumed>>, crate::sources::feed::FeedError> {
+    ) -> Result<Vec<crate::feed::Item<Consumed>>, crate::feed::FeedError> {
         let items = self.inner.poll(max).await?;
         Ok(items
             .into_iter()
-            .map(|item| crate::sources::feed::Item {
+            .map(|item| crate::feed::Item {
                 position: item.position,
                 item: item.item.map(|message| Consumed {
                     topic: self.topic.clone(),
@@ -115,7 +115,7 @@ impl Feed<Consumed> for TopicFeed {
             .collect())
     }
 
-    fn committer(&self) -> std::sync::Arc<dyn crate::sources::feed::Commit> {
+    fn committer(&self) -> std::sync::Arc<dyn crate::feed::Commit> {
         self.inner.committer()
     }
 }

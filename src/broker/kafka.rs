@@ -8,7 +8,7 @@
 //! [`Consumed::into_event`](crate::event::Consumed::into_event)).
 //!
 //! Consuming uses a consumer group with automatic commits off: the
-//! pipeline's [`Acks`](crate::sources::feed::Acks) commit per partition only
+//! pipeline's [`Acks`](crate::feed::Acks) commit per partition only
 //! the offset below which every event is finished. After a rebalance the
 //! new owner starts at that commit, so nothing unfinished is skipped.
 
@@ -29,7 +29,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Broker, BrokerError, validate_topic};
 use crate::event::{Consumed, Message, Position};
-use crate::sources::feed::{Commit, Feed, FeedError, Item};
+use crate::feed::{Commit, Feed, FeedError, Item};
 
 /// How long a publish may wait in librdkafka's queue (broker outages
 /// included) before it fails and the pipeline's retry policy takes over.

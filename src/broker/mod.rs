@@ -12,7 +12,7 @@ pub mod kafka;
 use async_trait::async_trait;
 
 use crate::event::{Consumed, Message, Position};
-use crate::sources::feed::Feed;
+use crate::feed::Feed;
 
 pub use embedded::EmbeddedBroker;
 

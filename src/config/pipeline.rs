@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::reader::{Document, Table};
-use crate::pipeline::retry::RetryConfig;
+use crate::retry::RetryConfig;
 use crate::runtime::FunctionConfig;
 use crate::sinks::SinkConfig;
-use crate::sources::SourceConfig;
+use crate::triggers::TriggerConfig;
 
 #[derive(Clone, Debug)]
 pub struct PipelineConfig {
@@ -18,7 +18,7 @@ pub struct PipelineConfig {
     pub file: PathBuf,
     /// Events worked on at once (default: number of cores).
     pub concurrency: usize,
-    pub source: SourceConfig,
+    pub source: TriggerConfig,
     pub function: FunctionConfig,
     /// Declared sinks by name; function outputs address them by name.
     pub sinks: BTreeMap<String, SinkConfig>,
@@ -35,8 +35,8 @@ impl PipelineConfig {
     /// The buckets this pipeline reads or writes.
     pub fn buckets(&self) -> Vec<String> {
         let source = match &self.source {
-            SourceConfig::Storage(s) => Some(s.bucket.clone()),
-            SourceConfig::Topic(_) => None,
+            TriggerConfig::Storage(s) => Some(s.bucket.clone()),
+            TriggerConfig::Topic(_) => None,
         };
         let sinks = self
             .sinks
@@ -94,7 +94,7 @@ pub fn read(doc: &Document<'_>, root: Table<'_, '_>) -> Option<PipelineConfig> {
     let source = root
         .required("source")
         .and_then(|f| f.table())
-        .and_then(|t| SourceConfig::read(t));
+        .and_then(|t| TriggerConfig::read(t));
     let function = root
         .required("function")
         .and_then(|f| f.table())
@@ -163,7 +163,7 @@ pub fn read(doc: &Document<'_>, root: Table<'_, '_>) -> Option<PipelineConfig> {
 fn check_loops(
     doc: &Document<'_>,
     (sinks_span, dead_letter_span): (std::ops::Range<usize>, std::ops::Range<usize>),
-    source: &SourceConfig,
+    source: &TriggerConfig,
     sinks: &BTreeMap<String, SinkConfig>,
     dead_letter: Option<&SinkConfig>,
 ) {

@@ -428,6 +428,40 @@ pub struct InvocationStats {
     pub peak_memory: u64,
 }
 
+/// What the engine runs for an event: a loaded [`Function`], or a stand-in
+/// in the engine's own tests. Blocking: the engine calls it on its
+/// invocation threads.
+pub trait Invoke: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    /// The memory limit, which billing (GB-seconds) is computed from.
+    fn memory_limit(&self) -> u64;
+    fn invoke(
+        &self,
+        context: &Context,
+        event: &Event,
+        label: LogLabel,
+    ) -> (Result<Vec<Output>, InvokeError>, InvocationStats);
+}
+
+impl Invoke for Function {
+    fn name(&self) -> &str {
+        Function::name(self)
+    }
+
+    fn memory_limit(&self) -> u64 {
+        Function::memory_limit(self)
+    }
+
+    fn invoke(
+        &self,
+        context: &Context,
+        event: &Event,
+        label: LogLabel,
+    ) -> (Result<Vec<Output>, InvokeError>, InvocationStats) {
+        Function::invoke(self, context, event, label)
+    }
+}
+
 /// A compiled, pre-linked function.
 pub struct Function {
     name: String,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::broker::Broker;
 use crate::config::reader::Table;
-use crate::pipeline::retry::RetryConfig;
+use crate::retry::RetryConfig;
 use crate::runtime::Output;
 use crate::storage::ObjectStore;
 

@@ -18,8 +18,8 @@ use rusqlite::{OptionalExtension, params};
 
 use super::{NewObject, ObjectStore, StorageError, Version, validate_bucket, validate_key};
 use crate::event::{Message, ObjectCreated};
+use crate::feed::{Feed, JournalFeed};
 use crate::journal::{Journal, JournalError};
-use crate::sources::feed::{Feed, JournalFeed};
 use crate::sqlite::Durability;
 
 const SCHEMA: &str = "

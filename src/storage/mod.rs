@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::event::ObjectCreated;
-use crate::sources::feed::Feed;
+use crate::feed::Feed;
 
 pub use local::LocalStorage;
 

@@ -25,7 +25,7 @@ use super::{
 };
 use crate::broker::Broker;
 use crate::event::{Consumed, ObjectCreated, Position};
-use crate::sources::feed::{Commit, Feed, FeedError, Item};
+use crate::feed::{Commit, Feed, FeedError, Item};
 
 /// Where object-created notifications come from.
 #[derive(Clone, Debug)]

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, params};
 
 use crate::event::{ObjectCreated, Position};
-use crate::sources::feed::{Commit, Feed, FeedError, Item};
+use crate::feed::{Commit, Feed, FeedError, Item};
 use crate::sqlite::{self, Durability};
 
 pub struct PollFeed {

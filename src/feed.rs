@@ -1,4 +1,4 @@
-//! Feeds: the partitioned, committable logs that sources read from, and
+//! Feeds: the partitioned, committable logs that pulled triggers read, and
 //! the bookkeeping that turns out-of-order completions into safe commits.
 //!
 //! A pipeline works on several events of a feed at once and they finish in

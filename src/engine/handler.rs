@@ -1,59 +1,55 @@
-//! The pipeline engine: source → (dedupe) → function → sinks, then ack.
+//! The one event handler: claim → invoke → deliver → complete or
+//! dead-letter → outcome. Every trigger and `runnel dlq replay` call it.
 //!
-//! A pipeline takes deliveries from its source and works on up to
-//! `concurrency` of them at once (deliveries with the same ordering key one
-//! after another, in source order, and likewise deliveries of the same
-//! event: the same idempotency key). For each: skip it if its idempotency key
-//! is already complete; otherwise write every output of the function (run
-//! in a fresh instance on the loaded payload) to its sink, in the order the
-//! function returned them. A function has no side effects, so the first run
-//! overlaps the lookup of the key, and a skipped event's outputs are
-//! dropped. A retryable failure anywhere in that attempt is retried under
-//! the pipeline's [`retry`] policy; a permanent one, or the
-//! last attempt's, sends the event to the dead-letter sink. Only when the
-//! outputs (or the dead letter) are written is completion recorded and the
-//! source acknowledged, so a crash at any point means redelivery, never loss.
+//! A handler works on up to `concurrency` events at once ([`Slot`]s). For
+//! each: skip it if its idempotency key is already complete; otherwise write
+//! every output of the function (run in a fresh instance on the loaded
+//! payload) to its sink, in the order the function returned them. A
+//! function has no side effects, so the first run overlaps the lookup of
+//! the key, and a skipped event's outputs are dropped. A retryable failure
+//! anywhere in that attempt is retried under the pipeline's
+//! [`retry`](crate::retry) policy; a permanent one, or the last attempt's,
+//! sends the event to the dead-letter sink (or, where the trigger answers
+//! the failure itself, is returned to it). Only when the outputs (or the
+//! dead letter) are written is completion recorded, and only then may the
+//! trigger acknowledge, so a crash at any point means redelivery, never loss.
 
-pub mod dead_letter;
-mod meters;
-pub mod retry;
-mod threads;
-
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use backon::Retryable as _;
-use tokio::sync::{Semaphore, oneshot};
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::dead_letter::{DeadLetter, rfc3339};
+use super::meters::{Meters, Stage};
+use super::{Pending, threads};
 use crate::config::pipeline::PipelineConfig;
 use crate::event::Event;
 use crate::health::Health;
 use crate::idempotency::{Claim, Completion, IdempotencyStore};
-use crate::runtime::{Context, Function, InvokeError, LogLabel, Output};
+use crate::retry::RetryConfig;
+use crate::runtime::{Context, Invoke, InvokeError, LogLabel, Output};
 use crate::sinks::{Backends, Sink, WriteId};
-use crate::sources::{Delivery, Loader, Source};
-use dead_letter::{DeadLetter, rfc3339};
-use meters::{Meters, Stage};
 
-/// Deliveries asked of the source at a time.
-const BATCH: usize = 64;
-
-/// A pipeline ready to run.
-pub struct Pipeline {
+/// A pipeline's handler, shared by its trigger's tasks.
+pub struct Handler {
     name: String,
-    function: Arc<Function>,
+    function: Arc<dyn Invoke>,
     /// What the function is told besides the event, for a first attempt:
     /// shared by every invocation (a retry's copy has its number).
     context: Arc<Context>,
     sinks: BTreeMap<String, Sink>,
     dead_letter: Sink,
-    retry: retry::RetryConfig,
+    retry: RetryConfig,
     /// Per-sink policies, replacing `retry` for those sinks' writes.
-    sink_retry: BTreeMap<String, retry::RetryConfig>,
-    concurrency: usize,
+    sink_retry: BTreeMap<String, RetryConfig>,
+    /// Events being worked on: `concurrency` of them.
+    slots: Arc<Semaphore>,
+    /// Events whose outputs are written and whose completion and
+    /// acknowledgement are under way: as many again, so a slow store holds
+    /// the trigger back instead of piling up tasks.
+    finishing: Arc<Semaphore>,
     /// Where the function runs: a thread per invocation in flight.
     threads: threads::Threads,
     idempotency: Arc<dyn IdempotencyStore>,
@@ -65,10 +61,67 @@ pub struct Pipeline {
     /// How long a claim on an event lasts: one attempt plus the longest
     /// wait before the next, with a margin. Extended at every attempt.
     lease: Duration,
-    meters: Meters,
+    pub(super) meters: Meters,
 }
 
-/// What [`Pipeline::claim`] found.
+/// Leave to work on one event; from [`Handler::admit`] or
+/// [`Handler::try_admit`].
+pub struct Slot(#[allow(dead_code, reason = "held, not read")] OwnedSemaphorePermit);
+
+/// One event for the handler.
+pub struct Work {
+    /// The event's idempotency key (maybe from the pipeline's expression);
+    /// it names the event's outputs too.
+    pub key: String,
+    pub pending: Pending,
+    pub on_failure: OnFailure,
+    /// Handle it even though it ended before: a dead letter replayed.
+    pub again: bool,
+}
+
+impl Work {
+    /// An event from a trigger that dead-letters what keeps failing.
+    pub fn new(key: String, pending: Pending) -> Self {
+        Self {
+            key,
+            pending,
+            on_failure: OnFailure::DeadLetter,
+            again: false,
+        }
+    }
+}
+
+/// What becomes of an event that fails for good.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnFailure {
+    /// It goes to the dead-letter sink and ends there (feeds).
+    DeadLetter,
+    /// It is returned to the caller, who answers for it (replay, a
+    /// request waiting for its reply); nothing is recorded.
+    Return,
+}
+
+/// How an event ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// It had ended before (a redelivery): nothing ran.
+    Skipped(Completion),
+    /// Its outputs are written.
+    Done { attempts: u32 },
+    /// Its dead letter is written.
+    DeadLettered { attempts: u32 },
+    /// It failed for good under [`OnFailure::Return`].
+    Failed { attempts: u32, failure: Failure },
+}
+
+/// An outcome, and the event's place in the finishing window: drop it once
+/// the trigger has acknowledged the event.
+pub struct Handled {
+    pub outcome: Outcome,
+    _finishing: OwnedSemaphorePermit,
+}
+
+/// What [`Handler::claim`] found.
 enum Claimed {
     /// The event already ended.
     Done(Completion),
@@ -79,19 +132,21 @@ enum Claimed {
 
 /// Why one attempt failed, classified where it happened.
 #[derive(Debug)]
-struct Failure {
+pub struct Failure {
     /// How long the failing party asked us to wait (`Retry-After`).
-    retry_after: Option<Duration>,
-    stage: &'static str,
-    message: String,
-    retryable: bool,
-    outcome: Option<&'static str>,
+    pub retry_after: Option<Duration>,
+    /// `load`, `invoke` or `write`.
+    pub stage: &'static str,
+    pub message: String,
+    pub retryable: bool,
+    /// The invocation's outcome label, when it got that far.
+    pub outcome: Option<&'static str>,
 }
 
-impl Pipeline {
+impl Handler {
     pub fn new(
         config: &PipelineConfig,
-        function: Arc<Function>,
+        function: Arc<dyn Invoke>,
         backends: &Backends,
         idempotency: Arc<dyn IdempotencyStore>,
         health: Arc<Health>,
@@ -124,7 +179,8 @@ impl Pipeline {
             dead_letter: config.dead_letter.build(&config.name, backends),
             retry: config.retry.clone(),
             sink_retry: config.sink_retry.clone(),
-            concurrency: config.concurrency,
+            slots: Arc::new(Semaphore::new(config.concurrency)),
+            finishing: Arc::new(Semaphore::new(config.concurrency)),
             // Linux keeps 15 bytes of a thread name.
             threads: threads::Threads::start(&format!("fn:{}", config.name), config.concurrency)?,
             idempotency,
@@ -140,113 +196,58 @@ impl Pipeline {
         &self.name
     }
 
-    /// Runs until `shutdown` is cancelled, then finishes what is in flight
-    /// (abandoning it after `grace`; it is redelivered on the next start).
-    pub async fn run(self, mut source: Source, shutdown: CancellationToken, grace: Duration) {
-        let this = Arc::new(self);
-        let permits = Arc::new(Semaphore::new(this.concurrency));
-        // Events whose outputs are written and whose completion and ack
-        // are under way: as many again, so a slow store holds the source
-        // back instead of piling up tasks.
-        let finishing = Arc::new(Semaphore::new(this.concurrency));
-        let ordering = Arc::new(Ordering::default());
-        // The same event twice in flight in this process (two messages a key
-        // expression calls one, an upload repeated at once) takes turns too:
-        // the second then finds the first complete. The store's claims are
-        // between processes, and the first one's completion is recorded
-        // after its slot is given up.
-        let same_event = Arc::new(Ordering::default());
-        let mut tasks = JoinSet::new();
-        let acks = source.acks.clone();
-        let loader = source.loader.clone();
-        tracing::info!(pipeline = %this.name, source = %source.description, concurrency = this.concurrency, "pipeline running");
-        let mut failures = 0u32;
-        'feed: loop {
-            let batch = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                batch = source.next(BATCH) => batch,
-            };
-            let deliveries = match batch {
-                Ok(deliveries) => {
-                    failures = 0;
-                    deliveries
-                }
-                Err(error) => {
-                    this.meters.source_errors.increment(1);
-                    failures = failures.saturating_add(1);
-                    // Short enough to resume within seconds of recovery.
-                    let delay = Duration::from_millis(100 << failures.min(5));
-                    tracing::warn!(pipeline = %this.name, %error, ?delay, "reading the source failed; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(delay) => continue,
-                    }
-                }
-            };
-            for delivery in deliveries {
-                let permit = tokio::select! {
-                    _ = shutdown.cancelled() => break 'feed,
-                    permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
-                };
-                let mut turn = ordering.queue(delivery.ordering_key.clone());
-                let mut event_turn = same_event.queue(Some(delivery.idempotency_key.clone()));
-                let (this, loader, acks) = (this.clone(), loader.clone(), acks.clone());
-                let finishing = finishing.clone();
-                let taken = Instant::now();
-                tasks.spawn(async move {
-                    turn.wait().await;
-                    event_turn.wait().await;
-                    this.meters.stage(Stage::Queued, taken);
-                    let (position, key) = (delivery.position, delivery.idempotency_key.clone());
-                    let ended = this.process(delivery, &key, &loader).await;
-                    // The outputs are written: the event's slot goes to the
-                    // next one while completion is recorded and the source
-                    // acknowledged, as a Kafka client's window counts only
-                    // unacknowledged produces (benchmark #3).
-                    let finishing = finishing.acquire_owned().await.expect("semaphore is never closed");
-                    drop(permit);
-                    if let Some(how) = ended {
-                        this.meters.timed(Stage::Complete, this.complete(&key, how)).await;
-                    }
-                    event_turn.done();
-                    if let Err(error) = this.meters.timed(Stage::Ack, acks.finished(position)).await {
-                        this.meters.source_errors.increment(1);
-                        tracing::warn!(pipeline = %this.name, %error, "committing the source failed; the event may be redelivered");
-                    }
-                    turn.done();
-                    drop(finishing);
-                });
-                while tasks.try_join_next().is_some() {}
-            }
+    /// Waits for a free slot: a pulled trigger reads no further meanwhile.
+    pub async fn admit(&self) -> Slot {
+        let permit = self.slots.clone().acquire_owned().await;
+        Slot(permit.expect("the semaphore is never closed"))
+    }
+
+    /// A free slot now, or `None` when all are busy: a pushed trigger then
+    /// refuses the request at once instead of queueing it without bound.
+    pub fn try_admit(&self) -> Option<Slot> {
+        self.slots.clone().try_acquire_owned().ok().map(Slot)
+    }
+
+    /// Handles one event in `slot` until it ends. The slot is given up as
+    /// soon as the outputs (or the dead letter) are written, while
+    /// completion is recorded, as a Kafka client's window counts only
+    /// unacknowledged produces (benchmark #3).
+    pub async fn handle(&self, slot: Slot, work: Work) -> Handled {
+        let outcome = self.process(&work).await;
+        let finishing = self.finishing.clone().acquire_owned().await;
+        drop(slot);
+        let how = match &outcome {
+            Outcome::Done { .. } => Some(Completion::Done),
+            Outcome::DeadLettered { .. } => Some(Completion::DeadLettered),
+            Outcome::Skipped(_) | Outcome::Failed { .. } => None,
+        };
+        if let Some(how) = how {
+            self.meters
+                .timed(Stage::Complete, self.complete(&work.key, how))
+                .await;
         }
-        tracing::info!(pipeline = %this.name, in_flight = tasks.len(), "pipeline stopping");
-        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
-            .await
-            .is_err()
-        {
-            tracing::warn!(pipeline = %this.name, abandoned = tasks.len(), "grace period over; unfinished events will be redelivered");
-            tasks.abort_all();
+        Handled {
+            outcome,
+            _finishing: finishing.expect("the semaphore is never closed"),
         }
     }
 
-    /// Works on one delivery (whose idempotency key is `key`) until its
-    /// outputs (or its dead letter) are written; returns how it ended, or
-    /// `None` when it was skipped as done already.
-    async fn process(&self, delivery: Delivery, key: &str, loader: &Loader) -> Option<Completion> {
+    /// Works on one event until its outputs (or its dead letter) are
+    /// written, or it is skipped as done already.
+    async fn process(&self, work: &Work) -> Outcome {
         self.meters.received.increment(1);
         self.meters.inflight.increment(1.0);
+        let key = work.key.as_str();
         // Shared, not cloned, with the invocation thread that runs it.
         let event: tokio::sync::OnceCell<Arc<Event>> = tokio::sync::OnceCell::new();
-        let (event_ref, delivery_ref, key_ref) = (&event, &delivery, key);
+        let event_ref = &event;
         let load = || {
             event_ref.get_or_try_init(|| async {
                 self.meters
-                    .timed(Stage::Load, loader.load(&delivery_ref.pending))
+                    .timed(Stage::Load, work.pending.load())
                     .await
-                    // The delivery's key (maybe from the pipeline's
-                    // expression) names the event's outputs too.
                     .map(|mut event| {
-                        event.idempotency_key = key_ref.to_owned();
+                        event.idempotency_key = key.to_owned();
                         Arc::new(event)
                     })
                     .map_err(|e| Failure {
@@ -263,19 +264,26 @@ impl Pipeline {
         // the first attempt's invocation runs while the event is claimed
         // and its delivered outputs are read (one store round trip, off the
         // critical path: benchmark #3). An event that turns out to be done
-        // already has its outputs dropped unwritten.
+        // already has its outputs dropped unwritten. A replayed event ended
+        // before: it is not claimed, and its delivered outputs are read
+        // when writing.
         let first_attempt_at = SystemTime::now();
-        let (claimed, first) =
-            tokio::join!(self.meters.timed(Stage::Claim, self.claim(key)), async {
-                let ev = load().await?;
-                self.invoke(ev, 1).await
-            });
+        let claim = async {
+            match work.again {
+                true => Claimed::Ours { delivered: None },
+                false => self.meters.timed(Stage::Claim, self.claim(key)).await,
+            }
+        };
+        let (claimed, first) = tokio::join!(claim, async {
+            let ev = load().await?;
+            self.invoke(ev, 1).await
+        });
         let delivered = match claimed {
             Claimed::Done(how) => {
                 self.meters.duplicates_skipped.increment(1);
                 tracing::info!(pipeline = %self.name, key = %key, how = how.as_str(), "skipping a redelivered event");
                 self.meters.inflight.decrement(1.0);
-                return None;
+                return Outcome::Skipped(how);
             }
             Claimed::Ours { delivered } => delivered,
         };
@@ -288,20 +296,20 @@ impl Pipeline {
             let (outputs, delivered) = match first {
                 Some(first) => first?,
                 None => {
-                    if attempt > 1 {
+                    if attempt > 1 && !work.again {
                         // Keep the claim alive across retries.
-                        let _ = self
-                            .idempotency
-                            .claim(&self.name, key_ref, self.lease)
-                            .await;
+                        let _ = self.idempotency.claim(&self.name, key, self.lease).await;
                     }
-                    let (outputs, delivered) = self.prepare(ev, attempt).await?;
-                    (outputs, Some(delivered))
+                    let (outputs, delivered) = tokio::join!(
+                        self.invoke(ev, attempt),
+                        self.delivered(&ev.idempotency_key)
+                    );
+                    (outputs?, Some(delivered))
                 }
             };
             let delivered = match delivered {
                 Some(delivered) => delivered,
-                None => self.delivered(key_ref).await,
+                None => self.delivered(key).await,
             };
             self.meters
                 .timed(Stage::Write, self.deliver(ev, &outputs, &delivered))
@@ -313,7 +321,7 @@ impl Pipeline {
             attempts += tried;
             match &result {
                 // An outage is not the event's fault: hold it (and, with
-                // the concurrency limit, the source) until the backends
+                // the concurrency limit, the trigger) until the backends
                 // answer again, then retry afresh.
                 Err(failure) if failure.retryable && !self.health.is_healthy() => {
                     tracing::warn!(pipeline = %self.name, key, error = %failure.message, attempts, "retries ran out while a backend is unavailable; holding the event until it recovers");
@@ -324,9 +332,10 @@ impl Pipeline {
             }
         };
 
-        let how = match result {
-            Ok(()) => Completion::Done,
-            Err(failure) => {
+        let outcome = match (result, work.on_failure) {
+            (Ok(()), _) => Outcome::Done { attempts },
+            (Err(failure), OnFailure::Return) => Outcome::Failed { attempts, failure },
+            (Err(failure), OnFailure::DeadLetter) => {
                 self.dead_letter(
                     key,
                     event.get().map(|e| &**e),
@@ -335,11 +344,11 @@ impl Pipeline {
                     first_attempt_at,
                 )
                 .await;
-                Completion::DeadLettered
+                Outcome::DeadLettered { attempts }
             }
         };
         self.meters.inflight.decrement(1.0);
-        Some(how)
+        outcome
     }
 
     /// Records how the event ended, so a redelivery is skipped.
@@ -389,7 +398,7 @@ impl Pipeline {
     /// the last result and how many attempts were made.
     async fn retrying<F, Fut, T>(
         &self,
-        policy: &retry::RetryConfig,
+        policy: &RetryConfig,
         key: &str,
         mut attempt: F,
     ) -> (Result<T, Failure>, u32)
@@ -410,46 +419,6 @@ impl Pipeline {
         })
         .await;
         (result, attempts.into_inner())
-    }
-
-    /// Sends a dead-lettered event through the function and sinks again
-    /// (`runnel dlq replay`), under the retry policy; on success records it
-    /// as done. Returns the attempts it took, or why it failed again.
-    pub async fn replay(&self, event: &Event) -> Result<u32, String> {
-        let event = &Arc::new(event.clone());
-        let (result, attempts) = self
-            .retrying(&self.retry, &event.idempotency_key, |attempt| {
-                self.attempt(event, attempt)
-            })
-            .await;
-        result.map_err(|f| format!("{} (after {attempts} attempts)", f.message))?;
-        self.idempotency
-            .complete(&self.name, &event.idempotency_key, Completion::Done)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(attempts)
-    }
-
-    /// One attempt: invoke, then write each output that an earlier attempt
-    /// (or process) did not already deliver, recording each as its sink
-    /// acknowledges it.
-    async fn attempt(&self, event: &Arc<Event>, attempt: u32) -> Result<(), Failure> {
-        let (outputs, delivered) = self.prepare(event, attempt).await?;
-        self.deliver(event, &outputs, &delivered).await
-    }
-
-    /// The function's outputs, and which outputs of this event were
-    /// delivered already: looked up while the function runs.
-    async fn prepare(
-        &self,
-        event: &Arc<Event>,
-        attempt: u32,
-    ) -> Result<(Vec<Output>, HashSet<String>), Failure> {
-        let (outputs, delivered) = tokio::join!(
-            self.invoke(event, attempt),
-            self.delivered(&event.idempotency_key)
-        );
-        Ok((outputs?, delivered))
     }
 
     /// Which outputs of the event with `key` were delivered already.
@@ -693,100 +662,4 @@ fn sanitize(key: &str) -> String {
             }
         })
         .collect()
-}
-
-/// Keeps deliveries with equal ordering keys one at a time, in order.
-///
-/// Each delivery gets a [`Turn`]: it waits for the previous delivery with
-/// its key to finish. Deliveries without a key never wait.
-#[derive(Default)]
-struct Ordering {
-    /// The latest turn of each key still running: (turn id, its "done").
-    tails: Mutex<HashMap<String, (u64, oneshot::Receiver<()>)>>,
-    next_id: std::sync::atomic::AtomicU64,
-}
-
-struct Turn {
-    previous: Option<oneshot::Receiver<()>>,
-    done: Option<oneshot::Sender<()>>,
-    key: Option<(String, u64)>,
-    ordering: Arc<Ordering>,
-}
-
-impl Ordering {
-    fn queue(self: &Arc<Self>, key: Option<String>) -> Turn {
-        let mut turn = Turn {
-            previous: None,
-            done: None,
-            key: None,
-            ordering: self.clone(),
-        };
-        if let Some(key) = key {
-            let id = self
-                .next_id
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let (tx, rx) = oneshot::channel();
-            let mut tails = self.tails.lock().unwrap_or_else(|e| e.into_inner());
-            turn.previous = tails.insert(key.clone(), (id, rx)).map(|(_, rx)| rx);
-            turn.done = Some(tx);
-            turn.key = Some((key, id));
-        }
-        turn
-    }
-}
-
-impl Turn {
-    async fn wait(&mut self) {
-        if let Some(previous) = self.previous.take() {
-            // An error means the previous turn was dropped: its task ended.
-            let _ = previous.await;
-        }
-    }
-
-    fn done(self) {
-        if let Some(done) = self.done {
-            let _ = done.send(());
-        }
-        if let Some((key, id)) = self.key {
-            let mut tails = self
-                .ordering
-                .tails
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if tails.get(&key).is_some_and(|(tail, _)| *tail == id) {
-                tails.remove(&key);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn equal_keys_take_turns_in_order() {
-        let ordering = Arc::new(Ordering::default());
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let mut tasks = JoinSet::new();
-        for (i, key) in ["a", "a", "b", "a"].into_iter().enumerate() {
-            let mut turn = ordering.queue(Some(key.to_owned()));
-            let log = log.clone();
-            tasks.spawn(async move {
-                turn.wait().await;
-                // The first "a" is slow: the others with key "a" must wait.
-                if i == 0 {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                log.lock().unwrap().push(i);
-                turn.done();
-            });
-        }
-        while tasks.join_next().await.is_some() {}
-        let log = log.lock().unwrap().clone();
-        let a_order: Vec<_> = log.iter().filter(|&&i| i != 2).copied().collect();
-        assert_eq!(a_order, vec![0, 1, 3]);
-        assert_eq!(log[0], 2, "key b does not wait for key a");
-        assert!(ordering.tails.lock().unwrap().is_empty());
-    }
 }

@@ -1,16 +1,21 @@
-//! The storage source: one event per object created in a bucket.
+//! The storage trigger: one event per object created in a bucket, read
+//! from the store's notifications (a pulled feed). The object's bytes are
+//! read when the handler gets to the event.
 
 use std::sync::Arc;
 
-use super::feed::{Acks, Feed, FeedError};
+use async_trait::async_trait;
+
 use super::key::{KeyExpression, Kind};
-use super::{Delivery, LoadError, Loader, Pending, Source, SourceKind};
 use crate::config::reader::Table;
-use crate::event::{Event, ObjectCreated, Position};
+use crate::engine::feed_driver::{Pull, Pulled};
+use crate::engine::{Delivery, Load, LoadError, Pending};
+use crate::event::{Event, ObjectCreated};
+use crate::feed::{Acks, Feed, FeedError};
 use crate::storage::{ObjectStore, StorageError, Version, validate_bucket};
 
 #[derive(Clone, Debug)]
-pub struct StorageSourceConfig {
+pub struct StorageTriggerConfig {
     /// The bucket whose new objects are events.
     pub bucket: String,
     /// Only keys starting with this prefix (default: all).
@@ -27,7 +32,7 @@ pub struct StorageSourceConfig {
 
 pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 64 << 20;
 
-impl StorageSourceConfig {
+impl StorageTriggerConfig {
     pub fn read(table: &Table<'_, '_>) -> Option<Self> {
         let bucket = table.required_name("bucket", validate_bucket);
         let prefix = table.string("prefix");
@@ -66,61 +71,62 @@ impl StorageSourceConfig {
     }
 }
 
-pub(crate) struct StorageSource {
-    config: StorageSourceConfig,
+pub(super) struct StorageTrigger {
+    config: StorageTriggerConfig,
     feed: Box<dyn Feed<ObjectCreated>>,
+    acks: Arc<Acks>,
+    store: Arc<dyn ObjectStore>,
 }
 
 /// Reads the object an event is about.
-pub struct ObjectLoader {
+struct ObjectLoader {
+    created: ObjectCreated,
     store: Arc<dyn ObjectStore>,
     max_object_size: u64,
 }
 
 pub(super) async fn open(
-    config: &StorageSourceConfig,
+    config: &StorageTriggerConfig,
     pipeline: &str,
     store: Arc<dyn ObjectStore>,
-) -> Result<Source, FeedError> {
+) -> Result<StorageTrigger, FeedError> {
     let feed = store
         .subscribe(&config.bucket, pipeline)
         .await
         .map_err(|e| FeedError(e.to_string()))?;
-    Ok(Source {
+    Ok(StorageTrigger {
         acks: Acks::new(feed.committer()),
-        description: format!("bucket {}", config.bucket),
-        loader: Arc::new(Loader::Storage(ObjectLoader {
-            store,
-            max_object_size: config.max_object_size,
-        })),
-        kind: SourceKind::Storage(StorageSource {
-            config: config.clone(),
-            feed,
-        }),
+        config: config.clone(),
+        feed,
+        store,
     })
 }
 
-impl StorageSource {
-    pub(super) async fn next(
-        &mut self,
-        max: usize,
-    ) -> Result<(Vec<Delivery>, Vec<Position>), FeedError> {
-        let mut deliveries = Vec::new();
-        let mut skipped = Vec::new();
+#[async_trait]
+impl Pull for StorageTrigger {
+    async fn next(&mut self, max: usize) -> Result<Pulled, FeedError> {
+        let mut pulled = Pulled::default();
         for item in self.feed.poll(max).await? {
-            match item.item {
-                Ok(created) if !self.config.wants(&created) => skipped.push(item.position),
+            let delivery = match item.item {
+                Ok(created) if !self.config.wants(&created) => {
+                    pulled.skipped.push(item.position);
+                    continue;
+                }
                 Ok(created) => {
                     let key = match &self.config.idempotency_key {
                         Some(expression) => expression.for_object(&created),
                         None => Ok(created.idempotency_key()),
                     };
-                    deliveries.push(match key {
+                    match key {
                         Ok(key) => Delivery {
                             position: item.position,
                             idempotency_key: key,
                             ordering_key: Some(created.key.clone()),
-                            pending: Pending::Object(created),
+                            pending: Pending::Deferred(Box::new(ObjectLoader {
+                                created,
+                                store: self.store.clone(),
+                                max_object_size: self.config.max_object_size,
+                            })),
                         },
                         Err(reason) => Delivery {
                             position: item.position,
@@ -128,9 +134,9 @@ impl StorageSource {
                             ordering_key: None,
                             pending: Pending::Undecodable(reason),
                         },
-                    })
+                    }
                 }
-                Err(reason) => deliveries.push(Delivery {
+                Err(reason) => Delivery {
                     position: item.position,
                     idempotency_key: format!(
                         "{}@{}/{}",
@@ -138,15 +144,26 @@ impl StorageSource {
                     ),
                     ordering_key: None,
                     pending: Pending::Undecodable(reason),
-                }),
-            }
+                },
+            };
+            pulled.deliveries.push(delivery);
         }
-        Ok((deliveries, skipped))
+        Ok(pulled)
+    }
+
+    fn acks(&self) -> Arc<Acks> {
+        self.acks.clone()
+    }
+
+    fn description(&self) -> String {
+        format!("bucket {}", self.config.bucket)
     }
 }
 
-impl ObjectLoader {
-    pub(super) async fn load(&self, created: &ObjectCreated) -> Result<Event, LoadError> {
+#[async_trait]
+impl Load for ObjectLoader {
+    async fn load(&self) -> Result<Event, LoadError> {
+        let created = &self.created;
         match self
             .store
             .get(

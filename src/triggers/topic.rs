@@ -1,16 +1,20 @@
-//! The topic source: one event per message, consumed as a consumer group.
+//! The topic trigger: one event per message, consumed as a consumer group
+//! (a pulled feed).
 
 use std::sync::Arc;
 
-use super::feed::{Acks, Feed, FeedError};
+use async_trait::async_trait;
+
 use super::key::{KeyExpression, Kind};
-use super::{Delivery, Loader, Pending, Source, SourceKind};
 use crate::broker::{Broker, validate_topic};
 use crate::config::reader::Table;
-use crate::event::{Consumed, Position};
+use crate::engine::feed_driver::{Pull, Pulled};
+use crate::engine::{Delivery, Pending};
+use crate::event::Consumed;
+use crate::feed::{Acks, Feed, FeedError};
 
 #[derive(Clone, Debug)]
-pub struct TopicSourceConfig {
+pub struct TopicTriggerConfig {
     /// The topic to consume.
     pub topic: String,
     /// Consumer group (default: the pipeline's name). Processes sharing a
@@ -22,7 +26,7 @@ pub struct TopicSourceConfig {
     pub idempotency_key: Option<KeyExpression>,
 }
 
-impl TopicSourceConfig {
+impl TopicTriggerConfig {
     pub fn read(table: &Table<'_, '_>) -> Option<Self> {
         let topic = table.required_name("topic", validate_topic);
         let group = table.string("group");
@@ -35,37 +39,42 @@ impl TopicSourceConfig {
     }
 }
 
-pub(crate) struct TopicSource {
+pub(super) struct TopicTrigger {
     feed: Box<dyn Feed<Consumed>>,
+    acks: Arc<Acks>,
     key: Option<KeyExpression>,
+    description: String,
 }
 
 pub(super) async fn open(
-    config: &TopicSourceConfig,
+    config: &TopicTriggerConfig,
     pipeline: &str,
     broker: Arc<dyn Broker>,
-) -> Result<Source, FeedError> {
+) -> Result<TopicTrigger, FeedError> {
     let group = config.group.as_deref().unwrap_or(pipeline);
     let feed = broker
         .subscribe(&config.topic, group)
         .await
         .map_err(|e| FeedError(e.to_string()))?;
-    Ok(Source {
+    Ok(TopicTrigger {
         acks: Acks::new(feed.committer()),
         description: format!("topic {} (group {group})", config.topic),
-        loader: Arc::new(Loader::Inline),
-        kind: SourceKind::Topic(TopicSource {
-            feed,
-            key: config.idempotency_key.clone(),
-        }),
+        key: config.idempotency_key.clone(),
+        feed,
     })
 }
 
-impl TopicSource {
-    pub(super) async fn next(
-        &mut self,
-        max: usize,
-    ) -> Result<(Vec<Delivery>, Vec<Position>), FeedError> {
+#[async_trait]
+impl Pull for TopicTrigger {
+    fn acks(&self) -> Arc<Acks> {
+        self.acks.clone()
+    }
+
+    fn description(&self) -> String {
+        self.description.clone()
+    }
+
+    async fn next(&mut self, max: usize) -> Result<Pulled, FeedError> {
         let items = self.feed.poll(max).await?;
         let deliveries = items
             .into_iter()
@@ -104,6 +113,9 @@ impl TopicSource {
                 },
             })
             .collect();
-        Ok((deliveries, Vec::new()))
+        Ok(Pulled {
+            deliveries,
+            skipped: Vec::new(),
+        })
     }
 }

@@ -1,0 +1,99 @@
+//! Triggers: what turns outside events into a pipeline's events (its
+//! `[source]` table).
+//!
+//! A trigger owns its loop. A pulled one (a bucket's object-created
+//! notifications, a topic) reads a committable [`Feed`](crate::feed::Feed)
+//! and is run by the engine's [feed driver](crate::engine::feed_driver),
+//! which acknowledges by offset once the handler is done with each delivery. Adding a trigger kind is one
+//! file here and one variant of [`TriggerConfig`]; every `match` on it says
+//! what else the kind must decide.
+
+pub mod key;
+pub mod storage;
+pub mod topic;
+
+use std::sync::Arc;
+
+use crate::broker::Broker;
+use crate::config::reader::Table;
+use crate::engine::feed_driver::Pull;
+use crate::feed::FeedError;
+use crate::sinks::SinkConfig;
+use crate::storage::ObjectStore;
+
+pub use storage::StorageTriggerConfig;
+pub use topic::TopicTriggerConfig;
+
+/// A pipeline's `[source]`, by `type`.
+#[derive(Clone, Debug)]
+pub enum TriggerConfig {
+    /// Objects created in a bucket.
+    Storage(StorageTriggerConfig),
+    /// Messages on a topic.
+    Topic(TopicTriggerConfig),
+}
+
+impl TriggerConfig {
+    pub fn read(table: Table<'_, '_>) -> Option<Self> {
+        let kind = table.required_string("type");
+        let config = match kind.as_deref() {
+            Some("storage") => StorageTriggerConfig::read(&table).map(Self::Storage),
+            Some("topic") => TopicTriggerConfig::read(&table).map(Self::Topic),
+            Some(other) => {
+                if let Some(field) = table.get("type") {
+                    field.error(format!(
+                        "unknown source type {other:?}; expected \"storage\" or \"topic\""
+                    ));
+                }
+                None
+            }
+            None => None,
+        };
+        // Unknown keys are only meaningful once the type is known.
+        if config.is_some() {
+            table.finish();
+        }
+        config
+    }
+
+    /// Why writing to `sink` would feed this source, if it would.
+    pub fn loops_through(&self, sink: &SinkConfig) -> Option<String> {
+        match (self, sink) {
+            (Self::Storage(source), SinkConfig::Storage(sink)) if source.bucket == sink.bucket => {
+                Some(format!(
+                    "writes to bucket {:?}, which the source reads",
+                    sink.bucket
+                ))
+            }
+            (Self::Topic(source), SinkConfig::Topic(sink)) if source.topic == sink.topic => {
+                Some(format!(
+                    "publishes to topic {:?}, which the source reads",
+                    sink.topic
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    /// The bucket the trigger reads, if it reads one.
+    pub fn bucket(&self) -> Option<&str> {
+        match self {
+            Self::Storage(config) => Some(&config.bucket),
+            Self::Topic(_) => None,
+        }
+    }
+
+    /// Opens the trigger's feed for `pipeline` on the configured backends,
+    /// for the [`feed_driver`](crate::engine::feed_driver).
+    pub async fn open(
+        &self,
+        pipeline: &str,
+        store: Arc<dyn ObjectStore>,
+        broker: Arc<dyn Broker>,
+    ) -> Result<Box<dyn Pull>, FeedError> {
+        Ok(match self {
+            Self::Storage(config) => Box::new(storage::open(config, pipeline, store).await?),
+            Self::Topic(config) => Box::new(topic::open(config, pipeline, broker).await?),
+        })
+    }
+}
