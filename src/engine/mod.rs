@@ -20,6 +20,9 @@ mod handler;
 mod meters;
 mod threads;
 
+#[cfg(test)]
+mod tests;
+
 use async_trait::async_trait;
 
 use crate::event::{Event, Position};

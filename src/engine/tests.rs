@@ -1,0 +1,388 @@
+//! The engine in-process: the handler and the feed driver with a stand-in
+//! function, on the embedded backends in a temporary directory (real
+//! storage, broker and idempotency store; no wasm).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::broker::{Broker, EmbeddedBroker};
+use crate::config::pipeline::PipelineConfig;
+use crate::event::{Event, Message};
+use crate::health::Health;
+use crate::idempotency::{Completion, EmbeddedIdempotency, IdempotencyStore};
+use crate::runtime::{Context, InvocationStats, Invoke, InvokeError, LogLabel, Output};
+use crate::sinks::Backends;
+use crate::sqlite::Durability;
+use crate::storage::{LocalStorage, ObjectStore};
+
+type Behaviour = Box<dyn Fn(&Event) -> Result<Vec<Output>, InvokeError> + Send + Sync>;
+
+/// A function that answers from a script: each call takes the next
+/// behaviour, the last one repeating.
+struct Fake {
+    script: Mutex<VecDeque<Behaviour>>,
+    calls: AtomicU32,
+    /// The context's attempt number of each call.
+    attempts: Mutex<Vec<u32>>,
+}
+
+impl Fake {
+    fn new(script: Vec<Behaviour>) -> Arc<Self> {
+        Arc::new(Self {
+            script: Mutex::new(script.into()),
+            calls: AtomicU32::new(0),
+            attempts: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+impl Invoke for Fake {
+    fn name(&self) -> &str {
+        "fake"
+    }
+
+    fn memory_limit(&self) -> u64 {
+        1 << 20
+    }
+
+    fn invoke(
+        &self,
+        context: &Context,
+        event: &Event,
+        _label: LogLabel,
+    ) -> (Result<Vec<Output>, InvokeError>, InvocationStats) {
+        self.calls.fetch_add(1, AtomicOrdering::SeqCst);
+        self.attempts.lock().unwrap().push(context.attempt);
+        let mut script = self.script.lock().unwrap();
+        let result = match script.len() {
+            0 => panic!("the fake has no script"),
+            1 => script[0](event),
+            _ => script.pop_front().unwrap()(event),
+        };
+        (result, InvocationStats::default())
+    }
+}
+
+/// Upper-cases the payload into the `out` sink, under the event's subject.
+fn shout() -> Behaviour {
+    Box::new(|event: &Event| {
+        Ok(vec![Output {
+            sink: "out".to_owned(),
+            key: Some(event.subject.clone().unwrap_or_else(|| event.id.clone())),
+            content_type: None,
+            attributes: Vec::new(),
+            data: Bytes::from(event.data.to_ascii_uppercase()),
+        }])
+    })
+}
+
+fn fail(retryable: bool) -> Behaviour {
+    Box::new(move |_: &Event| {
+        Err(InvokeError::Function {
+            message: "it broke".to_owned(),
+            retryable,
+        })
+    })
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    config: PipelineConfig,
+    backends: Backends,
+    idempotency: Arc<dyn IdempotencyStore>,
+}
+
+async fn setup(concurrency: usize) -> Setup {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("fake.wasm"), b"").unwrap();
+    let text = format!(
+        r#"
+        name = "p"
+        concurrency = {concurrency}
+        [source]
+        type = "topic"
+        topic = "in"
+        [function]
+        path = "fake.wasm"
+        [sinks.out]
+        type = "storage"
+        bucket = "out"
+        [dead_letter]
+        type = "storage"
+        bucket = "dead-letters"
+        [retry]
+        max_attempts = 3
+        initial_delay = "1ms"
+        max_delay = "2ms"
+        "#
+    );
+    let config = crate::config::parse_pipeline(&dir.path().join("p.toml"), &text, &|_| None)
+        .unwrap_or_else(|d| panic!("{d:?}"));
+    let store = LocalStorage::open(&dir.path().join("objects"), Durability::Normal)
+        .await
+        .unwrap();
+    let broker =
+        EmbeddedBroker::open(&dir.path().join("broker.db"), Durability::Normal, 2).unwrap();
+    let idempotency = EmbeddedIdempotency::open(
+        &dir.path().join("idempotency.db"),
+        Durability::Normal,
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    Setup {
+        config,
+        backends: Backends {
+            store: Arc::new(store),
+            broker: Arc::new(broker),
+            http: reqwest::Client::new(),
+        },
+        idempotency: Arc::new(idempotency),
+        _dir: dir,
+    }
+}
+
+impl Setup {
+    fn handler(&self, function: Arc<Fake>) -> Arc<Handler> {
+        let handler = Handler::new(
+            &self.config,
+            function,
+            &self.backends,
+            self.idempotency.clone(),
+            Health::unchecked(),
+        )
+        .unwrap();
+        Arc::new(handler)
+    }
+
+    async fn object(&self, bucket: &str, key: &str) -> Option<Bytes> {
+        match self.backends.store.get(bucket, key, 1 << 20, None).await {
+            Ok((_, body)) => Some(body),
+            Err(crate::storage::StorageError::NotFound { .. }) => None,
+            Err(error) => panic!("{error}"),
+        }
+    }
+}
+
+fn event(key: &str, data: &str) -> Pending {
+    Pending::Event(Box::new(Event {
+        id: key.to_owned(),
+        source: "test".to_owned(),
+        event_type: "test".to_owned(),
+        subject: Some(format!("{key}.txt")),
+        content_type: None,
+        attributes: BTreeMap::new(),
+        data: Bytes::from(data.to_owned()),
+        idempotency_key: key.to_owned(),
+    }))
+}
+
+async fn handle(handler: &Handler, work: Work) -> Outcome {
+    handler.handle(handler.admit().await, work).await.outcome
+}
+
+/// An event's outputs reach its sink and it is recorded as done, so the
+/// same key again is skipped with nothing written.
+#[tokio::test]
+async fn outputs_are_written_and_a_redelivery_is_skipped() {
+    let setup = setup(2).await;
+    let handler = setup.handler(Fake::new(vec![shout()]));
+    let outcome = handle(&handler, Work::new("a".into(), event("a", "hello"))).await;
+    assert!(
+        matches!(outcome, Outcome::Done { attempts: 1 }),
+        "{outcome:?}"
+    );
+    assert_eq!(setup.object("out", "a.txt").await.unwrap(), "HELLO");
+    assert_eq!(
+        setup.idempotency.completion("p", "a").await.unwrap(),
+        Some(Completion::Done)
+    );
+
+    setup.backends.store.delete("out", "a.txt").await.unwrap();
+    let outcome = handle(&handler, Work::new("a".into(), event("a", "hello"))).await;
+    assert!(
+        matches!(outcome, Outcome::Skipped(Completion::Done)),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        setup.object("out", "a.txt").await,
+        None,
+        "a skipped event writes nothing"
+    );
+}
+
+/// A retryable failure is tried again (the function told its attempt
+/// number) and the event ends done.
+#[tokio::test]
+async fn a_retryable_failure_is_retried() {
+    let setup = setup(2).await;
+    let fake = Fake::new(vec![fail(true), shout()]);
+    let handler = setup.handler(fake.clone());
+    let outcome = handle(&handler, Work::new("b".into(), event("b", "x"))).await;
+    assert!(
+        matches!(outcome, Outcome::Done { attempts: 2 }),
+        "{outcome:?}"
+    );
+    assert_eq!(*fake.attempts.lock().unwrap(), vec![1, 2]);
+    assert_eq!(setup.object("out", "b.txt").await.unwrap(), "X");
+}
+
+/// A permanent failure is dead-lettered after one attempt, with the event
+/// and the error in the record; replaying it once the function is fixed
+/// goes through the same handler and ends it done.
+#[tokio::test]
+async fn a_permanent_failure_is_dead_lettered_and_replay_ends_it() {
+    let setup = setup(2).await;
+    let handler = setup.handler(Fake::new(vec![fail(false)]));
+    let outcome = handle(&handler, Work::new("c".into(), event("c", "x"))).await;
+    assert!(
+        matches!(outcome, Outcome::DeadLettered { attempts: 1 }),
+        "{outcome:?}"
+    );
+    let record = setup.object("dead-letters", "p/c.json").await.unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&record).unwrap();
+    assert_eq!(record["error"], "function error: it broke");
+    assert_eq!(record["stage"], "invoke");
+    assert_eq!(record["event"]["subject"], "c.txt");
+    assert_eq!(
+        setup.idempotency.completion("p", "c").await.unwrap(),
+        Some(Completion::DeadLettered)
+    );
+
+    // Redelivered, it stays dead-lettered; replayed, it runs again.
+    let outcome = handle(&handler, Work::new("c".into(), event("c", "x"))).await;
+    assert!(matches!(
+        outcome,
+        Outcome::Skipped(Completion::DeadLettered)
+    ));
+    let fixed = setup.handler(Fake::new(vec![shout()]));
+    let replay = Work {
+        on_failure: OnFailure::Return,
+        again: true,
+        ..Work::new("c".into(), event("c", "x"))
+    };
+    let outcome = handle(&fixed, replay).await;
+    assert!(
+        matches!(outcome, Outcome::Done { attempts: 1 }),
+        "{outcome:?}"
+    );
+    assert_eq!(setup.object("out", "c.txt").await.unwrap(), "X");
+    assert_eq!(
+        setup.idempotency.completion("p", "c").await.unwrap(),
+        Some(Completion::Done)
+    );
+}
+
+/// Under `OnFailure::Return` a failure comes back to the caller after the
+/// retries, and nothing is written or recorded.
+#[tokio::test]
+async fn a_returned_failure_writes_and_records_nothing() {
+    let setup = setup(2).await;
+    let fake = Fake::new(vec![fail(true)]);
+    let handler = setup.handler(fake.clone());
+    let work = Work {
+        on_failure: OnFailure::Return,
+        ..Work::new("d".into(), event("d", "x"))
+    };
+    match handle(&handler, work).await {
+        Outcome::Failed { attempts, failure } => {
+            assert_eq!(attempts, 3, "max_attempts");
+            assert!(failure.retryable);
+            assert_eq!(failure.stage, "invoke");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fake.calls.load(AtomicOrdering::SeqCst), 3);
+    assert_eq!(setup.object("dead-letters", "p/d.json").await, None);
+    assert_eq!(setup.idempotency.completion("p", "d").await.unwrap(), None);
+}
+
+/// With every slot taken, `try_admit` refuses at once (a pushed trigger's
+/// 503) and admits again when a slot is given back.
+#[tokio::test]
+async fn try_admit_refuses_when_every_slot_is_busy() {
+    let setup = setup(2).await;
+    let handler = setup.handler(Fake::new(vec![shout()]));
+    let first = handler.try_admit().expect("a free slot");
+    let _second = handler.try_admit().expect("a free slot");
+    assert!(handler.try_admit().is_none());
+    drop(first);
+    assert!(handler.try_admit().is_some());
+}
+
+/// The feed driver runs a topic's messages through the handler and
+/// commits their offsets: a new subscription of the group finds nothing
+/// left, and shutdown returns.
+#[tokio::test]
+async fn the_feed_driver_handles_a_topic_and_commits_it() {
+    let setup = setup(2).await;
+    let fake = Fake::new(vec![shout()]);
+    let handler = setup.handler(fake.clone());
+    for i in 0..10 {
+        let message = Message {
+            key: Some(format!("m{i}")),
+            headers: Vec::new(),
+            payload: Bytes::from(format!("message {i}")),
+        };
+        setup
+            .backends
+            .broker
+            .publish("in", None, message)
+            .await
+            .unwrap();
+    }
+    let trigger = setup
+        .config
+        .source
+        .open(
+            "p",
+            setup.backends.store.clone(),
+            setup.backends.broker.clone(),
+        )
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let driver = tokio::spawn(feed_driver::run(
+        handler,
+        trigger,
+        shutdown.clone(),
+        Duration::from_secs(5),
+    ));
+    let done = async {
+        while setup
+            .backends
+            .store
+            .list("out", "", 100)
+            .await
+            .unwrap()
+            .len()
+            < 10
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .expect("ten outputs");
+    let body = setup.object("out", "m3").await.unwrap();
+    assert_eq!(body, "MESSAGE 3");
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), driver)
+        .await
+        .expect("the driver stops")
+        .unwrap();
+
+    let mut feed = setup.backends.broker.subscribe("in", "p").await.unwrap();
+    let left = tokio::time::timeout(Duration::from_millis(300), feed.poll(100)).await;
+    assert!(
+        left.is_err() || left.unwrap().unwrap().is_empty(),
+        "every offset was committed"
+    );
+    assert_eq!(fake.calls.load(AtomicOrdering::SeqCst), 10);
+}
