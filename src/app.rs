@@ -27,11 +27,11 @@ use crate::config::runtime::{
 use crate::engine::{Handler, feed_driver};
 use crate::http::{ApiState, router};
 use crate::idempotency::{EmbeddedIdempotency, IdempotencyStore};
-use crate::runtime::{
-    Function, FunctionConfig, FunctionLocation, Invoke, Runtime, RuntimeSettings, build,
-};
+use crate::runtime::{FunctionConfig, FunctionLocation, Invoke, Runtime, RuntimeSettings, build};
 use crate::sinks::Backends;
 use crate::storage::{LocalStorage, ObjectStore};
+use crate::triggers::http::Gateway;
+use crate::triggers::{Trigger, TriggerConfig};
 
 /// The backends named by the runtime config, opened.
 pub struct Opened {
@@ -162,7 +162,7 @@ pub fn component_path(
 pub fn load_functions(
     config: &RuntimeConfig,
     pipelines: &[PipelineConfig],
-) -> anyhow::Result<(Runtime, Vec<Arc<Function>>)> {
+) -> anyhow::Result<(Runtime, Vec<Arc<dyn Invoke>>)> {
     let mut built: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
     let mut components = Vec::new();
     for pipeline in pipelines {
@@ -199,11 +199,17 @@ pub fn load_functions(
         .iter()
         .zip(&components)
         .map(|(p, wasm)| {
-            runtime
-                .load(&p.function, wasm)
-                .map(Arc::new)
-                .with_context(|| format!("pipeline {}", p.name))
+            let function: Arc<dyn Invoke> = match &p.source {
+                TriggerConfig::Http(http) => {
+                    Arc::new(runtime.load_http(&p.function, wasm, http.max_response_size)?)
+                }
+                _ => Arc::new(runtime.load(&p.function, wasm)?),
+            };
+            Ok(function)
         })
+        .map(|loaded: anyhow::Result<_>| loaded.with_context(|| "loading a function"))
+        .zip(pipelines)
+        .map(|(loaded, p)| loaded.with_context(|| format!("pipeline {}", p.name)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok((runtime, functions))
 }
@@ -234,10 +240,6 @@ pub async fn up(config: RuntimeConfig, pipelines: Vec<PipelineConfig>) -> anyhow
         tracing::warn!("second signal: exiting now");
         std::process::exit(130);
     });
-    let functions = functions
-        .into_iter()
-        .map(|f| f as Arc<dyn Invoke>)
-        .collect();
     let process = Process {
         config,
         pipelines,
@@ -294,8 +296,9 @@ impl Process {
             tracing::warn!(checks = ?health.report(), "starting with backends unavailable; events wait for them");
         }
         let mut running = tokio::task::JoinSet::new();
+        let mut gateway = Gateway::default();
         for (pipeline, function) in pipelines.iter().zip(functions) {
-            let trigger = pipeline
+            let opened_trigger = pipeline
                 .source
                 .open(
                     &pipeline.name,
@@ -317,12 +320,20 @@ impl Process {
                     pipeline.name
                 )
             })?;
-            running.spawn(feed_driver::run(
-                Arc::new(handler),
-                trigger,
-                shutdown.clone(),
-                config.shutdown_grace,
-            ));
+            let handler = Arc::new(handler);
+            match opened_trigger {
+                Trigger::Pulled(trigger) => {
+                    running.spawn(feed_driver::run(
+                        handler,
+                        trigger,
+                        shutdown.clone(),
+                        config.shutdown_grace,
+                    ));
+                }
+                Trigger::Routes(routes) => gateway
+                    .add(&routes, handler)
+                    .map_err(|e| anyhow::anyhow!("pipeline {}: {e}", pipeline.name))?,
+            }
         }
         if let Some(broker) = opened.embedded_broker.clone() {
             tokio::spawn(prune(broker, opened.retention, shutdown.clone()));
@@ -337,6 +348,7 @@ impl Process {
             known_buckets: Arc::new(pipelines.iter().flat_map(PipelineConfig::buckets).collect()),
             s3_webhook: s3_webhook(&config.storage),
             health,
+            gateway: Arc::new(gateway),
         };
         tracing::info!(listen = %listener.local_addr()?, pipelines = pipelines.len(), "runnel is up");
         let server = {
@@ -348,8 +360,19 @@ impl Process {
             })
         };
         shutdown.cancelled().await;
-        while running.join_next().await.is_some() {}
-        let _ = server.await;
+        // New connections are refused now; requests in flight and pulled
+        // events get the same grace.
+        let grace = config.shutdown_grace;
+        let finished = tokio::time::timeout(grace, async {
+            while running.join_next().await.is_some() {}
+            let _ = server.await;
+        });
+        if finished.await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "grace period over; requests still in flight are cut off"
+            );
+        }
         Ok(())
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 
 use crate::config::pipeline::PipelineConfig;
-use crate::engine::{Handler, OnFailure, Outcome, Pending, Work};
+use crate::engine::{Handler, OnFailure, Outcome, Pending, Track, Work};
 use crate::event::Event;
 use crate::idempotency::IdempotencyStore;
 use crate::runtime::Invoke;
@@ -175,11 +175,12 @@ pub async fn replay(
                     key: event.idempotency_key.clone(),
                     pending: Pending::Event(Box::new(event)),
                     on_failure: OnFailure::Return,
-                    again: true,
+                    track: Track::Again,
+                    retry: true,
                 };
                 let handled = handler.handle(handler.admit().await, work).await;
                 match handled.outcome {
-                    Outcome::Done { attempts } => {
+                    Outcome::Done { attempts, .. } => {
                         if let (SinkConfig::Storage(sink), Some(key)) =
                             (&pipeline.dead_letter, &entry.object_key)
                         {

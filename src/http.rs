@@ -47,6 +47,8 @@ pub struct ApiState {
     /// Where `POST /v1/events/s3` queues S3 notifications, when configured.
     pub s3_webhook: Option<S3Webhook>,
     pub health: Arc<crate::health::Health>,
+    /// HTTP functions' routes: every path the API does not serve.
+    pub gateway: Arc<crate::triggers::http::Gateway>,
 }
 
 /// `[storage.events] type = "webhook"`: the topic and the expected token.
@@ -66,10 +68,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/events/s3", axum::routing::post(s3_notification))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .fallback(functions)
         // Uploads and webhooks read their bodies themselves, with their own
         // limits; this bounds any extractor added later.
         .layer(DefaultBodyLimit::max(state.max_body_size as usize))
         .with_state(state)
+}
+
+/// Whatever the API does not serve goes to the HTTP functions' routes.
+async fn functions(State(state): State<ApiState>, request: axum::extract::Request) -> Response {
+    state.gateway.serve(request).await
 }
 
 /// 200 while every backend answers, 503 with what does not otherwise.
@@ -113,7 +121,7 @@ fn storage_error(e: StorageError) -> Response {
 /// Reads a body of at most `limit` bytes: refused by its declared length
 /// before any of it is read, and as soon as the stream passes the limit.
 /// `setting` names the limit in the 413.
-async fn read_body(
+pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: u64,

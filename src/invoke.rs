@@ -101,7 +101,7 @@ pub fn read_event(
     let bucket = match target {
         Target::Pipeline(p) => match &p.source {
             TriggerConfig::Storage(s) => Some(s.bucket.clone()),
-            TriggerConfig::Topic(_) => None,
+            TriggerConfig::Topic(_) | TriggerConfig::Http(_) => None,
         },
         Target::Function(_) => None,
     };

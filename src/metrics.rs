@@ -27,6 +27,8 @@ pub const UPLOADS: &str = "runnel_uploads_total";
 pub const SOURCE_LAG: &str = "runnel_source_lag";
 pub const SOURCE_PARTITIONS: &str = "runnel_source_partitions";
 pub const BACKEND_UP: &str = "runnel_backend_up";
+pub const HTTP_REQUESTS: &str = "runnel_http_requests_total";
+pub const HTTP_REQUEST_DURATION: &str = "runnel_http_request_duration_seconds";
 
 const DURATION_BUCKETS: &[f64] = &[
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -114,6 +116,15 @@ fn describe() {
         "Failures to read or commit a source; the source retries."
     );
     describe_counter!(UPLOADS, "Objects stored through the HTTP API.");
+    describe_counter!(
+        HTTP_REQUESTS,
+        "Requests to HTTP functions' routes, by pipeline, route pattern and status."
+    );
+    describe_histogram!(
+        HTTP_REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from a request's arrival to its response, by pipeline and route pattern."
+    );
     describe_gauge!(
         SOURCE_LAG,
         "Kafka: messages between the group's committed offset and the end of each assigned partition."

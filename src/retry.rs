@@ -36,6 +36,14 @@ impl Default for RetryConfig {
 }
 
 impl RetryConfig {
+    /// One attempt, no retry.
+    pub const ONCE: RetryConfig = RetryConfig {
+        max_attempts: 1,
+        initial_delay: Duration::ZERO,
+        max_delay: Duration::ZERO,
+        max_age: None,
+    };
+
     pub fn read(table: Table<'_, '_>) -> Option<Self> {
         let defaults = Self::default();
         let max_attempts = match table.get("max_attempts") {

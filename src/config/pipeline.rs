@@ -20,7 +20,8 @@ pub struct PipelineConfig {
     pub concurrency: usize,
     pub source: TriggerConfig,
     pub function: FunctionConfig,
-    /// Declared sinks by name; function outputs address them by name.
+    /// Declared sinks by name; function outputs address them by name
+    /// (none for an HTTP function, which answers with its reply).
     pub sinks: BTreeMap<String, SinkConfig>,
     /// Sinks with a retry policy of their own (`[sinks.<name>.retry]`):
     /// their writes are retried in place under it, without running the
@@ -34,10 +35,7 @@ pub struct PipelineConfig {
 impl PipelineConfig {
     /// The buckets this pipeline reads or writes.
     pub fn buckets(&self) -> Vec<String> {
-        let source = match &self.source {
-            TriggerConfig::Storage(s) => Some(s.bucket.clone()),
-            TriggerConfig::Topic(_) => None,
-        };
+        let source = self.source.bucket().map(str::to_owned);
         let sinks = self
             .sinks
             .values()
@@ -102,7 +100,12 @@ pub fn read(doc: &Document<'_>, root: Table<'_, '_>) -> Option<PipelineConfig> {
     let mut sinks = BTreeMap::new();
     let mut sink_retry = BTreeMap::new();
     let mut sinks_ok = true;
-    if let Some(table) = root.required("sinks").and_then(|f| f.table()) {
+    // An HTTP function answers with its reply: sinks are optional there.
+    let sinks_field = match &source {
+        Some(TriggerConfig::Http(_)) => root.get("sinks"),
+        _ => root.required("sinks"),
+    };
+    if let Some(table) = sinks_field.and_then(|f| f.table()) {
         let entries = table.entries();
         if entries.is_empty() {
             table.missing("<name>");

@@ -29,7 +29,8 @@ use crate::event::Event;
 use crate::health::Health;
 use crate::idempotency::{Claim, Completion, IdempotencyStore};
 use crate::retry::RetryConfig;
-use crate::runtime::{Context, Invoke, InvokeError, LogLabel, Output};
+use crate::runtime::http::Reply;
+use crate::runtime::{Context, Invocation, Invoke, InvokeError, LogLabel, Output};
 use crate::sinks::{Backends, Sink, WriteId};
 
 /// A pipeline's handler, shared by its trigger's tasks.
@@ -75,8 +76,10 @@ pub struct Work {
     pub key: String,
     pub pending: Pending,
     pub on_failure: OnFailure,
-    /// Handle it even though it ended before: a dead letter replayed.
-    pub again: bool,
+    pub track: Track,
+    /// Whether a retryable failure is tried again under the pipeline's
+    /// policy (not while a client waits for the reply).
+    pub retry: bool,
 }
 
 impl Work {
@@ -86,9 +89,24 @@ impl Work {
             key,
             pending,
             on_failure: OnFailure::DeadLetter,
-            again: false,
+            track: Track::Claim,
+            retry: true,
         }
     }
+}
+
+/// What the idempotency store knows of an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Track {
+    /// Claimed before it runs and its completion recorded, so a
+    /// redelivery is skipped (feeds).
+    Claim,
+    /// Run although it ended before, its completion recorded: a dead
+    /// letter replayed.
+    Again,
+    /// Neither claimed nor recorded: a request without an idempotency
+    /// key, which nothing redelivers.
+    Untracked,
 }
 
 /// What becomes of an event that fails for good.
@@ -106,8 +124,8 @@ pub enum OnFailure {
 pub enum Outcome {
     /// It had ended before (a redelivery): nothing ran.
     Skipped(Completion),
-    /// Its outputs are written.
-    Done { attempts: u32 },
+    /// Its outputs are written; an HTTP function's reply with them.
+    Done { attempts: u32, reply: Option<Reply> },
     /// Its dead letter is written.
     DeadLettered { attempts: u32 },
     /// It failed for good under [`OnFailure::Return`].
@@ -217,6 +235,7 @@ impl Handler {
         let finishing = self.finishing.clone().acquire_owned().await;
         drop(slot);
         let how = match &outcome {
+            _ if work.track == Track::Untracked => None,
             Outcome::Done { .. } => Some(Completion::Done),
             Outcome::DeadLettered { .. } => Some(Completion::DeadLettered),
             Outcome::Skipped(_) | Outcome::Failed { .. } => None,
@@ -269,9 +288,12 @@ impl Handler {
         // when writing.
         let first_attempt_at = SystemTime::now();
         let claim = async {
-            match work.again {
-                true => Claimed::Ours { delivered: None },
-                false => self.meters.timed(Stage::Claim, self.claim(key)).await,
+            match work.track {
+                Track::Claim => self.meters.timed(Stage::Claim, self.claim(key)).await,
+                Track::Again => Claimed::Ours { delivered: None },
+                Track::Untracked => Claimed::Ours {
+                    delivered: Some(HashSet::new()),
+                },
             }
         };
         let (claimed, first) = tokio::join!(claim, async {
@@ -287,37 +309,43 @@ impl Handler {
             }
             Claimed::Ours { delivered } => delivered,
         };
-        let first = first.map(|outputs| (outputs, delivered));
+        let first = first.map(|invocation| (invocation, delivered));
         let first = Mutex::new(Some(first));
         let first_ref = &first;
         let run = |attempt| async move {
             let ev = load().await?;
             let first = first_ref.lock().expect("never poisoned").take();
-            let (outputs, delivered) = match first {
+            let (invocation, delivered) = match first {
                 Some(first) => first?,
                 None => {
-                    if attempt > 1 && !work.again {
+                    if attempt > 1 && work.track == Track::Claim {
                         // Keep the claim alive across retries.
                         let _ = self.idempotency.claim(&self.name, key, self.lease).await;
                     }
-                    let (outputs, delivered) = tokio::join!(
+                    let (invocation, delivered) = tokio::join!(
                         self.invoke(ev, attempt),
-                        self.delivered(&ev.idempotency_key)
+                        self.delivered(&ev.idempotency_key, work.track)
                     );
-                    (outputs?, Some(delivered))
+                    (invocation?, Some(delivered))
                 }
             };
             let delivered = match delivered {
                 Some(delivered) => delivered,
-                None => self.delivered(key).await,
+                None => self.delivered(key, work.track).await,
             };
+            let outputs = &invocation.outputs;
             self.meters
-                .timed(Stage::Write, self.deliver(ev, &outputs, &delivered))
-                .await
+                .timed(Stage::Write, self.deliver(ev, outputs, &delivered))
+                .await?;
+            Ok(invocation.reply)
         };
         let mut attempts = 0;
         let result = loop {
-            let (result, tried) = self.retrying(&self.retry, key, run).await;
+            let policy = match work.retry {
+                true => &self.retry,
+                false => &RetryConfig::ONCE,
+            };
+            let (result, tried) = self.retrying(policy, key, run).await;
             attempts += tried;
             match &result {
                 // An outage is not the event's fault: hold it (and, with
@@ -333,7 +361,7 @@ impl Handler {
         };
 
         let outcome = match (result, work.on_failure) {
-            (Ok(()), _) => Outcome::Done { attempts },
+            (Ok(reply), _) => Outcome::Done { attempts, reply },
             (Err(failure), OnFailure::Return) => Outcome::Failed { attempts, failure },
             (Err(failure), OnFailure::DeadLetter) => {
                 self.dead_letter(
@@ -422,7 +450,10 @@ impl Handler {
     }
 
     /// Which outputs of the event with `key` were delivered already.
-    async fn delivered(&self, key: &str) -> HashSet<String> {
+    async fn delivered(&self, key: &str, track: Track) -> HashSet<String> {
+        if track == Track::Untracked {
+            return HashSet::new();
+        }
         match self.idempotency.delivered(&self.name, key).await {
             Ok(delivered) => delivered,
             Err(error) => {
@@ -502,7 +533,7 @@ impl Handler {
         Ok(())
     }
 
-    async fn invoke(&self, event: &Arc<Event>, attempt: u32) -> Result<Vec<Output>, Failure> {
+    async fn invoke(&self, event: &Arc<Event>, attempt: u32) -> Result<Invocation, Failure> {
         let function = self.function.clone();
         let context = if attempt == self.context.attempt {
             Arc::clone(&self.context)
@@ -555,13 +586,14 @@ impl Handler {
             error = result.as_ref().err().map(|e| e.to_string()),
             "invocation"
         );
-        let outputs = result.map_err(|e: InvokeError| Failure {
+        let invocation = result.map_err(|e: InvokeError| Failure {
             retry_after: None,
             stage: "invoke",
             retryable: e.retryable(),
             message: e.to_string(),
             outcome: Some(e.outcome()),
         })?;
+        let outputs = &invocation.outputs;
         let bytes: u64 = outputs.iter().map(|o| o.data.len() as u64).sum();
         if outputs.len() > self.max_outputs || bytes > self.max_output_bytes {
             return Err(Failure {
@@ -591,7 +623,7 @@ impl Handler {
                 outcome: Some("ok"),
             });
         }
-        Ok(outputs)
+        Ok(invocation)
     }
 
     /// Writes the dead letter, retrying until it is written or the process

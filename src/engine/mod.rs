@@ -27,7 +27,7 @@ use async_trait::async_trait;
 
 use crate::event::{Event, Position};
 
-pub use handler::{Failure, Handled, Handler, OnFailure, Outcome, Slot, Work};
+pub use handler::{Failure, Handled, Handler, OnFailure, Outcome, Slot, Track, Work};
 
 /// What a trigger hands the engine: the event, or what makes it.
 pub enum Pending {

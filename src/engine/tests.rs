@@ -11,15 +11,15 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::broker::{Broker, EmbeddedBroker};
+use crate::broker::EmbeddedBroker;
 use crate::config::pipeline::PipelineConfig;
 use crate::event::{Event, Message};
 use crate::health::Health;
 use crate::idempotency::{Completion, EmbeddedIdempotency, IdempotencyStore};
-use crate::runtime::{Context, InvocationStats, Invoke, InvokeError, LogLabel, Output};
+use crate::runtime::{Context, Invocation, InvocationStats, Invoke, InvokeError, LogLabel, Output};
 use crate::sinks::Backends;
 use crate::sqlite::Durability;
-use crate::storage::{LocalStorage, ObjectStore};
+use crate::storage::LocalStorage;
 
 type Behaviour = Box<dyn Fn(&Event) -> Result<Vec<Output>, InvokeError> + Send + Sync>;
 
@@ -56,7 +56,7 @@ impl Invoke for Fake {
         context: &Context,
         event: &Event,
         _label: LogLabel,
-    ) -> (Result<Vec<Output>, InvokeError>, InvocationStats) {
+    ) -> (Result<Invocation, InvokeError>, InvocationStats) {
         self.calls.fetch_add(1, AtomicOrdering::SeqCst);
         self.attempts.lock().unwrap().push(context.attempt);
         let mut script = self.script.lock().unwrap();
@@ -65,7 +65,11 @@ impl Invoke for Fake {
             1 => script[0](event),
             _ => script.pop_front().unwrap()(event),
         };
-        (result, InvocationStats::default())
+        let invocation = result.map(|outputs| Invocation {
+            outputs,
+            reply: None,
+        });
+        (invocation, InvocationStats::default())
     }
 }
 
@@ -195,7 +199,7 @@ async fn outputs_are_written_and_a_redelivery_is_skipped() {
     let handler = setup.handler(Fake::new(vec![shout()]));
     let outcome = handle(&handler, Work::new("a".into(), event("a", "hello"))).await;
     assert!(
-        matches!(outcome, Outcome::Done { attempts: 1 }),
+        matches!(outcome, Outcome::Done { attempts: 1, .. }),
         "{outcome:?}"
     );
     assert_eq!(setup.object("out", "a.txt").await.unwrap(), "HELLO");
@@ -226,7 +230,7 @@ async fn a_retryable_failure_is_retried() {
     let handler = setup.handler(fake.clone());
     let outcome = handle(&handler, Work::new("b".into(), event("b", "x"))).await;
     assert!(
-        matches!(outcome, Outcome::Done { attempts: 2 }),
+        matches!(outcome, Outcome::Done { attempts: 2, .. }),
         "{outcome:?}"
     );
     assert_eq!(*fake.attempts.lock().unwrap(), vec![1, 2]);
@@ -264,12 +268,12 @@ async fn a_permanent_failure_is_dead_lettered_and_replay_ends_it() {
     let fixed = setup.handler(Fake::new(vec![shout()]));
     let replay = Work {
         on_failure: OnFailure::Return,
-        again: true,
+        track: Track::Again,
         ..Work::new("c".into(), event("c", "x"))
     };
     let outcome = handle(&fixed, replay).await;
     assert!(
-        matches!(outcome, Outcome::Done { attempts: 1 }),
+        matches!(outcome, Outcome::Done { attempts: 1, .. }),
         "{outcome:?}"
     );
     assert_eq!(setup.object("out", "c.txt").await.unwrap(), "X");
@@ -337,7 +341,7 @@ async fn the_feed_driver_handles_a_topic_and_commits_it() {
             .await
             .unwrap();
     }
-    let trigger = setup
+    let crate::triggers::Trigger::Pulled(trigger) = setup
         .config
         .source
         .open(
@@ -346,7 +350,10 @@ async fn the_feed_driver_handles_a_topic_and_commits_it() {
             setup.backends.broker.clone(),
         )
         .await
-        .unwrap();
+        .unwrap()
+    else {
+        panic!("a topic is pulled")
+    };
     let shutdown = CancellationToken::new();
     let driver = tokio::spawn(feed_driver::run(
         handler,

@@ -61,18 +61,22 @@ impl HostState {
 
     /// The tail of what the function wrote to stderr (a panic message).
     pub fn stderr_tail(&self) -> Option<String> {
-        let bytes = self.stderr.contents();
-        let text = String::from_utf8_lossy(&bytes);
-        let text = text.trim();
-        if text.is_empty() {
-            return None;
-        }
-        let start = text.len().saturating_sub(1000);
-        let start = (start..text.len())
-            .find(|&i| text.is_char_boundary(i))
-            .unwrap_or(0);
-        Some(text[start..].to_owned())
+        tail(&self.stderr.contents())
     }
+}
+
+/// The last thousand bytes or so of `bytes`, as text; `None` when blank.
+pub(super) fn tail(bytes: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    let start = text.len().saturating_sub(1000);
+    let start = (start..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    Some(text[start..].to_owned())
 }
 
 impl WasiView for HostState {

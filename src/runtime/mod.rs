@@ -15,6 +15,7 @@
 
 pub mod build;
 mod host;
+pub mod http;
 mod limits;
 
 use std::path::{Path, PathBuf};
@@ -179,6 +180,8 @@ pub struct RuntimeSettings {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
+    /// For HTTP functions (`wasi:http/proxy`), on the same engine.
+    http_linker: Linker<http::HttpHost>,
     pooling: bool,
     cache_dir: Option<PathBuf>,
     ticker_stop: Arc<AtomicBool>,
@@ -215,6 +218,7 @@ impl Runtime {
                 }
             })?;
         Ok(Self {
+            http_linker: http::linker(&engine)?,
             engine,
             linker,
             pooling,
@@ -254,6 +258,46 @@ impl Runtime {
             timeout: config.timeout,
             pre,
             engine: self.engine.clone(),
+        })
+    }
+
+    /// Compiles (or loads from cache) and pre-links an HTTP function: a
+    /// component exporting `wasi:http/incoming-handler`. It must be called
+    /// within the tokio runtime its requests' I/O is to run on.
+    pub fn load_http(
+        &self,
+        config: &FunctionConfig,
+        wasm: &Path,
+        max_response_size: u64,
+    ) -> anyhow::Result<http::HttpFunction> {
+        let started = Instant::now();
+        let (component, cached) = self.compile(wasm)?;
+        let pre = self
+            .http_linker
+            .instantiate_pre(&component)
+            .map_err(|e| anyhow::anyhow!("{}: {e:#}", wasm.display()))?;
+        let pre = wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre).map_err(|e| {
+            anyhow::anyhow!(
+                "{} does not export wasi:http/incoming-handler (an HTTP function is a wasi:http/proxy component): {e:#}",
+                wasm.display()
+            )
+        })?;
+        tracing::info!(
+            function = %config.name,
+            component = %wasm.display(),
+            cached,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "HTTP function ready"
+        );
+        Ok(http::HttpFunction {
+            name: config.name.clone(),
+            memory_limit: config.memory_limit,
+            timeout: config.timeout,
+            max_response_size,
+            pre,
+            engine: self.engine.clone(),
+            tokio: tokio::runtime::Handle::try_current()
+                .map_err(|_| anyhow::anyhow!("HTTP functions are loaded within a tokio runtime"))?,
         })
     }
 
@@ -440,7 +484,15 @@ pub trait Invoke: Send + Sync + 'static {
         context: &Context,
         event: &Event,
         label: LogLabel,
-    ) -> (Result<Vec<Output>, InvokeError>, InvocationStats);
+    ) -> (Result<Invocation, InvokeError>, InvocationStats);
+}
+
+/// What one invocation returned: outputs for the sinks, and for an HTTP
+/// function the reply to its request.
+#[derive(Debug, Default)]
+pub struct Invocation {
+    pub outputs: Vec<Output>,
+    pub reply: Option<http::Reply>,
 }
 
 impl Invoke for Function {
@@ -457,8 +509,32 @@ impl Invoke for Function {
         context: &Context,
         event: &Event,
         label: LogLabel,
-    ) -> (Result<Vec<Output>, InvokeError>, InvocationStats) {
-        Function::invoke(self, context, event, label)
+    ) -> (Result<Invocation, InvokeError>, InvocationStats) {
+        let (result, stats) = Function::invoke(self, context, event, label);
+        let invocation = result.map(|outputs| Invocation {
+            outputs,
+            reply: None,
+        });
+        (invocation, stats)
+    }
+}
+
+impl Invoke for http::HttpFunction {
+    fn name(&self) -> &str {
+        http::HttpFunction::name(self)
+    }
+
+    fn memory_limit(&self) -> u64 {
+        http::HttpFunction::memory_limit(self)
+    }
+
+    fn invoke(
+        &self,
+        context: &Context,
+        event: &Event,
+        label: LogLabel,
+    ) -> (Result<Invocation, InvokeError>, InvocationStats) {
+        http::HttpFunction::invoke(self, context, event, label)
     }
 }
 
@@ -542,22 +618,41 @@ impl Function {
     }
 
     fn classify(&self, error: wasmtime::Error, state: &HostState) -> InvokeError {
-        if state.limiter.refused {
-            return InvokeError::OutOfMemory {
-                limit: self.memory_limit,
-            };
-        }
-        match error.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => InvokeError::Timeout(self.timeout),
-            Some(trap) => {
-                let mut message = trap.to_string();
-                if let Some(stderr) = state.stderr_tail() {
-                    message = format!("{message}; stderr: {stderr}");
-                }
-                InvokeError::Trap(message)
+        classify(
+            error,
+            state.limiter.refused,
+            state.stderr_tail(),
+            self.memory_limit,
+            self.timeout,
+        )
+    }
+}
+
+/// What an instance's failure was: a refused grow is out of memory (the
+/// guest's allocator then traps, indistinguishable otherwise), an
+/// interrupt is the epoch deadline.
+fn classify(
+    error: wasmtime::Error,
+    refused: bool,
+    stderr: Option<String>,
+    memory_limit: u64,
+    timeout: Duration,
+) -> InvokeError {
+    if refused {
+        return InvokeError::OutOfMemory {
+            limit: memory_limit,
+        };
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => InvokeError::Timeout(timeout),
+        Some(trap) => {
+            let mut message = trap.to_string();
+            if let Some(stderr) = stderr {
+                message = format!("{message}; stderr: {stderr}");
             }
-            None => InvokeError::Instantiate(format!("{error:#}")),
+            InvokeError::Trap(message)
         }
+        None => InvokeError::Instantiate(format!("{error:#}")),
     }
 }
 

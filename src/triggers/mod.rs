@@ -8,6 +8,7 @@
 //! file here and one variant of [`TriggerConfig`]; every `match` on it says
 //! what else the kind must decide.
 
+pub mod http;
 pub mod key;
 pub mod storage;
 pub mod topic;
@@ -31,6 +32,8 @@ pub enum TriggerConfig {
     Storage(StorageTriggerConfig),
     /// Messages on a topic.
     Topic(TopicTriggerConfig),
+    /// Requests to HTTP routes, answered by the function.
+    Http(http::HttpTriggerConfig),
 }
 
 impl TriggerConfig {
@@ -39,10 +42,11 @@ impl TriggerConfig {
         let config = match kind.as_deref() {
             Some("storage") => StorageTriggerConfig::read(&table).map(Self::Storage),
             Some("topic") => TopicTriggerConfig::read(&table).map(Self::Topic),
+            Some("http") => http::HttpTriggerConfig::read(&table).map(Self::Http),
             Some(other) => {
                 if let Some(field) = table.get("type") {
                     field.error(format!(
-                        "unknown source type {other:?}; expected \"storage\" or \"topic\""
+                        "unknown source type {other:?}; expected \"storage\", \"topic\" or \"http\""
                     ));
                 }
                 None
@@ -79,21 +83,37 @@ impl TriggerConfig {
     pub fn bucket(&self) -> Option<&str> {
         match self {
             Self::Storage(config) => Some(&config.bucket),
-            Self::Topic(_) => None,
+            Self::Topic(_) | Self::Http(_) => None,
         }
     }
 
-    /// Opens the trigger's feed for `pipeline` on the configured backends,
-    /// for the [`feed_driver`](crate::engine::feed_driver).
+    /// Opens the trigger for `pipeline` on the configured backends: a
+    /// pulled trigger's feed, for the
+    /// [`feed_driver`](crate::engine::feed_driver), or the routes a pushed
+    /// one serves.
     pub async fn open(
         &self,
         pipeline: &str,
         store: Arc<dyn ObjectStore>,
         broker: Arc<dyn Broker>,
-    ) -> Result<Box<dyn Pull>, FeedError> {
+    ) -> Result<Trigger, FeedError> {
         Ok(match self {
-            Self::Storage(config) => Box::new(storage::open(config, pipeline, store).await?),
-            Self::Topic(config) => Box::new(topic::open(config, pipeline, broker).await?),
+            Self::Storage(config) => {
+                Trigger::Pulled(Box::new(storage::open(config, pipeline, store).await?))
+            }
+            Self::Topic(config) => {
+                Trigger::Pulled(Box::new(topic::open(config, pipeline, broker).await?))
+            }
+            Self::Http(config) => Trigger::Routes(config.clone()),
         })
     }
+}
+
+/// An opened trigger, by how it acknowledges (as Vector's sources say
+/// whether they can): by committing offsets, or with a reply.
+pub enum Trigger {
+    /// Read through the feed driver; acknowledged by offset.
+    Pulled(Box<dyn Pull>),
+    /// Served by the gateway; acknowledged by the response.
+    Routes(http::HttpTriggerConfig),
 }

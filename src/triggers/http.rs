@@ -1,0 +1,577 @@
+//! The HTTP trigger: requests to a pipeline's routes, answered by its
+//! function (a `wasi:http` component) while the client waits.
+//!
+//! A pushed trigger: there is no feed to commit, so it calls the handler
+//! directly for each request and turns the outcome into the response (it
+//! acknowledges with a reply). Every HTTP pipeline's routes are served by
+//! one [`Gateway`] under the API's listener; a route is matched as Spin
+//! orders them (an exact route beats one with `:param`s, which beats a
+//! trailing wildcard `/...`; among wildcards the longer prefix wins).
+//! Before anything runs, a request must fit the route's limits: its method
+//! (405), its headers (431) and its body (413); when every slot of the
+//! pipeline is busy it is refused at once with 503 and `Retry-After`
+//! rather than queued without bound. The function's timeout answers 504,
+//! a trap or error 500 with the request id that the log line carries.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use metrics::{counter, histogram};
+use serde_json::json;
+
+use crate::config::reader::Table;
+use crate::engine::{Handler, OnFailure, Outcome, Pending, Track, Work};
+use crate::event::Event;
+use crate::runtime::http as wasi_http;
+
+/// Paths the API itself serves: no route may shadow them.
+const RESERVED: [&str; 5] = ["/v1/", "/metrics", "/healthz", "/livez", "/readyz"];
+
+pub const DEFAULT_MAX_BODY_SIZE: u64 = 1 << 20;
+pub const DEFAULT_MAX_HEADER_SIZE: u64 = 16 << 10;
+/// Lambda's limit for a synchronous response.
+pub const DEFAULT_MAX_RESPONSE_SIZE: u64 = 6 << 20;
+
+#[derive(Clone, Debug)]
+pub struct HttpTriggerConfig {
+    /// The paths served: `/api/users/:id`, `/hooks/...` (at least one).
+    pub routes: Vec<Route>,
+    /// Methods accepted (default GET and HEAD); others are answered 405.
+    pub methods: Vec<Method>,
+    /// Largest request body (default 1 MiB): 413 beyond.
+    pub max_body_size: u64,
+    /// Largest total of request header names and values (default 16 KiB):
+    /// 431 beyond.
+    pub max_header_size: u64,
+    /// Largest response body the function may write (default 6 MiB); a
+    /// larger one is a 500.
+    pub max_response_size: u64,
+}
+
+impl HttpTriggerConfig {
+    pub fn read(table: &Table<'_, '_>) -> Option<Self> {
+        let routes = table.required("routes").and_then(|field| {
+            let patterns = field.strings()?;
+            if patterns.is_empty() {
+                field.error("list at least one route");
+                return None;
+            }
+            let mut routes = Vec::new();
+            for pattern in patterns {
+                match Route::parse(&pattern) {
+                    Ok(route) => routes.push(route),
+                    Err(reason) => field.error(format!("route {pattern:?}: {reason}")),
+                }
+            }
+            (routes.len() == field.strings()?.len()).then_some(routes)
+        });
+        let methods = match table.get("methods") {
+            None => Some(vec![Method::GET, Method::HEAD]),
+            Some(field) => field.strings().and_then(|names| {
+                let mut methods = Vec::new();
+                for name in names {
+                    match Method::from_bytes(name.to_ascii_uppercase().as_bytes()) {
+                        Ok(method) => methods.push(method),
+                        Err(_) => {
+                            field.error(format!("{name:?} is not an HTTP method"));
+                            return None;
+                        }
+                    }
+                }
+                Some(methods)
+            }),
+        };
+        if let Some(field) = table.get("mode") {
+            match field.string().as_deref() {
+                Some("sync") | None => {}
+                Some("async") => field.error(
+                    "mode = \"async\" (requests queued as events) is not available in this build; use \"sync\"",
+                ),
+                Some(other) => field.error(format!(
+                    "unknown mode {other:?}; expected \"sync\" or \"async\""
+                )),
+            }
+        }
+        let max_body_size = table.size("max_body_size").unwrap_or(DEFAULT_MAX_BODY_SIZE);
+        let max_header_size = table
+            .size("max_header_size")
+            .unwrap_or(DEFAULT_MAX_HEADER_SIZE);
+        let max_response_size = table
+            .size("max_response_size")
+            .unwrap_or(DEFAULT_MAX_RESPONSE_SIZE);
+        Some(Self {
+            routes: routes?,
+            methods: methods?,
+            max_body_size,
+            max_header_size,
+            max_response_size,
+        })
+    }
+}
+
+/// A route pattern: literal segments, `:name` parameters, and optionally a
+/// trailing `...` that matches the rest of the path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub pattern: String,
+    segments: Vec<Segment>,
+    wildcard: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+/// What a matched route says about a path.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Matched<'p> {
+    pub params: Vec<(&'p str, &'p str)>,
+    /// What the wildcard matched, with its leading `/` (empty without one).
+    pub rest: &'p str,
+}
+
+impl Route {
+    pub fn parse(pattern: &str) -> Result<Self, String> {
+        let Some(path) = pattern.strip_prefix('/') else {
+            return Err("a route starts with '/'".to_owned());
+        };
+        if let Some(reserved) = RESERVED
+            .iter()
+            .find(|r| pattern.starts_with(*r) || r.trim_end_matches('/') == pattern)
+        {
+            return Err(format!("{reserved} is runnel's own API"));
+        }
+        let mut segments = Vec::new();
+        let mut wildcard = false;
+        let parts: Vec<&str> = match path {
+            "" => Vec::new(),
+            path => path.split('/').collect(),
+        };
+        for (i, part) in parts.iter().enumerate() {
+            if *part == "..." {
+                if i + 1 != parts.len() {
+                    return Err("`...` may only end a route".to_owned());
+                }
+                wildcard = true;
+            } else if let Some(name) = part.strip_prefix(':') {
+                let valid = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                if !valid {
+                    return Err(format!(
+                        "parameter {part:?}: use letters, digits, '-' or '_'"
+                    ));
+                }
+                segments.push(Segment::Param(name.to_ascii_lowercase()));
+            } else if part.is_empty() {
+                return Err("empty segment ('//' or a trailing '/')".to_owned());
+            } else {
+                segments.push(Segment::Literal((*part).to_owned()));
+            }
+        }
+        Ok(Self {
+            pattern: pattern.to_owned(),
+            segments,
+            wildcard,
+        })
+    }
+
+    /// Spin's order: exact routes, then routes with parameters, then
+    /// wildcards, longer prefixes first; lower sorts first.
+    fn precedence(&self) -> (u8, std::cmp::Reverse<usize>) {
+        let class = match (
+            self.wildcard,
+            self.segments.iter().any(|s| matches!(s, Segment::Param(_))),
+        ) {
+            (false, false) => 0,
+            (false, true) => 1,
+            (true, _) => 2,
+        };
+        (class, std::cmp::Reverse(self.segments.len()))
+    }
+
+    /// The path's parameters and rest when this route serves `path`.
+    pub fn matches<'p>(&'p self, path: &'p str) -> Option<Matched<'p>> {
+        if !path.starts_with('/') {
+            return None;
+        }
+        // What is left to match, with its leading '/'.
+        let mut tail = if path == "/" { "" } else { path };
+        let mut params = Vec::new();
+        for segment in &self.segments {
+            let rest = tail.strip_prefix('/')?;
+            let (part, next) = match rest.find('/') {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, ""),
+            };
+            match segment {
+                Segment::Literal(literal) if literal == part => {}
+                Segment::Param(name) if !part.is_empty() => params.push((name.as_str(), part)),
+                _ => return None,
+            }
+            tail = next;
+        }
+        match (self.wildcard, tail.is_empty()) {
+            (true, _) => Some(Matched { params, rest: tail }),
+            (false, true) => Some(Matched { params, rest: "" }),
+            (false, false) => None,
+        }
+    }
+}
+
+/// Every HTTP pipeline's routes, in the order they are tried.
+#[derive(Default)]
+pub struct Gateway {
+    routes: Vec<(Route, Arc<Served>)>,
+}
+
+/// An HTTP pipeline as the gateway serves it.
+struct Served {
+    config: HttpTriggerConfig,
+    handler: Arc<Handler>,
+}
+
+impl Gateway {
+    /// Adds a pipeline's routes; a route another pipeline serves already is
+    /// an error naming both.
+    pub fn add(&mut self, config: &HttpTriggerConfig, handler: Arc<Handler>) -> Result<(), String> {
+        let served = Arc::new(Served {
+            config: config.clone(),
+            handler,
+        });
+        for route in &config.routes {
+            if let Some((_, other)) = self.routes.iter().find(|(r, _)| r.pattern == route.pattern) {
+                return Err(format!(
+                    "route {} is served by pipelines {} and {}",
+                    route.pattern,
+                    other.handler.name(),
+                    served.handler.name()
+                ));
+            }
+            self.routes.push((route.clone(), served.clone()));
+        }
+        self.routes.sort_by_key(|(route, _)| route.precedence());
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// Answers one request: a route's function, or 404.
+    pub async fn serve(&self, request: Request) -> Response {
+        let path = request.uri().path().to_owned();
+        let found = self
+            .routes
+            .iter()
+            .find_map(|(route, served)| Some((route, served, route.matches(&path)?)));
+        let Some((route, served, matched)) = found else {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no route serves {path}"),
+                None,
+            );
+        };
+        let started = Instant::now();
+        let pipeline = served.handler.name().to_owned();
+        let response = served.answer(route, &matched, request).await;
+        let status = response.status().as_u16().to_string();
+        let labels = [("pipeline", pipeline), ("route", route.pattern.clone())];
+        counter!(crate::metrics::HTTP_REQUESTS, "pipeline" => labels[0].1.clone(), "route" => labels[1].1.clone(), "status" => status).increment(1);
+        histogram!(crate::metrics::HTTP_REQUEST_DURATION, &labels)
+            .record(started.elapsed().as_secs_f64());
+        response
+    }
+}
+
+impl Served {
+    async fn answer(&self, route: &Route, matched: &Matched<'_>, request: Request) -> Response {
+        let config = &self.config;
+        if !config.methods.contains(request.method()) {
+            let allow = config
+                .methods
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut response = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!(
+                    "{} is not allowed on {} (methods: {allow})",
+                    request.method(),
+                    route.pattern
+                ),
+                None,
+            );
+            if let Ok(value) = HeaderValue::from_str(&allow) {
+                response.headers_mut().insert(header::ALLOW, value);
+            }
+            return response;
+        }
+        let header_bytes: u64 = request
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.as_str().len() + value.len() + 4) as u64)
+            .sum();
+        if header_bytes > config.max_header_size {
+            return error(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!(
+                    "request headers take {header_bytes} bytes, over the route's limit of {} (max_header_size)",
+                    config.max_header_size
+                ),
+                None,
+            );
+        }
+        // Refused before the body is read: a busy pipeline costs nothing more.
+        let Some(slot) = self.handler.try_admit() else {
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "pipeline {} is at its concurrency limit",
+                    self.handler.name()
+                ),
+                None,
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        };
+        let (parts, body) = request.into_parts();
+        let body: Body = body;
+        let body = match crate::http::read_body(
+            &parts.headers,
+            body,
+            config.max_body_size,
+            "max_body_size",
+        )
+        .await
+        {
+            Ok(body) => body,
+            Err(response) => return response,
+        };
+        let id = request_id();
+        let event = request_event(&id, self.handler.name(), route, matched, &parts, body);
+        let work = Work {
+            key: id.clone(),
+            pending: Pending::Event(Box::new(event)),
+            on_failure: OnFailure::Return,
+            track: Track::Untracked,
+            retry: false,
+        };
+        let handled = self.handler.handle(slot, work).await;
+        match handled.outcome {
+            Outcome::Done {
+                reply: Some(reply), ..
+            } => reply_response(reply, &id),
+            Outcome::Failed { failure, .. } => {
+                let (status, what) = match failure.outcome {
+                    Some("timeout") => (StatusCode::GATEWAY_TIMEOUT, "the function timed out"),
+                    _ => (StatusCode::INTERNAL_SERVER_ERROR, "the function failed"),
+                };
+                tracing::warn!(pipeline = %self.handler.name(), request_id = %id, route = %route.pattern, stage = failure.stage, error = %failure.message, "request failed");
+                error(status, what, Some(&id))
+            }
+            other => {
+                tracing::error!(pipeline = %self.handler.name(), request_id = %id, ?other, "an HTTP function gave no reply");
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the function gave no reply",
+                    Some(&id),
+                )
+            }
+        }
+    }
+}
+
+/// The event of a request: what the function's `wasi:http` request is
+/// made from. Headers from the client that look like runnel's own are
+/// dropped, so a client cannot forge a path parameter.
+fn request_event(
+    id: &str,
+    pipeline: &str,
+    route: &Route,
+    matched: &Matched<'_>,
+    parts: &axum::http::request::Parts,
+    body: bytes::Bytes,
+) -> Event {
+    use std::collections::BTreeMap;
+    let mut attributes = BTreeMap::new();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+    attributes.insert(
+        wasi_http::METHOD.to_owned(),
+        parts.method.as_str().to_owned(),
+    );
+    attributes.insert(wasi_http::PATH.to_owned(), path);
+    attributes.insert(wasi_http::ROUTE.to_owned(), route.pattern.clone());
+    for (name, value) in &parts.headers {
+        let name = name.as_str();
+        if name.starts_with("runnel-") || name.starts_with("spin-") {
+            continue;
+        }
+        let value = String::from_utf8_lossy(value.as_bytes());
+        let key = format!("{}{name}", wasi_http::HEADER_PREFIX);
+        attributes
+            .entry(key)
+            .and_modify(|v: &mut String| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert_with(|| value.into_owned());
+    }
+    let mut ours = vec![
+        ("runnel-request-id".to_owned(), id.to_owned()),
+        ("runnel-matched-route".to_owned(), route.pattern.clone()),
+        ("runnel-path-info".to_owned(), matched.rest.to_owned()),
+        // What Spin's SDKs read, so Spin components find their route.
+        ("spin-matched-route".to_owned(), route.pattern.clone()),
+        ("spin-path-info".to_owned(), matched.rest.to_owned()),
+    ];
+    for (name, value) in &matched.params {
+        attributes.insert(
+            format!("{}{name}", wasi_http::PARAM_PREFIX),
+            (*value).to_owned(),
+        );
+        ours.push((format!("runnel-path-param-{name}"), (*value).to_owned()));
+        ours.push((format!("spin-path-match-{name}"), (*value).to_owned()));
+    }
+    for (name, value) in ours {
+        attributes.insert(format!("{}{name}", wasi_http::HEADER_PREFIX), value);
+    }
+    Event {
+        id: id.to_owned(),
+        source: format!("http://{pipeline}"),
+        event_type: wasi_http::REQUEST.to_owned(),
+        subject: Some(parts.uri.path().to_owned()),
+        content_type: parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        attributes,
+        data: body,
+        idempotency_key: id.to_owned(),
+    }
+}
+
+fn reply_response(reply: wasi_http::Reply, id: &str) -> Response {
+    let mut response = Response::new(Body::from(reply.body));
+    *response.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers: &mut HeaderMap = response.headers_mut();
+    for (name, value) in reply.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(&value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(id) {
+        headers.insert("x-request-id", value);
+    }
+    response
+}
+
+fn error(status: StatusCode, message: impl Into<String>, id: Option<&str>) -> Response {
+    let body = match id {
+        Some(id) => json!({ "error": message.into(), "request_id": id }),
+        None => json!({ "error": message.into() }),
+    };
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Some(value) = id.and_then(|id| HeaderValue::from_str(id).ok()) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// 128 random bits, hex: unique enough to find one request in the logs.
+fn request_id() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(pattern: &str) -> Route {
+        Route::parse(pattern).unwrap()
+    }
+
+    #[test]
+    fn routes_match_literals_params_and_wildcards() {
+        let users = route("/api/users/:id");
+        assert_eq!(
+            users.matches("/api/users/42"),
+            Some(Matched {
+                params: vec![("id", "42")],
+                rest: ""
+            })
+        );
+        assert_eq!(users.matches("/api/users/"), None);
+        assert_eq!(users.matches("/api/users/42/x"), None);
+        assert_eq!(users.matches("/api/users"), None);
+        let hooks = route("/hooks/...");
+        assert_eq!(hooks.matches("/hooks/a/b").map(|m| m.rest), Some("/a/b"));
+        assert_eq!(hooks.matches("/hooks").map(|m| m.rest), Some(""));
+        assert_eq!(hooks.matches("/hooksx"), None);
+        assert_eq!(
+            route("/").matches("/"),
+            Some(Matched {
+                params: vec![],
+                rest: ""
+            })
+        );
+        assert_eq!(
+            route("/...").matches("/any/thing").map(|m| m.rest),
+            Some("/any/thing")
+        );
+    }
+
+    #[test]
+    fn bad_routes_are_refused_with_a_reason() {
+        for (pattern, reason) in [
+            ("api", "starts with '/'"),
+            ("/a/.../b", "may only end"),
+            ("/a//b", "empty segment"),
+            ("/a/:", "parameter"),
+            ("/v1/objects", "runnel's own API"),
+            ("/metrics", "runnel's own API"),
+        ] {
+            let error = Route::parse(pattern).unwrap_err();
+            assert!(error.contains(reason), "{pattern}: {error}");
+        }
+    }
+
+    #[test]
+    fn exact_beats_param_beats_wildcard() {
+        let mut routes = [
+            route("/..."),
+            route("/api/..."),
+            route("/api/users/:id"),
+            route("/api/users/me"),
+        ];
+        routes.sort_by_key(Route::precedence);
+        let first = |path: &str| {
+            routes
+                .iter()
+                .find(|r| r.matches(path).is_some())
+                .map(|r| r.pattern.as_str())
+        };
+        assert_eq!(first("/api/users/me"), Some("/api/users/me"));
+        assert_eq!(first("/api/users/7"), Some("/api/users/:id"));
+        assert_eq!(first("/api/other"), Some("/api/..."));
+        assert_eq!(first("/else"), Some("/..."));
+    }
+}
