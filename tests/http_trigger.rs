@@ -1,0 +1,337 @@
+//! The HTTP trigger from the outside: `runnel up` serving wasi:http
+//! functions, driven with a real HTTP client.
+
+mod harness;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use harness::{Runnel, repo};
+
+/// The probe behind three overlapping routes, with small limits.
+fn probe_pipeline(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let text = format!(
+        r#"name = "probe"
+concurrency = 2
+[source]
+type = "http"
+routes = ["/probe/...", "/probe/exact/echo", "/probe/:p/echo"]
+methods = ["GET", "POST"]
+max_body_size = "1KiB"
+max_header_size = "1KiB"
+max_response_size = "64KiB"
+[function]
+path = {:?}
+timeout = "1s"
+"#,
+        repo().join("functions/testing/http-probe")
+    );
+    let file = dir.join("probe.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+/// The echo's `name: value` lines.
+fn echoed(text: &str, name: &str) -> Option<String> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+        .map(str::to_owned)
+}
+
+/// The example pipeline answers GET with a path parameter and POST with
+/// JSON; other methods, unknown paths and bad bodies get their status.
+#[tokio::test]
+async fn the_example_greets_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let runnel = Runnel::start(
+        dir.path(),
+        &[repo().join("pipelines/hello-http.toml")],
+        &[],
+        "",
+    )
+    .await;
+    let client = &runnel.client;
+    let response = client.get(runnel.url("/hello/Ada")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("x-request-id"));
+    assert_eq!(response.text().await.unwrap(), "Hello, Ada!\n");
+
+    let response = client
+        .post(runnel.url("/hello"))
+        .body(r#"{"name": "Grace"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(
+        response.text().await.unwrap(),
+        "{\"greeting\":\"Hello, Grace!\"}\n"
+    );
+
+    let response = client
+        .post(runnel.url("/hello"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    let response = client
+        .delete(runnel.url("/hello/Ada"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET, POST");
+    let response = client.get(runnel.url("/goodbye")).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+
+    let labels = [("pipeline", "hello-http"), ("route", "/hello/:name")];
+    assert_eq!(
+        runnel
+            .metric(
+                "runnel_http_requests_total",
+                &[labels[0], labels[1], ("status", "200")]
+            )
+            .await,
+        1.0
+    );
+    assert_eq!(
+        runnel
+            .metric(
+                "runnel_http_requests_total",
+                &[labels[0], labels[1], ("status", "405")]
+            )
+            .await,
+        1.0
+    );
+    assert_eq!(
+        runnel
+            .metric(
+                "runnel_invocations_total",
+                &[("pipeline", "hello-http"), ("outcome", "ok")]
+            )
+            .await,
+        3.0,
+        "the 405 and the 404 ran nothing"
+    );
+}
+
+/// Exact beats `:param` beats the wildcard; parameters, the matched route
+/// and the rest of the path reach the function as headers, and a client
+/// cannot forge them.
+#[tokio::test]
+async fn routes_take_precedence_and_pass_their_params() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = probe_pipeline(&dir.path().join("pipelines"));
+    let runnel = Runnel::start(dir.path(), &[pipeline], &[], "").await;
+    let get = |path: &'static str| {
+        let request = runnel
+            .client
+            .get(runnel.url(path))
+            .header("runnel-path-param-p", "forged")
+            .header("x-custom", "kept");
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+            response.text().await.unwrap()
+        }
+    };
+    let exact = get("/probe/exact/echo").await;
+    assert_eq!(
+        echoed(&exact, "runnel-matched-route").unwrap(),
+        "/probe/exact/echo"
+    );
+    assert_eq!(
+        echoed(&exact, "runnel-path-param-p"),
+        None,
+        "forged header dropped"
+    );
+    assert_eq!(echoed(&exact, "x-custom").unwrap(), "kept");
+
+    let param = get("/probe/forty-two/echo?x=1").await;
+    assert_eq!(
+        echoed(&param, "runnel-matched-route").unwrap(),
+        "/probe/:p/echo"
+    );
+    assert_eq!(echoed(&param, "runnel-path-param-p").unwrap(), "forty-two");
+    assert_eq!(echoed(&param, "spin-path-match-p").unwrap(), "forty-two");
+    assert_eq!(echoed(&param, "path").unwrap(), "/probe/forty-two/echo?x=1");
+    assert_eq!(echoed(&param, "method").unwrap(), "Get");
+
+    let rest = get("/probe/a/b/echo").await;
+    assert_eq!(echoed(&rest, "runnel-matched-route").unwrap(), "/probe/...");
+    assert_eq!(echoed(&rest, "runnel-path-info").unwrap(), "/a/b/echo");
+
+    let response = runnel
+        .client
+        .get(runnel.url("/probe/status?code=201"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["x-probe"], "yes");
+}
+
+/// Each limit answers its status before the function runs (413, 431), or
+/// when it runs out (504, a too-large response 500); a trap is a 500 whose
+/// request id the log carries, and the process goes on serving.
+#[tokio::test]
+async fn limits_and_failures_have_their_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = probe_pipeline(&dir.path().join("pipelines"));
+    let runnel = Runnel::start(dir.path(), &[pipeline], &[], "").await;
+    let client = &runnel.client;
+
+    let big_body = vec![b'x'; 2048];
+    let response = client
+        .post(runnel.url("/probe/echo"))
+        .body(big_body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let response = client
+        .get(runnel.url("/probe/echo"))
+        .header("x-big", "y".repeat(2048))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 431);
+    let small = client
+        .post(runnel.url("/probe/echo"))
+        .body(vec![b'x'; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        echoed(&small.text().await.unwrap(), "body").unwrap(),
+        "1000 bytes"
+    );
+
+    let response = client.get(runnel.url("/probe/trap")).send().await.unwrap();
+    assert_eq!(response.status(), 500);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let id = body["request_id"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 32);
+    harness::eventually(
+        "the log names the request",
+        Duration::from_secs(5),
+        || async {
+            runnel
+                .log_text()
+                .lines()
+                .any(|l| l.contains(&id) && l.contains("trap"))
+                .then_some(())
+        },
+    )
+    .await;
+
+    let started = Instant::now();
+    let response = client.get(runnel.url("/probe/spin")).send().await.unwrap();
+    assert_eq!(response.status(), 504);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+
+    let response = client
+        .get(runnel.url("/probe/big?bytes=100000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500, "over max_response_size");
+    let response = client
+        .get(runnel.url("/probe/big?bytes=10000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap().len(), 10000);
+
+    let response = client
+        .get(runnel.url("/probe/outbound"))
+        .send()
+        .await
+        .unwrap();
+    let text = response.text().await.unwrap();
+    assert!(text.contains("HttpRequestDenied"), "{text}");
+
+    for outcome in ["trap", "timeout"] {
+        let labels = [("pipeline", "probe"), ("outcome", outcome)];
+        assert_eq!(
+            runnel.metric("runnel_invocations_total", &labels).await,
+            1.0,
+            "{outcome}"
+        );
+    }
+}
+
+/// With both slots busy a third request is refused at once with 503 and
+/// `Retry-After`, and the busy ones still finish.
+#[tokio::test]
+async fn a_busy_pipeline_refuses_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = probe_pipeline(&dir.path().join("pipelines"));
+    let runnel = Runnel::start(dir.path(), &[pipeline], &[], "").await;
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let request = runnel.client.get(runnel.url("/probe/busy?ms=800")).send();
+            tokio::spawn(request)
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let response = runnel
+        .client
+        .get(runnel.url("/probe/echo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "refused at once"
+    );
+    for request in busy {
+        assert_eq!(request.await.unwrap().unwrap().status(), 200);
+    }
+    let response = runnel
+        .client
+        .get(runnel.url("/probe/echo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+/// On SIGTERM a request in flight is answered before the process exits
+/// cleanly, and the port is closed afterwards.
+#[tokio::test]
+async fn sigterm_lets_requests_in_flight_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = probe_pipeline(&dir.path().join("pipelines"));
+    let mut runnel = Runnel::start(dir.path(), &[pipeline], &[], "").await;
+    let request = tokio::spawn(runnel.client.get(runnel.url("/probe/busy?ms=700")).send());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = runnel.terminate();
+        (status, runnel)
+    });
+    let response = request.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "done\n");
+    let (status, runnel) = status.await.unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        runnel
+            .client
+            .get(runnel.url("/probe/echo"))
+            .send()
+            .await
+            .is_err()
+    );
+}
