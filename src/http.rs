@@ -68,6 +68,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/events/s3", axum::routing::post(s3_notification))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        // For orchestrators: liveness must not follow the backends, or a
+        // broker outage restarts every instance; readiness does.
+        .route("/livez", get(livez))
+        .route("/readyz", get(healthz))
         .fallback(functions)
         // Uploads and webhooks read their bodies themselves, with their own
         // limits; this bounds any extractor added later.
@@ -78,6 +82,11 @@ pub fn router(state: ApiState) -> Router {
 /// Whatever the API does not serve goes to the HTTP functions' routes.
 async fn functions(State(state): State<ApiState>, request: axum::extract::Request) -> Response {
     state.gateway.serve(request).await
+}
+
+/// 200 while the process serves at all.
+async fn livez() -> Response {
+    axum::Json(json!({ "status": "ok" })).into_response()
 }
 
 /// 200 while every backend answers, 503 with what does not otherwise.

@@ -180,6 +180,14 @@ async fn outages(cut_broker: bool, cut_store: bool) {
         let noticed = wait_for_health(&runnel, 503, "/healthz to report the broker down").await;
         let (_, body) = health(&runnel).await;
         assert_ne!(body["checks"]["broker"], "ok", "{body}");
+        // Readiness follows the backends; liveness does not, so an
+        // orchestrator does not restart every instance during the outage.
+        let status = |path: &'static str| {
+            let request = runnel.client.get(runnel.url(path)).send();
+            async move { request.await.unwrap().status().as_u16() }
+        };
+        assert_eq!(status("/readyz").await, 503);
+        assert_eq!(status("/livez").await, 200);
         assert_eq!(
             runnel
                 .metric("runnel_backend_up", &[("backend", "broker")])
