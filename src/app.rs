@@ -282,6 +282,14 @@ impl Process {
             functions.len() == pipelines.len(),
             "one function per pipeline"
         );
+        let addr = listener.local_addr()?;
+        let auth = &config.http.auth;
+        anyhow::ensure!(
+            addr.ip().is_loopback() || auth.required() || auth.allow_anonymous,
+            "listening on {addr} (http.listen), which other hosts can reach, with no API keys: \
+             add keys under [http.auth.keys.<name>], or set http.auth.allow_anonymous = true \
+             to serve every route to anyone who reaches the port"
+        );
         let opened = open_backends(&config).await?;
         let health = crate::health::Health::start(
             crate::health::Backends {
@@ -296,7 +304,8 @@ impl Process {
             tracing::warn!(checks = ?health.report(), "starting with backends unavailable; events wait for them");
         }
         let mut running = tokio::task::JoinSet::new();
-        let mut gateway = Gateway::default();
+        let auth = Arc::new(config.http.auth.clone());
+        let mut gateway = Gateway::new(auth.clone());
         for (pipeline, function) in pipelines.iter().zip(functions) {
             let opened_trigger = pipeline
                 .source
@@ -349,6 +358,7 @@ impl Process {
             s3_webhook: s3_webhook(&config.storage),
             health,
             gateway: Arc::new(gateway),
+            auth,
         };
         tracing::info!(listen = %listener.local_addr()?, pipelines = pipelines.len(), "runnel is up");
         let server = {

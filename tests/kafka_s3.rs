@@ -192,6 +192,8 @@ async fn events_from_a_kafka_topic_carrying_s3_event_json() {
     let s3_endpoint = format!("http://127.0.0.1:{}", infra.s3.port);
     let bootstrap = format!("127.0.0.1:{}", infra.kafka.port);
     let env = [
+        ("RUNNEL_API_TOKEN", harness::API_TOKEN),
+        ("RUNNEL_METRICS_TOKEN", harness::METRICS_TOKEN),
         ("S3_ENDPOINT", s3_endpoint.as_str()),
         ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.as_str()),
         ("AWS_ACCESS_KEY_ID", "testing"),

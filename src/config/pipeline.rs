@@ -100,10 +100,17 @@ pub fn read(doc: &Document<'_>, root: Table<'_, '_>) -> Option<PipelineConfig> {
     let mut sinks = BTreeMap::new();
     let mut sink_retry = BTreeMap::new();
     let mut sinks_ok = true;
-    // An HTTP function answers with its reply: sinks are optional there.
-    let sinks_field = match &source {
-        Some(TriggerConfig::Http(_)) => root.get("sinks"),
-        _ => root.required("sinks"),
+    // An HTTP function answers with its reply: sinks are optional there
+    // (judged by the type alone, so a mistake elsewhere in the source
+    // does not also report missing sinks).
+    let http_source = root
+        .get("source")
+        .and_then(|f| f.table())
+        .and_then(|t| t.get("type"))
+        .is_some_and(|f| f.string().as_deref() == Some("http"));
+    let sinks_field = match http_source {
+        true => root.get("sinks"),
+        false => root.required("sinks"),
     };
     if let Some(table) = sinks_field.and_then(|f| f.table()) {
         let entries = table.entries();

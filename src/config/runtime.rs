@@ -47,6 +47,9 @@ pub struct HttpConfig {
     /// Largest body of every other request (default 1 MiB): S3
     /// notifications by webhook. Larger ones get 413 before they are read.
     pub max_body_size: u64,
+    /// `[http.auth]`: API keys and their scopes (default none: anyone who
+    /// reaches the port, allowed on loopback only).
+    pub auth: crate::http::auth::AuthConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -116,6 +119,7 @@ impl RuntimeConfig {
                 listen: "127.0.0.1:8080".parse().expect("valid address"),
                 max_upload_size: 64 << 20,
                 max_body_size: 1 << 20,
+                auth: Default::default(),
             },
             storage: StorageConfig::Local {
                 root: data_dir.join("storage"),
@@ -211,6 +215,11 @@ fn read(root: Table<'_, '_>, file: &Path, data_dir: Option<&Path>) -> RuntimeCon
         }
         if let Some(size) = t.size("max_body_size") {
             config.http.max_body_size = size;
+        }
+        if let Some(auth) = t.table("auth") {
+            if let Some(auth) = crate::http::auth::AuthConfig::read(auth) {
+                config.http.auth = auth;
+            }
         }
         t.finish();
     }

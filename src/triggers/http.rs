@@ -26,6 +26,7 @@ use serde_json::json;
 use crate::config::reader::Table;
 use crate::engine::{Handler, OnFailure, Outcome, Pending, Track, Work};
 use crate::event::Event;
+use crate::http::auth::AuthConfig;
 use crate::runtime::http as wasi_http;
 
 /// Paths the API itself serves: no route may shadow them.
@@ -50,6 +51,18 @@ pub struct HttpTriggerConfig {
     /// Largest response body the function may write (default 6 MiB); a
     /// larger one is a 500.
     pub max_response_size: u64,
+    /// Who may call (default: a key with `invoke:<pipeline>` when
+    /// `[http.auth]` has keys).
+    pub auth: RouteAuth,
+}
+
+/// A route's `auth`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteAuth {
+    /// Anyone: a public route (a webhook that checks its own signature).
+    None,
+    /// An API key with the scope `invoke:<pipeline>`.
+    Token,
 }
 
 impl HttpTriggerConfig {
@@ -96,6 +109,26 @@ impl HttpTriggerConfig {
                 )),
             }
         }
+        let auth = match table.get("auth") {
+            None => Some(RouteAuth::Token),
+            Some(field) => {
+                match field.string().as_deref() {
+                    Some("none") => Some(RouteAuth::None),
+                    Some("token") => Some(RouteAuth::Token),
+                    Some("jwt") => {
+                        field.error("auth = \"jwt\" is not available in this build; use \"token\" or \"none\"");
+                        None
+                    }
+                    Some(other) => {
+                        field.error(format!(
+                            "unknown auth {other:?}; expected \"token\" or \"none\""
+                        ));
+                        None
+                    }
+                    None => None,
+                }
+            }
+        };
         let max_body_size = table.size("max_body_size").unwrap_or(DEFAULT_MAX_BODY_SIZE);
         let max_header_size = table
             .size("max_header_size")
@@ -109,6 +142,7 @@ impl HttpTriggerConfig {
             max_body_size,
             max_header_size,
             max_response_size,
+            auth: auth?,
         })
     }
 }
@@ -227,9 +261,9 @@ impl Route {
 }
 
 /// Every HTTP pipeline's routes, in the order they are tried.
-#[derive(Default)]
 pub struct Gateway {
     routes: Vec<(Route, Arc<Served>)>,
+    auth: Arc<AuthConfig>,
 }
 
 /// An HTTP pipeline as the gateway serves it.
@@ -239,6 +273,13 @@ struct Served {
 }
 
 impl Gateway {
+    pub fn new(auth: Arc<AuthConfig>) -> Self {
+        Self {
+            routes: Vec::new(),
+            auth,
+        }
+    }
+
     /// Adds a pipeline's routes; a route another pipeline serves already is
     /// an error naming both.
     pub fn add(&mut self, config: &HttpTriggerConfig, handler: Arc<Handler>) -> Result<(), String> {
@@ -281,7 +322,14 @@ impl Gateway {
         };
         let started = Instant::now();
         let pipeline = served.handler.name().to_owned();
-        let response = served.answer(route, &matched, request).await;
+        let scope = format!("invoke:{pipeline}");
+        let response = match served.config.auth {
+            RouteAuth::Token => match self.auth.authorize(request.headers(), &scope) {
+                Ok(_) => served.answer(route, &matched, request).await,
+                Err(denied) => denied,
+            },
+            RouteAuth::None => served.answer(route, &matched, request).await,
+        };
         let status = response.status().as_u16().to_string();
         let labels = [("pipeline", pipeline), ("route", route.pattern.clone())];
         counter!(crate::metrics::HTTP_REQUESTS, "pipeline" => labels[0].1.clone(), "route" => labels[1].1.clone(), "status" => status).increment(1);

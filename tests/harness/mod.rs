@@ -322,9 +322,21 @@ impl Drop for Runnel {
     }
 }
 
+/// The tokens the deploy config's API keys get in tests.
+pub const API_TOKEN: &str = "test-admin-token-0123456789";
+pub const METRICS_TOKEN: &str = "test-metrics-token-0123456789";
+
+/// A client that presents the test admin key: ignored by a runnel without
+/// keys, and every scope for one with the deploy config's.
 pub fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
+    let mut headers = reqwest::header::HeaderMap::new();
+    let bearer = format!("Bearer {API_TOKEN}");
+    headers.insert(reqwest::header::AUTHORIZATION, bearer.parse().unwrap());
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {

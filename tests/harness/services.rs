@@ -285,8 +285,10 @@ pub fn deploy_env<'a>(
     endpoint: &'a str,
     bootstrap: &'a str,
     webhook: &'a str,
-) -> [(&'static str, &'a str); 5] {
+) -> [(&'static str, &'a str); 7] {
     [
+        ("RUNNEL_API_TOKEN", super::API_TOKEN),
+        ("RUNNEL_METRICS_TOKEN", super::METRICS_TOKEN),
         ("S3_ENDPOINT", endpoint),
         ("KAFKA_BOOTSTRAP_SERVERS", bootstrap),
         ("AWS_ACCESS_KEY_ID", "testing"),

@@ -1,0 +1,221 @@
+//! `[http.auth]` from the outside: API keys with scopes on every route,
+//! HTTP functions' routes included, and no anonymous serving on a
+//! reachable address unless asked for.
+
+mod harness;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use harness::{Runnel, repo};
+
+const UPLOADER: &str = "uploader-token-0123456789abcdef";
+const READER: &str = "reader-token-0123456789abcdef";
+
+fn keys() -> String {
+    format!(
+        r#"
+[http.auth.keys.uploader]
+token = "{UPLOADER}"
+scopes = ["objects:write:uploads", "invoke:hello-http"]
+[http.auth.keys.reader]
+token_sha256 = "{}"
+scopes = ["objects:read:*", "metrics"]
+"#,
+        sha256_hex(READER)
+    )
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+fn plain_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// No key is 401 with `WWW-Authenticate`, a key without the route's scope
+/// 403 naming it, the right key passes; probes stay open.
+#[tokio::test]
+async fn keys_and_scopes_guard_every_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let runnel = Runnel::start(
+        dir.path(),
+        &[repo().join("pipelines/hello-http.toml")],
+        &[],
+        &keys(),
+    )
+    .await;
+    let client = plain_client();
+    let url = runnel.url("/v1/objects/uploads/a.txt");
+
+    let response = client.put(&url).body("hi").send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    let response = client
+        .put(&url)
+        .bearer_auth("not-a-key-0123456789abcdef")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = client
+        .put(&url)
+        .bearer_auth(READER)
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("objects:write:uploads"), "{body}");
+    let response = client
+        .put(&url)
+        .bearer_auth(UPLOADER)
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+
+    let response = client.get(&url).bearer_auth(UPLOADER).send().await.unwrap();
+    assert_eq!(response.status(), 403, "the uploader cannot read");
+    let response = client.get(&url).bearer_auth(READER).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "hi");
+
+    let metrics = runnel.url("/metrics");
+    assert_eq!(client.get(&metrics).send().await.unwrap().status(), 401);
+    assert_eq!(
+        client
+            .get(&metrics)
+            .bearer_auth(READER)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for probe in ["/healthz", "/livez", "/readyz"] {
+        let status = client.get(runnel.url(probe)).send().await.unwrap().status();
+        assert_eq!(status, 200, "{probe}");
+    }
+
+    // An HTTP function's routes need `invoke:<pipeline>` by default.
+    let hello = runnel.url("/hello/Ada");
+    assert_eq!(client.get(&hello).send().await.unwrap().status(), 401);
+    assert_eq!(
+        client
+            .get(&hello)
+            .bearer_auth(READER)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let response = client
+        .get(&hello)
+        .bearer_auth(UPLOADER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "Hello, Ada!\n");
+    assert_eq!(
+        runnel
+            .metric(
+                "runnel_invocations_total",
+                &[("pipeline", "hello-http"), ("outcome", "ok")]
+            )
+            .await,
+        1.0,
+        "refused requests ran nothing"
+    );
+}
+
+/// A route with `auth = "none"` is public even when keys exist.
+#[tokio::test]
+async fn a_public_route_needs_no_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir_all(&pipelines).unwrap();
+    let text = std::fs::read_to_string(repo().join("pipelines/hello-http.toml"))
+        .unwrap()
+        .replace(
+            "path = \"../functions/hello-http\"",
+            &format!("path = {:?}", repo().join("functions/hello-http")),
+        )
+        .replace("[source]\n", "[source]\nauth = \"none\"\n");
+    std::fs::write(pipelines.join("hello-http.toml"), text).unwrap();
+    let runnel = Runnel::start(
+        dir.path(),
+        &[pipelines.join("hello-http.toml")],
+        &[],
+        &keys(),
+    )
+    .await;
+    let response = plain_client()
+        .get(runnel.url("/hello/Ada"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+/// Listening where other hosts can reach it with no keys is refused at
+/// start, naming the settings; `allow_anonymous = true` says it is meant.
+#[tokio::test]
+async fn anonymous_on_a_reachable_address_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = harness::free_port();
+    let run = |extra: &str| {
+        let config = dir.path().join("runnel.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\n[http]\nlisten = \"0.0.0.0:{port}\"\n{extra}",
+                dir.path().join("data")
+            ),
+        )
+        .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .arg("--config")
+            .arg(&config)
+            .arg("up")
+            .arg(repo().join("pipelines/notify.toml"))
+            .env_remove("NOTIFY_WEBHOOK_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let refused = run("").wait_with_output().unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("http.auth") && stderr.contains("allow_anonymous"),
+        "{stderr}"
+    );
+
+    let mut allowed = run("[http.auth]\nallow_anonymous = true\n");
+    let client = plain_client();
+    let up = harness::eventually(
+        "runnel to serve anonymously",
+        Duration::from_secs(120),
+        || async {
+            let response = client
+                .get(format!("http://127.0.0.1:{port}/healthz"))
+                .send()
+                .await
+                .ok()?;
+            (response.status() == 200).then_some(())
+        },
+    );
+    up.await;
+    allowed.kill().unwrap();
+    allowed.wait().unwrap();
+}
