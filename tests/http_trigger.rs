@@ -335,3 +335,60 @@ async fn sigterm_lets_requests_in_flight_finish() {
             .is_err()
     );
 }
+
+/// A request with an `Idempotency-Key` is answered once: the same key and
+/// body again gets the kept response (the function does not run again),
+/// another body 422, and a repeat while the first still runs 409.
+#[tokio::test]
+async fn idempotent_requests_are_answered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = probe_pipeline(&dir.path().join("pipelines"));
+    let runnel = Runnel::start(dir.path(), &[pipeline], &[], "").await;
+    let post = |key: &'static str, body: &'static str| {
+        let request = runnel
+            .client
+            .post(runnel.url("/probe/echo"))
+            .header("idempotency-key", key)
+            .body(body);
+        async move { request.send().await.unwrap() }
+    };
+    let first = post("order-1", "pay 10").await;
+    assert_eq!(first.status(), 200);
+    assert!(!first.headers().contains_key("idempotent-replayed"));
+    let first = first.text().await.unwrap();
+    let again = post("order-1", "pay 10").await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    // The echo names the first request's id: this is its kept response.
+    assert_eq!(again.text().await.unwrap(), first);
+    let other = post("order-1", "pay 99").await;
+    assert_eq!(other.status(), 422);
+    let ok = [("pipeline", "probe"), ("outcome", "ok")];
+    assert_eq!(runnel.metric("runnel_invocations_total", &ok).await, 1.0);
+
+    let slow = |key: &'static str| {
+        let request = runnel
+            .client
+            .get(runnel.url("/probe/busy?ms=800"))
+            .header("idempotency-key", key)
+            .send();
+        tokio::spawn(request)
+    };
+    let running = slow("slow-1");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let repeat = slow("slow-1").await.unwrap().unwrap();
+    assert_eq!(repeat.status(), 409);
+    assert_eq!(running.await.unwrap().unwrap().status(), 200);
+    let after = slow("slow-1").await.unwrap().unwrap();
+    assert_eq!(after.status(), 200);
+    assert_eq!(after.headers()["idempotent-replayed"], "true");
+
+    let response = runnel
+        .client
+        .get(runnel.url("/probe/echo"))
+        .header("idempotency-key", "x".repeat(300))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+}

@@ -96,7 +96,7 @@ impl Work {
 }
 
 /// What the idempotency store knows of an event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Track {
     /// Claimed before it runs and its completion recorded, so a
     /// redelivery is skipped (feeds).
@@ -107,6 +107,10 @@ pub enum Track {
     /// Neither claimed nor recorded: a request without an idempotency
     /// key, which nothing redelivers.
     Untracked,
+    /// A request with an idempotency key: claimed without waiting (one
+    /// in flight elsewhere is [`Outcome::Busy`]), and its reply kept with
+    /// its completion, under the request's fingerprint.
+    Request { fingerprint: String },
 }
 
 /// What becomes of an event that fails for good.
@@ -130,6 +134,8 @@ pub enum Outcome {
     DeadLettered { attempts: u32 },
     /// It failed for good under [`OnFailure::Return`].
     Failed { attempts: u32, failure: Failure },
+    /// Another process holds it ([`Track::Request`] only).
+    Busy,
 }
 
 /// An outcome, and the event's place in the finishing window: drop it once
@@ -146,6 +152,8 @@ enum Claimed {
     /// Ours to process, with the outputs already delivered (`None` when
     /// the store could not say).
     Ours { delivered: Option<HashSet<String>> },
+    /// Held elsewhere, and not to be waited for.
+    Busy,
 }
 
 /// Why one attempt failed, classified where it happened.
@@ -238,11 +246,20 @@ impl Handler {
             _ if work.track == Track::Untracked => None,
             Outcome::Done { .. } => Some(Completion::Done),
             Outcome::DeadLettered { .. } => Some(Completion::DeadLettered),
-            Outcome::Skipped(_) | Outcome::Failed { .. } => None,
+            Outcome::Skipped(_) | Outcome::Failed { .. } | Outcome::Busy => None,
+        };
+        let kept = match (&work.track, &outcome) {
+            (
+                Track::Request { fingerprint },
+                Outcome::Done {
+                    reply: Some(reply), ..
+                },
+            ) => Some(reply.encode(fingerprint)),
+            _ => None,
         };
         if let Some(how) = how {
             self.meters
-                .timed(Stage::Complete, self.complete(&work.key, how))
+                .timed(Stage::Complete, self.complete(&work.key, how, kept))
                 .await;
         }
         Handled {
@@ -288,12 +305,13 @@ impl Handler {
         // when writing.
         let first_attempt_at = SystemTime::now();
         let claim = async {
-            match work.track {
+            match &work.track {
                 Track::Claim => self.meters.timed(Stage::Claim, self.claim(key)).await,
                 Track::Again => Claimed::Ours { delivered: None },
                 Track::Untracked => Claimed::Ours {
                     delivered: Some(HashSet::new()),
                 },
+                Track::Request { .. } => self.claim_once(key).await,
             }
         };
         let (claimed, first) = tokio::join!(claim, async {
@@ -306,6 +324,10 @@ impl Handler {
                 tracing::info!(pipeline = %self.name, key = %key, how = how.as_str(), "skipping a redelivered event");
                 self.meters.inflight.decrement(1.0);
                 return Outcome::Skipped(how);
+            }
+            Claimed::Busy => {
+                self.meters.inflight.decrement(1.0);
+                return Outcome::Busy;
             }
             Claimed::Ours { delivered } => delivered,
         };
@@ -324,14 +346,14 @@ impl Handler {
                     }
                     let (invocation, delivered) = tokio::join!(
                         self.invoke(ev, attempt),
-                        self.delivered(&ev.idempotency_key, work.track)
+                        self.delivered(&ev.idempotency_key, &work.track)
                     );
                     (invocation?, Some(delivered))
                 }
             };
             let delivered = match delivered {
                 Some(delivered) => delivered,
-                None => self.delivered(key, work.track).await,
+                None => self.delivered(key, &work.track).await,
             };
             let outputs = &invocation.outputs;
             self.meters
@@ -379,12 +401,45 @@ impl Handler {
         outcome
     }
 
+    /// The reply kept with a request's completion ([`Track::Request`]).
+    pub async fn kept_reply(&self, key: &str) -> Option<Vec<u8>> {
+        match self.idempotency.reply(&self.name, key).await {
+            Ok(reply) => reply,
+            Err(error) => {
+                tracing::warn!(pipeline = %self.name, %error, "reading a kept reply failed");
+                None
+            }
+        }
+    }
+
     /// Records how the event ended, so a redelivery is skipped.
-    async fn complete(&self, key: &str, how: Completion) {
-        if let Err(error) = self.idempotency.complete(&self.name, key, how).await {
+    async fn complete(&self, key: &str, how: Completion, reply: Option<Vec<u8>>) {
+        let recorded = self
+            .idempotency
+            .complete_with_reply(&self.name, key, how, reply)
+            .await;
+        if let Err(error) = recorded {
             tracing::warn!(pipeline = %self.name, %error, "recording completion failed; a redelivery would process the event again");
         }
         self.meters.completed(how).increment(1);
+    }
+
+    /// Claims a request once: a caller is waiting, so one held elsewhere
+    /// is answered as such rather than waited for.
+    async fn claim_once(&self, key: &str) -> Claimed {
+        match self.idempotency.claim(&self.name, key, self.lease).await {
+            Ok(Claim::Completed(how)) => Claimed::Done(how),
+            Ok(Claim::Busy) => Claimed::Busy,
+            Ok(Claim::Acquired) => Claimed::Ours {
+                delivered: Some(HashSet::new()),
+            },
+            Err(error) => {
+                tracing::warn!(pipeline = %self.name, %error, "idempotency lookup failed; answering the request anyway");
+                Claimed::Ours {
+                    delivered: Some(HashSet::new()),
+                }
+            }
+        }
     }
 
     /// Claims the event, reading which of its outputs were delivered once
@@ -450,8 +505,8 @@ impl Handler {
     }
 
     /// Which outputs of the event with `key` were delivered already.
-    async fn delivered(&self, key: &str, track: Track) -> HashSet<String> {
-        if track == Track::Untracked {
+    async fn delivered(&self, key: &str, track: &Track) -> HashSet<String> {
+        if matches!(track, Track::Untracked | Track::Request { .. }) {
             return HashSet::new();
         }
         match self.idempotency.delivered(&self.name, key).await {

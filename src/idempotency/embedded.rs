@@ -38,6 +38,13 @@ impl EmbeddedIdempotency {
                 completed_ms INTEGER NOT NULL,
                 PRIMARY KEY (pipeline, key)
             ) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS replies (
+                pipeline TEXT NOT NULL,
+                key TEXT NOT NULL,
+                reply BLOB NOT NULL,
+                completed_ms INTEGER NOT NULL,
+                PRIMARY KEY (pipeline, key)
+            ) WITHOUT ROWID;
             CREATE TABLE IF NOT EXISTS deliveries (
                 pipeline TEXT NOT NULL,
                 key TEXT NOT NULL,
@@ -56,6 +63,11 @@ impl EmbeddedIdempotency {
         .map_err(wrap)?;
         conn.execute(
             "DELETE FROM deliveries WHERE delivered_ms < ?1",
+            params![cutoff],
+        )
+        .map_err(wrap)?;
+        conn.execute(
+            "DELETE FROM replies WHERE completed_ms < ?1",
             params![cutoff],
         )
         .map_err(wrap)?;
@@ -177,21 +189,34 @@ impl IdempotencyStore for EmbeddedIdempotency {
             .map_err(failed)
     }
 
-    async fn complete(
+    async fn reply(&self, pipeline: &str, key: &str) -> Result<Option<Vec<u8>>, IdempotencyError> {
+        self.stored_reply(pipeline, key).await
+    }
+
+    async fn complete_with_reply(
         &self,
         pipeline: &str,
         key: &str,
         how: Completion,
+        reply: Option<Vec<u8>>,
     ) -> Result<(), IdempotencyError> {
         let (p, k) = (pipeline.to_owned(), key.to_owned());
-        // Both or neither: `run` holds its work in a savepoint.
+        // All or nothing: `run` holds its work in a savepoint.
         (self.db)
             .run(move |conn| {
+                let now = now_ms();
                 conn.prepare_cached(
                     "INSERT OR REPLACE INTO completions (pipeline, key, how, completed_ms)
                      VALUES (?1, ?2, ?3, ?4)",
                 )?
-                .execute(params![p, k, how.as_str(), now_ms()])?;
+                .execute(params![p, k, how.as_str(), now])?;
+                if let Some(reply) = &reply {
+                    conn.prepare_cached(
+                        "INSERT OR REPLACE INTO replies (pipeline, key, reply, completed_ms)
+                         VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![p, k, reply, now])?;
+                }
                 conn.prepare_cached("DELETE FROM deliveries WHERE pipeline = ?1 AND key = ?2")?
                     .execute(params![p, k])
                     .map(drop)
@@ -201,9 +226,57 @@ impl IdempotencyStore for EmbeddedIdempotency {
     }
 }
 
+impl EmbeddedIdempotency {
+    async fn stored_reply(
+        &self,
+        pipeline: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, IdempotencyError> {
+        let (p, k) = (pipeline.to_owned(), key.to_owned());
+        let cutoff = self.cutoff();
+        (self.db)
+            .read(move |conn| {
+                conn.prepare_cached(
+                    "SELECT reply FROM replies
+                     WHERE pipeline = ?1 AND key = ?2 AND completed_ms >= ?3",
+                )?
+                .query_row(params![p, k, cutoff], |row| row.get(0))
+                .optional()
+            })
+            .await
+            .map_err(failed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reply kept with a completion is read back; one without has none.
+    #[tokio::test]
+    async fn a_reply_is_kept_with_its_completion() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedIdempotency::open(
+            &dir.path().join("i.db"),
+            Durability::Normal,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        store
+            .complete_with_reply("p", "k", Completion::Done, Some(b"answer".to_vec()))
+            .await
+            .unwrap();
+        store
+            .complete("p", "plain", Completion::Done)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.reply("p", "k").await.unwrap().as_deref(),
+            Some(&b"answer"[..])
+        );
+        assert_eq!(store.reply("p", "plain").await.unwrap(), None);
+        assert_eq!(store.reply("other", "k").await.unwrap(), None);
+    }
 
     #[tokio::test]
     async fn completion_survives_reopen_and_expires() {

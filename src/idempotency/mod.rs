@@ -130,7 +130,23 @@ pub trait IdempotencyStore: Send + Sync {
         pipeline: &str,
         key: &str,
         how: Completion,
+    ) -> Result<(), IdempotencyError> {
+        self.complete_with_reply(pipeline, key, how, None).await
+    }
+
+    /// [`complete`](Self::complete), keeping `reply` with the completion
+    /// for as long (an idempotent request's stored response): both are
+    /// recorded or neither.
+    async fn complete_with_reply(
+        &self,
+        pipeline: &str,
+        key: &str,
+        how: Completion,
+        reply: Option<Vec<u8>>,
     ) -> Result<(), IdempotencyError>;
+
+    /// The reply kept with the completion of `key`, if there is one.
+    async fn reply(&self, pipeline: &str, key: &str) -> Result<Option<Vec<u8>>, IdempotencyError>;
 }
 
 /// [`IdempotencyStore::claim_with_delivered`] in two round trips: the claim,

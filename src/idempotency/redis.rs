@@ -65,6 +65,11 @@ impl RedisIdempotency {
         })
     }
 
+    /// Where the reply kept with a completion is.
+    fn reply_key(&self, pipeline: &str, key: &str) -> String {
+        format!("{}{pipeline}:{key}#reply", self.prefix)
+    }
+
     fn key(&self, pipeline: &str, key: &str) -> String {
         format!("{}{pipeline}:{key}", self.prefix)
     }
@@ -203,21 +208,34 @@ impl IdempotencyStore for RedisIdempotency {
             .map_err(unavailable)
     }
 
-    async fn complete(
+    async fn complete_with_reply(
         &self,
         pipeline: &str,
         key: &str,
         how: Completion,
+        reply: Option<Vec<u8>>,
     ) -> Result<(), IdempotencyError> {
         let mut connection = self.connection.clone();
         let seconds = self.ttl.as_secs().max(1);
-        redis::pipe()
-            .atomic()
+        let mut pipe = redis::pipe();
+        pipe.atomic()
             .set_ex(self.key(pipeline, key), how.as_str(), seconds)
             .ignore()
             .del(self.outputs_key(pipeline, key))
-            .ignore()
-            .query_async::<()>(&mut connection)
+            .ignore();
+        if let Some(reply) = reply {
+            pipe.set_ex(self.reply_key(pipeline, key), reply, seconds)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut connection)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn reply(&self, pipeline: &str, key: &str) -> Result<Option<Vec<u8>>, IdempotencyError> {
+        let mut connection = self.connection.clone();
+        connection
+            .get(self.reply_key(pipeline, key))
             .await
             .map_err(unavailable)
     }

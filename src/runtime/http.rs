@@ -52,6 +52,50 @@ pub struct Reply {
     pub body: Bytes,
 }
 
+/// A reply as the idempotency store keeps it, under the fingerprint of the
+/// request it answered.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Kept {
+    fingerprint: String,
+    status: u16,
+    /// Names and values, the values base64.
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    /// The reply as kept with a request's completion.
+    pub fn encode(&self, fingerprint: &str) -> Vec<u8> {
+        use base64::Engine as _;
+        let b64 = &base64::engine::general_purpose::STANDARD;
+        let kept = Kept {
+            fingerprint: fingerprint.to_owned(),
+            status: self.status,
+            headers: (self.headers.iter())
+                .map(|(name, value)| (name.clone(), b64.encode(value)))
+                .collect(),
+            body: b64.encode(&self.body),
+        };
+        serde_json::to_vec(&kept).expect("a reply serializes")
+    }
+
+    /// A kept reply and the fingerprint of the request it answered.
+    pub fn decode(bytes: &[u8]) -> Option<(String, Reply)> {
+        use base64::Engine as _;
+        let b64 = &base64::engine::general_purpose::STANDARD;
+        let kept: Kept = serde_json::from_slice(bytes).ok()?;
+        let headers = (kept.headers.into_iter())
+            .map(|(name, value)| Some((name, Bytes::from(b64.decode(value).ok()?))))
+            .collect::<Option<_>>()?;
+        let reply = Reply {
+            status: kept.status,
+            headers,
+            body: b64.decode(kept.body).ok()?.into(),
+        };
+        Some((kept.fingerprint, reply))
+    }
+}
+
 /// How much of an HTTP function's stderr is kept for error reports.
 const STDERR_CAPACITY: usize = 16 << 10;
 

@@ -13,7 +13,8 @@
 //! rather than queued without bound. The function's timeout answers 504,
 //! a trap or error 500 with the request id that the log line carries.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::body::Body;
@@ -270,7 +271,31 @@ pub struct Gateway {
 struct Served {
     config: HttpTriggerConfig,
     handler: Arc<Handler>,
+    /// Idempotency keys of requests being answered here: a repeat while
+    /// the first runs is a 409 (the store's claim says so across
+    /// processes; an embedded store has no claims to hold).
+    in_flight: Mutex<HashSet<String>>,
 }
+
+/// A key's place in [`Served::in_flight`], given up when dropped.
+struct InFlight<'s> {
+    served: &'s Served,
+    key: String,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .served
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        in_flight.remove(&self.key);
+    }
+}
+
+/// Longest `Idempotency-Key` accepted (Stripe's limit).
+const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 impl Gateway {
     pub fn new(auth: Arc<AuthConfig>) -> Self {
@@ -286,6 +311,7 @@ impl Gateway {
         let served = Arc::new(Served {
             config: config.clone(),
             handler,
+            in_flight: Mutex::default(),
         });
         for route in &config.routes {
             if let Some((_, other)) = self.routes.iter().find(|(r, _)| r.pattern == route.pattern) {
@@ -407,16 +433,72 @@ impl Served {
             Err(response) => return response,
         };
         let id = request_id();
-        let event = request_event(&id, self.handler.name(), route, matched, &parts, body);
+        let idempotency_key = match parts.headers.get("idempotency-key") {
+            None => None,
+            Some(value) => match value.to_str() {
+                Ok(key) if (1..=MAX_IDEMPOTENCY_KEY).contains(&key.len()) => Some(key.to_owned()),
+                _ => {
+                    let message = format!(
+                        "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+                    );
+                    return error(StatusCode::BAD_REQUEST, message, Some(&id));
+                }
+            },
+        };
+        let fingerprint = fingerprint(&parts, &body);
+        let (key, track) = match &idempotency_key {
+            None => (id.clone(), Track::Untracked),
+            Some(given) => (
+                format!("request:{given}"),
+                Track::Request {
+                    fingerprint: fingerprint.clone(),
+                },
+            ),
+        };
+        let _in_flight = match idempotency_key {
+            None => None,
+            Some(_) => match self.enter(&key) {
+                Some(guard) => Some(guard),
+                None => return in_progress(&id),
+            },
+        };
+        let mut event = request_event(&id, self.handler.name(), route, matched, &parts, body);
+        event.idempotency_key = key.clone();
         let work = Work {
-            key: id.clone(),
+            key: key.clone(),
             pending: Pending::Event(Box::new(event)),
             on_failure: OnFailure::Return,
-            track: Track::Untracked,
+            track,
             retry: false,
         };
         let handled = self.handler.handle(slot, work).await;
         match handled.outcome {
+            Outcome::Skipped(_) => match self
+                .handler
+                .kept_reply(&key)
+                .await
+                .as_deref()
+                .and_then(wasi_http::Reply::decode)
+            {
+                Some((kept, reply)) if kept == fingerprint => {
+                    let mut response = reply_response(reply, &id);
+                    response
+                        .headers_mut()
+                        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                    response
+                }
+                Some(_) => error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "this Idempotency-Key was used for a request with another method, path or body",
+                    Some(&id),
+                ),
+                None => error(
+                    StatusCode::CONFLICT,
+                    "this Idempotency-Key's request was answered, but its response is not kept",
+                    Some(&id),
+                ),
+            },
+            Outcome::Busy => in_progress(&id),
             Outcome::Done {
                 reply: Some(reply), ..
             } => reply_response(reply, &id),
@@ -438,6 +520,37 @@ impl Served {
             }
         }
     }
+}
+
+impl Served {
+    /// Marks `key` as being answered here, unless it already is.
+    fn enter(&self, key: &str) -> Option<InFlight<'_>> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        in_flight.insert(key.to_owned()).then(|| InFlight {
+            served: self,
+            key: key.to_owned(),
+        })
+    }
+}
+
+fn in_progress(id: &str) -> Response {
+    error(
+        StatusCode::CONFLICT,
+        "a request with this Idempotency-Key is still being answered",
+        Some(id),
+    )
+}
+
+/// What makes a repeat the same request: method, path with query, body.
+fn fingerprint(parts: &axum::http::request::Parts, body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    digest.update(parts.method.as_str());
+    digest.update([0]);
+    digest.update(parts.uri.path_and_query().map_or("", |p| p.as_str()));
+    digest.update([0]);
+    digest.update(body);
+    hex::encode(digest.finalize())
 }
 
 /// The event of a request: what the function's `wasi:http` request is
