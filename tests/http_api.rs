@@ -112,3 +112,40 @@ async fn upload_metrics_are_labelled_with_known_buckets_only() {
     let metrics = runnel.metrics().await;
     assert!(!metrics.contains("random-"), "{metrics}");
 }
+
+/// `POST /v1/topics/{topic}` puts a message on the embedded queue with its
+/// key and headers, and an `Idempotency-Key` repeat publishes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_are_published_once_per_idempotency_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let runnel = Runnel::start(dir.path(), &pipelines()[1..], &[], "").await;
+    let publish = || {
+        runnel
+            .client
+            .post(runnel.url("/v1/topics/inbox"))
+            .header("x-runnel-key", "user-7")
+            .header("x-runnel-header-origin", "test")
+            .header("idempotency-key", "msg-1")
+            .body("hello queue")
+            .send()
+    };
+    let first = publish().await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: serde_json::Value = first.json().await.unwrap();
+    let again: serde_json::Value = publish().await.unwrap().json().await.unwrap();
+    assert_eq!(first["offset"], again["offset"]);
+    assert_eq!(first["partition"], again["partition"]);
+    let messages = runnel.topic("inbox").await;
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0]["key"], "user-7");
+    assert_eq!(messages[0]["payload"], "hello queue");
+    assert_eq!(messages[0]["headers"]["origin"], "test");
+    let bad = runnel
+        .client
+        .post(runnel.url("/v1/topics/no%20spaces"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}

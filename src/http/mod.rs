@@ -68,7 +68,7 @@ pub fn router(state: ApiState) -> Router {
             "/v1/objects/{bucket}/{*key}",
             get(get_object).put(put_object),
         )
-        .route("/v1/topics/{topic}", get(read_topic))
+        .route("/v1/topics/{topic}", get(read_topic).post(publish))
         .route("/v1/events/s3", axum::routing::post(s3_notification))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -345,6 +345,57 @@ async fn read_topic(
                 .collect();
             axum::Json(json!({ "topic": topic, "messages": items })).into_response()
         }
+        Err(e @ BrokerError::InvalidTopic(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// Publishes the body as one message on a topic, of whichever broker is
+/// bound: `x-runnel-key` is its key (ordering), each `x-runnel-header-<name>`
+/// a header, and an `Idempotency-Key` makes a repeat a no-op (the broker's
+/// producer-id dedupe). Answers where it landed.
+async fn publish(
+    State(state): State<ApiState>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(denied) = state
+        .auth
+        .authorize(&headers, &format!("topics:write:{topic}"))
+    {
+        return denied;
+    }
+    let body = match read_body(&headers, body, state.max_body_size, "http.max_body_size").await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let text = |value: &HeaderValue| String::from_utf8_lossy(value.as_bytes()).into_owned();
+    let message_headers = headers
+        .iter()
+        .filter_map(|(name, value)| {
+            let name = name.as_str().strip_prefix("x-runnel-header-")?;
+            Some((name.to_owned(), text(value)))
+        })
+        .collect();
+    let message = crate::event::Message {
+        key: headers.get("x-runnel-key").map(text),
+        headers: message_headers,
+        payload: body,
+    };
+    let producer_id = headers
+        .get("idempotency-key")
+        .map(|key| format!("api:{}", text(key)));
+    match state.broker.publish(&topic, producer_id, message).await {
+        Ok(position) => (
+            StatusCode::CREATED,
+            axum::Json(json!({
+                "topic": topic,
+                "partition": position.partition,
+                "offset": position.offset,
+            })),
+        )
+            .into_response(),
         Err(e @ BrokerError::InvalidTopic(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
