@@ -392,3 +392,85 @@ async fn idempotent_requests_are_answered_once() {
         .unwrap();
     assert_eq!(response.status(), 400);
 }
+
+/// The example with a rate limit and CORS added to its source.
+fn limited_hello(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let text = std::fs::read_to_string(repo().join("pipelines/hello-http.toml"))
+        .unwrap()
+        .replace(
+            "path = \"../functions/hello-http\"",
+            &format!("path = {:?}", repo().join("functions/hello-http")),
+        )
+        .replace(
+            "[source]\n",
+            "[source]\nrate_limit = { per_second = 0.5, burst = 2 }\n\
+             cors = { origins = [\"https://app.example\"], max_age = \"1m\" }\n",
+        );
+    let file = dir.join("hello-http.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+/// A route's token bucket lets its burst through, then answers 429 with
+/// `Retry-After`; a preflight from a listed origin is answered by runnel,
+/// one from another origin refused, and only the listed origin's
+/// responses carry CORS headers.
+#[tokio::test]
+async fn rate_limits_and_cors_are_per_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = limited_hello(&dir.path().join("pipelines"));
+    let runnel = Runnel::start(dir.path(), &[pipeline], &[], "").await;
+    let client = &runnel.client;
+    let get = |origin: &'static str| {
+        client
+            .get(runnel.url("/hello/Ada"))
+            .header("origin", origin)
+            .send()
+    };
+    let first = get("https://app.example").await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(
+        first.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let second = get("https://evil.example").await.unwrap();
+    assert_eq!(second.status(), 200);
+    assert!(!second.headers().contains_key("access-control-allow-origin"));
+    let third = get("https://app.example").await.unwrap();
+    assert_eq!(third.status(), 429);
+    assert_eq!(third.headers()["retry-after"], "2");
+    let other_route = client.get(runnel.url("/hello")).send().await.unwrap();
+    assert_eq!(
+        other_route.status(),
+        400,
+        "its own bucket: the function ran"
+    );
+
+    let preflight = |origin: &'static str| {
+        client
+            .request(reqwest::Method::OPTIONS, runnel.url("/hello/Ada"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .send()
+    };
+    let allowed = preflight("https://app.example").await.unwrap();
+    assert_eq!(allowed.status(), 204);
+    let headers = allowed.headers();
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(headers["access-control-allow-methods"], "GET, POST");
+    assert_eq!(headers["access-control-max-age"], "60");
+    assert!(
+        headers["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("idempotency-key")
+    );
+    assert_eq!(
+        preflight("https://evil.example").await.unwrap().status(),
+        403
+    );
+}

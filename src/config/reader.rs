@@ -234,6 +234,24 @@ impl<'d, 'a> Field<'d, 'a> {
         }
     }
 
+    /// A number: an integer or a float.
+    pub fn number(&self) -> Option<f64> {
+        match self.value.get_ref() {
+            DeValue::Integer(_) => self.integer().map(|n| n as f64),
+            DeValue::Float(f) => match f.as_str().replace('_', "").parse::<f64>() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    self.error("not a number");
+                    None
+                }
+            },
+            _ => {
+                self.expected("a number");
+                None
+            }
+        }
+    }
+
     /// An integer within `range`.
     pub fn integer_in(&self, range: std::ops::RangeInclusive<i64>) -> Option<i64> {
         let n = self.integer()?;

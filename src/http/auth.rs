@@ -26,6 +26,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::rate_limit::{RateLimitConfig, TokenBucket, retry_after};
 use crate::config::reader::{Field, Table};
 
 /// The kinds of scope, each with a name after it (`metrics` alone).
@@ -52,6 +53,9 @@ pub struct ApiKey {
     pub name: String,
     sha256: [u8; 32],
     pub scopes: Vec<String>,
+    /// The key's own limit over every route (`rate_limit`): its bucket,
+    /// shared by the config's copies.
+    bucket: Option<std::sync::Arc<TokenBucket>>,
 }
 
 impl std::fmt::Debug for ApiKey {
@@ -128,6 +132,16 @@ impl AuthConfig {
             return Err(denied(StatusCode::UNAUTHORIZED, "unknown API key"));
         };
         if key.scopes.iter().any(|granted| covers(granted, scope)) {
+            if let Some(Err(wait)) = key.bucket.as_ref().map(|b| b.take()) {
+                let mut response = denied(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("API key {:?} is over its rate limit", key.name),
+                );
+                if let Ok(value) = HeaderValue::from_str(&retry_after(wait)) {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+                return Err(response);
+            }
             Ok(Some(key))
         } else {
             Err(denied(
@@ -214,11 +228,18 @@ fn read_key(name: &str, table: Table<'_, '_>) -> Option<ApiKey> {
         }
         Some(scopes)
     });
+    let bucket = match table.get("rate_limit") {
+        None => Some(None),
+        Some(field) => {
+            RateLimitConfig::read(field).map(|c| Some(std::sync::Arc::new(TokenBucket::new(c))))
+        }
+    };
     table.finish();
     Some(ApiKey {
         name: name.to_owned(),
         sha256: sha256?,
         scopes: scopes?,
+        bucket: bucket?,
     })
 }
 
@@ -252,6 +273,7 @@ mod tests {
                 name: "k".into(),
                 sha256: Sha256::digest(b"0123456789abcdef").into(),
                 scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                bucket: None,
             }],
         }
     }

@@ -10,6 +10,8 @@
 //! a 400.
 
 pub mod auth;
+pub mod cors;
+pub mod rate_limit;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

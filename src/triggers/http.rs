@@ -13,7 +13,7 @@
 //! rather than queued without bound. The function's timeout answers 504,
 //! a trap or error 500 with the request id that the log line carries.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -28,6 +28,8 @@ use crate::config::reader::Table;
 use crate::engine::{Handler, OnFailure, Outcome, Pending, Track, Work};
 use crate::event::Event;
 use crate::http::auth::AuthConfig;
+use crate::http::cors::CorsConfig;
+use crate::http::rate_limit::{RateLimitConfig, TokenBucket, retry_after};
 use crate::runtime::http as wasi_http;
 
 /// Paths the API itself serves: no route may shadow them.
@@ -55,6 +57,10 @@ pub struct HttpTriggerConfig {
     /// Who may call (default: a key with `invoke:<pipeline>` when
     /// `[http.auth]` has keys).
     pub auth: RouteAuth,
+    /// Requests a second each route takes (default: no limit); 429 beyond.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Browser origins that may call (default: none).
+    pub cors: Option<CorsConfig>,
 }
 
 /// A route's `auth`.
@@ -130,6 +136,14 @@ impl HttpTriggerConfig {
                 }
             }
         };
+        let rate_limit = match table.get("rate_limit") {
+            None => Some(None),
+            Some(field) => RateLimitConfig::read(field).map(Some),
+        };
+        let cors = match table.get("cors") {
+            None => Some(None),
+            Some(field) => CorsConfig::read(field).map(Some),
+        };
         let max_body_size = table.size("max_body_size").unwrap_or(DEFAULT_MAX_BODY_SIZE);
         let max_header_size = table
             .size("max_header_size")
@@ -144,6 +158,8 @@ impl HttpTriggerConfig {
             max_header_size,
             max_response_size,
             auth: auth?,
+            rate_limit: rate_limit?,
+            cors: cors?,
         })
     }
 }
@@ -275,6 +291,8 @@ struct Served {
     /// the first runs is a 409 (the store's claim says so across
     /// processes; an embedded store has no claims to hold).
     in_flight: Mutex<HashSet<String>>,
+    /// Each route's bucket, when the pipeline has a rate limit.
+    buckets: HashMap<String, TokenBucket>,
 }
 
 /// A key's place in [`Served::in_flight`], given up when dropped.
@@ -312,6 +330,11 @@ impl Gateway {
             config: config.clone(),
             handler,
             in_flight: Mutex::default(),
+            buckets: (config.routes.iter())
+                .filter_map(|route| {
+                    Some((route.pattern.clone(), TokenBucket::new(config.rate_limit?)))
+                })
+                .collect(),
         });
         for route in &config.routes {
             if let Some((_, other)) = self.routes.iter().find(|(r, _)| r.pattern == route.pattern) {
@@ -348,13 +371,19 @@ impl Gateway {
         };
         let started = Instant::now();
         let pipeline = served.handler.name().to_owned();
-        let scope = format!("invoke:{pipeline}");
-        let response = match served.config.auth {
-            RouteAuth::Token => match self.auth.authorize(request.headers(), &scope) {
-                Ok(_) => served.answer(route, &matched, request).await,
-                Err(denied) => denied,
-            },
-            RouteAuth::None => served.answer(route, &matched, request).await,
+        let cors = served.config.cors.as_ref();
+        let response = match cors {
+            Some(cors) if CorsConfig::is_preflight(request.method(), request.headers()) => {
+                cors.preflight(request.headers(), &served.config.methods)
+            }
+            _ => {
+                let origin_headers = cors.map(|_| request.headers().clone());
+                let mut response = served.admit(route, &matched, request, &self.auth).await;
+                if let (Some(cors), Some(headers)) = (cors, origin_headers) {
+                    cors.mark(&headers, &mut response);
+                }
+                response
+            }
         };
         let status = response.status().as_u16().to_string();
         let labels = [("pipeline", pipeline), ("route", route.pattern.clone())];
@@ -366,6 +395,37 @@ impl Gateway {
 }
 
 impl Served {
+    /// Checks who calls and how often, then answers.
+    async fn admit(
+        &self,
+        route: &Route,
+        matched: &Matched<'_>,
+        request: Request,
+        auth: &AuthConfig,
+    ) -> Response {
+        if self.config.auth == RouteAuth::Token {
+            let scope = format!("invoke:{}", self.handler.name());
+            if let Err(denied) = auth.authorize(request.headers(), &scope) {
+                return denied;
+            }
+        }
+        if let Some(Err(wait)) = self.buckets.get(&route.pattern).map(TokenBucket::take) {
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "route {} is over its rate limit (rate_limit)",
+                    route.pattern
+                ),
+                None,
+            );
+            if let Ok(value) = HeaderValue::from_str(&retry_after(wait)) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return response;
+        }
+        self.answer(route, matched, request).await
+    }
+
     async fn answer(&self, route: &Route, matched: &Matched<'_>, request: Request) -> Response {
         let config = &self.config;
         if !config.methods.contains(request.method()) {
