@@ -30,7 +30,7 @@ use crate::idempotency::{EmbeddedIdempotency, IdempotencyStore};
 use crate::runtime::{FunctionConfig, FunctionLocation, Invoke, Runtime, RuntimeSettings, build};
 use crate::sinks::Backends;
 use crate::storage::{LocalStorage, ObjectStore};
-use crate::triggers::http::Gateway;
+use crate::triggers::http::{Gateway, Mode};
 use crate::triggers::{Trigger, TriggerConfig};
 
 /// The backends named by the runtime config, opened.
@@ -200,7 +200,7 @@ pub fn load_functions(
         .zip(&components)
         .map(|(p, wasm)| {
             let function: Arc<dyn Invoke> = match &p.source {
-                TriggerConfig::Http(http) => {
+                TriggerConfig::Http(http) if http.mode == Mode::Sync => {
                     Arc::new(runtime.load_http(&p.function, wasm, http.max_response_size)?)
                 }
                 _ => Arc::new(runtime.load(&p.function, wasm)?),
@@ -340,8 +340,23 @@ impl Process {
                     ));
                 }
                 Trigger::Routes(routes) => gateway
-                    .add(&routes, handler)
+                    .add(&routes, handler, None)
                     .map_err(|e| anyhow::anyhow!("pipeline {}: {e}", pipeline.name))?,
+                Trigger::Queued {
+                    routes,
+                    queue,
+                    feed,
+                } => {
+                    gateway
+                        .add(&routes, handler.clone(), Some(queue))
+                        .map_err(|e| anyhow::anyhow!("pipeline {}: {e}", pipeline.name))?;
+                    running.spawn(feed_driver::run(
+                        handler,
+                        feed,
+                        shutdown.clone(),
+                        config.shutdown_grace,
+                    ));
+                }
             }
         }
         if let Some(broker) = opened.embedded_broker.clone() {

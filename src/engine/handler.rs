@@ -401,6 +401,33 @@ impl Handler {
         outcome
     }
 
+    /// How the event `key` ended, if it did; `None` when the store knows
+    /// nothing of it, not even `marker` ([`mark`](Self::mark)).
+    pub async fn status(&self, key: &str, marker: &str) -> Option<Option<Completion>> {
+        match self.idempotency.completion(&self.name, key).await {
+            Ok(Some(how)) => return Some(Some(how)),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(pipeline = %self.name, %error, "reading a completion failed");
+                return None;
+            }
+        }
+        let delivered = self.idempotency.delivered(&self.name, key).await;
+        delivered.ok()?.contains(marker).then_some(None)
+    }
+
+    /// Records `marker` for the event `key` until it completes: what a
+    /// trigger knows of an event it accepted and has not handed over yet.
+    pub async fn mark(&self, key: &str, marker: &str) {
+        if let Err(error) = self
+            .idempotency
+            .record_delivery(&self.name, key, marker)
+            .await
+        {
+            tracing::warn!(pipeline = %self.name, %error, key, "recording a queued event failed; its status reads unknown until it completes");
+        }
+    }
+
     /// The reply kept with a request's completion ([`Track::Request`]).
     pub async fn kept_reply(&self, key: &str) -> Option<Vec<u8>> {
         match self.idempotency.reply(&self.name, key).await {

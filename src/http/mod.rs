@@ -72,6 +72,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/topics/{topic}", get(read_topic).post(publish))
         .route("/v1/events/s3", axum::routing::post(s3_notification))
+        .route("/v1/invocations/{id}", get(invocation))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         // For orchestrators: liveness must not follow the backends, or a
@@ -83,6 +84,30 @@ pub fn router(state: ApiState) -> Router {
         // limits; this bounds any extractor added later.
         .layer(DefaultBodyLimit::max(state.max_body_size as usize))
         .with_state(state)
+}
+
+/// How a request queued by an `async` HTTP pipeline went.
+async fn invocation(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    use crate::triggers::http::Invocation;
+    match state.gateway.invocation(&id, &headers).await {
+        Err(denied) => denied,
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("no queued request {id} is known (within idempotency.ttl)"),
+        ),
+        Ok(Some(status)) => {
+            let status = match status {
+                Invocation::Queued => "queued",
+                Invocation::Done => "done",
+                Invocation::DeadLettered => "dead-lettered",
+            };
+            axum::Json(json!({ "id": id, "status": status })).into_response()
+        }
+    }
 }
 
 /// Whatever the API does not serve goes to the HTTP functions' routes.

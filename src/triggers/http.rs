@@ -25,11 +25,18 @@ use metrics::{counter, histogram};
 use serde_json::json;
 
 use crate::config::reader::Table;
-use crate::engine::{Handler, OnFailure, Outcome, Pending, Track, Work};
+use async_trait::async_trait;
+
+use crate::broker::Broker;
+use crate::engine::feed_driver::{Pull, Pulled};
+use crate::engine::{Delivery, Handler, OnFailure, Outcome, Pending, Track, Work};
 use crate::event::Event;
+use crate::event::{Consumed, Message};
+use crate::feed::{Acks, Feed, FeedError};
 use crate::http::auth::AuthConfig;
 use crate::http::cors::CorsConfig;
 use crate::http::rate_limit::{RateLimitConfig, TokenBucket, retry_after};
+use crate::idempotency::Completion;
 use crate::runtime::http as wasi_http;
 
 /// Paths the API itself serves: no route may shadow them.
@@ -61,6 +68,29 @@ pub struct HttpTriggerConfig {
     pub rate_limit: Option<RateLimitConfig>,
     /// Browser origins that may call (default: none).
     pub cors: Option<CorsConfig>,
+    pub mode: Mode,
+    /// Where `async` requests are queued (default `<pipeline>.requests`).
+    pub topic: Option<String>,
+}
+
+/// How a request is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// By the function (a `wasi:http` component) while the client waits.
+    Sync,
+    /// With `202 {"id"}` once the request is queued on the broker; an
+    /// event function then handles it like any event (retries, dead
+    /// letters), and `GET /v1/invocations/{id}` says how it went.
+    Async,
+}
+
+impl HttpTriggerConfig {
+    /// The topic `async` requests are queued on.
+    pub fn queue_topic(&self, pipeline: &str) -> String {
+        self.topic
+            .clone()
+            .unwrap_or_else(|| format!("{pipeline}.requests"))
+    }
 }
 
 /// A route's `auth`.
@@ -105,16 +135,35 @@ impl HttpTriggerConfig {
                 Some(methods)
             }),
         };
-        if let Some(field) = table.get("mode") {
-            match field.string().as_deref() {
-                Some("sync") | None => {}
-                Some("async") => field.error(
-                    "mode = \"async\" (requests queued as events) is not available in this build; use \"sync\"",
-                ),
-                Some(other) => field.error(format!(
-                    "unknown mode {other:?}; expected \"sync\" or \"async\""
-                )),
+        let mode = match table.get("mode") {
+            None => Some(Mode::Sync),
+            Some(field) => match field.string().as_deref() {
+                Some("sync") => Some(Mode::Sync),
+                Some("async") => Some(Mode::Async),
+                Some(other) => {
+                    field.error(format!(
+                        "unknown mode {other:?}; expected \"sync\" or \"async\""
+                    ));
+                    None
+                }
+                None => None,
+            },
+        };
+        let topic = table.get("topic").and_then(|field| {
+            let topic = field.string()?;
+            match crate::broker::validate_topic(&topic) {
+                Ok(()) => Some(topic),
+                Err(e) => {
+                    field.error(e.to_string());
+                    None
+                }
             }
+        });
+        if topic.is_some()
+            && mode == Some(Mode::Sync)
+            && let Some(field) = table.get("topic")
+        {
+            field.error("topic is where mode = \"async\" queues requests; this source is sync");
         }
         let auth = match table.get("auth") {
             None => Some(RouteAuth::Token),
@@ -160,6 +209,8 @@ impl HttpTriggerConfig {
             auth: auth?,
             rate_limit: rate_limit?,
             cors: cors?,
+            mode: mode?,
+            topic,
         })
     }
 }
@@ -277,6 +328,93 @@ impl Route {
     }
 }
 
+/// Where an `async` pipeline's requests are queued.
+#[derive(Clone)]
+pub struct Queue {
+    pub broker: Arc<dyn Broker>,
+    pub topic: String,
+}
+
+/// The queue of an `async` pipeline read back, as a pulled trigger: each
+/// message is a request event as JSON.
+pub(super) struct QueueTrigger {
+    feed: Box<dyn Feed<Consumed>>,
+    acks: Arc<Acks>,
+    description: String,
+}
+
+pub(super) async fn open_queue(
+    topic: &str,
+    pipeline: &str,
+    broker: Arc<dyn Broker>,
+) -> Result<QueueTrigger, FeedError> {
+    let feed = broker
+        .subscribe(topic, pipeline)
+        .await
+        .map_err(|e| FeedError(e.to_string()))?;
+    Ok(QueueTrigger {
+        acks: Acks::new(feed.committer()),
+        description: format!("HTTP requests queued on topic {topic}"),
+        feed,
+    })
+}
+
+#[async_trait]
+impl Pull for QueueTrigger {
+    async fn next(&mut self, max: usize) -> Result<Pulled, FeedError> {
+        let items = self.feed.poll(max).await?;
+        let deliveries = (items.into_iter())
+            .map(|item| {
+                let decoded = item.item.and_then(|consumed| {
+                    serde_json::from_slice::<Event>(&consumed.message.payload)
+                        .map_err(|e| format!("a queued request that is not a request event: {e}"))
+                });
+                let (key, pending) = match decoded {
+                    Ok(event) => (
+                        event.idempotency_key.clone(),
+                        Pending::Event(Box::new(event)),
+                    ),
+                    Err(reason) => (
+                        format!("{}/{}", item.position.partition, item.position.offset),
+                        Pending::Undecodable(reason),
+                    ),
+                };
+                Delivery {
+                    position: item.position,
+                    idempotency_key: key,
+                    ordering_key: None,
+                    pending,
+                }
+            })
+            .collect();
+        Ok(Pulled {
+            deliveries,
+            skipped: Vec::new(),
+        })
+    }
+
+    fn acks(&self) -> Arc<Acks> {
+        self.acks.clone()
+    }
+
+    fn description(&self) -> String {
+        self.description.clone()
+    }
+}
+
+/// What `GET /v1/invocations/{id}` says of a queued request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Invocation {
+    /// Queued and not finished (waiting, or being handled).
+    Queued,
+    Done,
+    DeadLettered,
+}
+
+/// The store's record that a request was queued: a "delivered output"
+/// of the request's event, which its completion replaces.
+const QUEUED: &str = "#queued";
+
 /// Every HTTP pipeline's routes, in the order they are tried.
 pub struct Gateway {
     routes: Vec<(Route, Arc<Served>)>,
@@ -293,6 +431,8 @@ struct Served {
     in_flight: Mutex<HashSet<String>>,
     /// Each route's bucket, when the pipeline has a rate limit.
     buckets: HashMap<String, TokenBucket>,
+    /// Where requests are queued (`mode = "async"`).
+    queue: Option<Queue>,
 }
 
 /// A key's place in [`Served::in_flight`], given up when dropped.
@@ -325,11 +465,17 @@ impl Gateway {
 
     /// Adds a pipeline's routes; a route another pipeline serves already is
     /// an error naming both.
-    pub fn add(&mut self, config: &HttpTriggerConfig, handler: Arc<Handler>) -> Result<(), String> {
+    pub fn add(
+        &mut self,
+        config: &HttpTriggerConfig,
+        handler: Arc<Handler>,
+        queue: Option<Queue>,
+    ) -> Result<(), String> {
         let served = Arc::new(Served {
             config: config.clone(),
             handler,
             in_flight: Mutex::default(),
+            queue,
             buckets: (config.routes.iter())
                 .filter_map(|route| {
                     Some((route.pattern.clone(), TokenBucket::new(config.rate_limit?)))
@@ -353,6 +499,39 @@ impl Gateway {
 
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
+    }
+
+    /// How the queued request `id` (`<pipeline>.<hex>`) went, for a caller
+    /// whose headers may see it; `None` when no async pipeline knows it.
+    pub async fn invocation(
+        &self,
+        id: &str,
+        headers: &HeaderMap,
+    ) -> Result<Option<Invocation>, Response> {
+        let Some((pipeline, _)) = id.split_once('.') else {
+            return Ok(None);
+        };
+        let served = self
+            .routes
+            .iter()
+            .map(|(_, s)| s)
+            .find(|s| s.queue.is_some() && s.handler.name() == pipeline);
+        let Some(served) = served else {
+            return Ok(None);
+        };
+        if served.config.auth == RouteAuth::Token {
+            self.auth
+                .authorize(headers, &format!("invoke:{pipeline}"))?;
+        }
+        Ok(served
+            .handler
+            .status(id, QUEUED)
+            .await
+            .map(|status| match status {
+                Some(Completion::Done) => Invocation::Done,
+                Some(Completion::DeadLettered) => Invocation::DeadLettered,
+                None => Invocation::Queued,
+            }))
     }
 
     /// Answers one request: a route's function, or 404.
@@ -403,10 +582,12 @@ impl Served {
         request: Request,
         auth: &AuthConfig,
     ) -> Response {
+        let mut keyed = false;
         if self.config.auth == RouteAuth::Token {
             let scope = format!("invoke:{}", self.handler.name());
-            if let Err(denied) = auth.authorize(request.headers(), &scope) {
-                return denied;
+            match auth.authorize(request.headers(), &scope) {
+                Ok(key) => keyed = key.is_some(),
+                Err(denied) => return denied,
             }
         }
         if let Some(Err(wait)) = self.buckets.get(&route.pattern).map(TokenBucket::take) {
@@ -423,10 +604,16 @@ impl Served {
             }
             return response;
         }
-        self.answer(route, matched, request).await
+        self.answer(route, matched, request, keyed).await
     }
 
-    async fn answer(&self, route: &Route, matched: &Matched<'_>, request: Request) -> Response {
+    async fn answer(
+        &self,
+        route: &Route,
+        matched: &Matched<'_>,
+        request: Request,
+        keyed: bool,
+    ) -> Response {
         let config = &self.config;
         if !config.methods.contains(request.method()) {
             let allow = config
@@ -463,6 +650,9 @@ impl Served {
                 ),
                 None,
             );
+        }
+        if let Some(queue) = &self.queue {
+            return self.enqueue(queue, route, matched, request, keyed).await;
         }
         // Refused before the body is read: a busy pipeline costs nothing more.
         let Some(slot) = self.handler.try_admit() else {
@@ -523,6 +713,9 @@ impl Served {
             },
         };
         let mut event = request_event(&id, self.handler.name(), route, matched, &parts, body);
+        if keyed {
+            strip_key(&mut event);
+        }
         event.idempotency_key = key.clone();
         let work = Work {
             key: key.clone(),
@@ -583,6 +776,86 @@ impl Served {
 }
 
 impl Served {
+    /// Queues a request as an event and answers 202 with its id once the
+    /// broker has it: a crash after the answer loses nothing. The same
+    /// `Idempotency-Key` names the same id, so a repeat is queued once (the
+    /// broker's producer-id dedupe) and handled once (its completion).
+    async fn enqueue(
+        &self,
+        queue: &Queue,
+        route: &Route,
+        matched: &Matched<'_>,
+        request: Request,
+        keyed: bool,
+    ) -> Response {
+        let (parts, body) = request.into_parts();
+        let body = match crate::http::read_body(
+            &parts.headers,
+            body,
+            self.config.max_body_size,
+            "max_body_size",
+        )
+        .await
+        {
+            Ok(body) => body,
+            Err(response) => return response,
+        };
+        let pipeline = self.handler.name();
+        let hex = match parts.headers.get("idempotency-key").map(|v| v.to_str()) {
+            None => request_id(),
+            Some(Ok(key)) if (1..=MAX_IDEMPOTENCY_KEY).contains(&key.len()) => {
+                use sha2::{Digest, Sha256};
+                hex::encode(&Sha256::digest(key.as_bytes())[..16])
+            }
+            Some(_) => {
+                let message = format!(
+                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+                );
+                return error(StatusCode::BAD_REQUEST, message, None);
+            }
+        };
+        let id = format!("{pipeline}.{hex}");
+        let mut event = request_event(&id, pipeline, route, matched, &parts, body);
+        if keyed {
+            strip_key(&mut event);
+        }
+        event.idempotency_key = id.clone();
+        let message = Message {
+            key: None,
+            headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+            payload: serde_json::to_vec(&event)
+                .expect("an event serializes")
+                .into(),
+        };
+        if let Err(e) = queue
+            .broker
+            .publish(&queue.topic, Some(id.clone()), message)
+            .await
+        {
+            tracing::warn!(pipeline, error = %e, topic = %queue.topic, "queueing a request failed");
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the request could not be queued: {e}"),
+                Some(&id),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
+        self.handler.mark(&id, QUEUED).await;
+        let body = json!({
+            "id": id,
+            "status": "queued",
+            "status_url": format!("/v1/invocations/{id}"),
+        });
+        let mut response = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
+        if let Ok(value) = HeaderValue::from_str(&format!("/v1/invocations/{id}")) {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+        response
+    }
+
     /// Marks `key` as being answered here, unless it already is.
     fn enter(&self, key: &str) -> Option<InFlight<'_>> {
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
@@ -591,6 +864,13 @@ impl Served {
             key: key.to_owned(),
         })
     }
+}
+
+/// The API key a request presented is runnel's business: the function
+/// (and, for async routes, the queue) never sees it.
+fn strip_key(event: &mut Event) {
+    let name = format!("{}authorization", wasi_http::HEADER_PREFIX);
+    event.attributes.remove(&name);
 }
 
 fn in_progress(id: &str) -> Response {

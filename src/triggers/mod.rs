@@ -75,6 +75,15 @@ impl TriggerConfig {
                     sink.topic
                 ))
             }
+            (Self::Http(source), SinkConfig::Topic(sink))
+                if source.mode == http::Mode::Async
+                    && source.topic.as_ref() == Some(&sink.topic) =>
+            {
+                Some(format!(
+                    "publishes to topic {:?}, where the source queues its requests",
+                    sink.topic
+                ))
+            }
             _ => None,
         }
     }
@@ -104,7 +113,19 @@ impl TriggerConfig {
             Self::Topic(config) => {
                 Trigger::Pulled(Box::new(topic::open(config, pipeline, broker).await?))
             }
-            Self::Http(config) => Trigger::Routes(config.clone()),
+            Self::Http(config) => match config.mode {
+                http::Mode::Sync => Trigger::Routes(config.clone()),
+                http::Mode::Async => {
+                    let topic = config.queue_topic(pipeline);
+                    let feed = http::open_queue(&topic, pipeline, broker.clone()).await?;
+                    let queue = http::Queue { broker, topic };
+                    Trigger::Queued {
+                        routes: config.clone(),
+                        queue,
+                        feed: Box::new(feed),
+                    }
+                }
+            },
         })
     }
 }
@@ -116,4 +137,12 @@ pub enum Trigger {
     Pulled(Box<dyn Pull>),
     /// Served by the gateway; acknowledged by the response.
     Routes(http::HttpTriggerConfig),
+    /// Served by the gateway, which queues each request on `queue` (and
+    /// acknowledges it with a 202 once it is there); read back through
+    /// the feed driver like a topic.
+    Queued {
+        routes: http::HttpTriggerConfig,
+        queue: http::Queue,
+        feed: Box<dyn Pull>,
+    },
 }
