@@ -25,6 +25,7 @@ use crate::config::runtime::{
     BrokerConfig, FunctionsConfig, IdempotencyConfig, RuntimeConfig, StorageConfig,
 };
 use crate::engine::{Handler, feed_driver};
+use crate::http::jwt::JwtVerifier;
 use crate::http::{ApiState, router};
 use crate::idempotency::{EmbeddedIdempotency, IdempotencyStore};
 use crate::runtime::{FunctionConfig, FunctionLocation, Invoke, Runtime, RuntimeSettings, build};
@@ -305,7 +306,13 @@ impl Process {
         }
         let mut running = tokio::task::JoinSet::new();
         let auth = Arc::new(config.http.auth.clone());
-        let mut gateway = Gateway::new(auth.clone());
+        let jwt = match &config.http.auth.jwt {
+            None => None,
+            Some(jwt) => Some(Arc::new(
+                JwtVerifier::open(jwt.clone(), opened.backends.http.clone()).await?,
+            )),
+        };
+        let mut gateway = Gateway::new(auth.clone(), jwt);
         for (pipeline, function) in pipelines.iter().zip(functions) {
             let opened_trigger = pipeline
                 .source

@@ -219,3 +219,90 @@ async fn anonymous_on_a_reachable_address_is_refused() {
     allowed.kill().unwrap();
     allowed.wait().unwrap();
 }
+
+const JWT_SECRET: &[u8] = b"a-shared-hs256-secret-for-tests-only";
+
+fn jwt(claims: serde_json::Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("k1".into());
+    let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET).unwrap();
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A route with `auth = "jwt"` lets in a token the JWKS verifies, from the
+/// issuer, for the audience, not expired, and hands the function its
+/// claims (never the token); anything else is 401 saying why.
+#[tokio::test]
+async fn jwt_routes_check_signature_issuer_audience_and_expiry() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(JWT_SECRET);
+    let set = serde_json::json!({"keys": [{"kty": "oct", "kid": "k1", "alg": "HS256", "k": k}]});
+    std::fs::write(&jwks, set.to_string()).unwrap();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir_all(&pipelines).unwrap();
+    let text = format!(
+        "name = \"probe\"\n[source]\ntype = \"http\"\nroutes = [\"/me/...\"]\nauth = \"jwt\"\n\
+         [function]\npath = {:?}\n",
+        repo().join("functions/testing/http-probe")
+    );
+    std::fs::write(pipelines.join("probe.toml"), text).unwrap();
+    let extra = format!(
+        "[http.auth.jwt]\njwks_file = {jwks:?}\nissuer = \"https://idp.example\"\n\
+         audience = \"runnel-tests\"\nalgorithms = [\"HS256\"]\nleeway = \"1s\"\n"
+    );
+    let runnel = Runnel::start(dir.path(), &[pipelines.join("probe.toml")], &[], &extra).await;
+    let client = plain_client();
+    let call = |token: Option<String>| {
+        let mut request = client.get(runnel.url("/me/echo"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let good = serde_json::json!({
+        "sub": "user-42", "iss": "https://idp.example", "aud": "runnel-tests", "exp": now() + 600,
+    });
+    let (status, body) = call(Some(jwt(good.clone()))).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("runnel-jwt-sub: user-42"), "{body}");
+    assert!(
+        !body.to_ascii_lowercase().contains("authorization"),
+        "the token stays out: {body}"
+    );
+
+    let mut expired = good.clone();
+    expired["exp"] = (now() - 120).into();
+    let (status, body) = call(Some(jwt(expired))).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("expired"), "{body}");
+    let mut audience = good.clone();
+    audience["aud"] = "someone-else".into();
+    let (status, body) = call(Some(jwt(audience))).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("audience"), "{body}");
+    let mut issuer = good.clone();
+    issuer["iss"] = "https://evil.example".into();
+    assert_eq!(call(Some(jwt(issuer))).await.0, 401);
+    let forged = {
+        let key = jsonwebtoken::EncodingKey::from_secret(b"another-secret-entirely-0000").unwrap();
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some("k1".into());
+        jsonwebtoken::encode(&header, &good, &key).unwrap()
+    };
+    let (status, body) = call(Some(forged)).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("signature"), "{body}");
+    assert_eq!(call(None).await.0, 401);
+}

@@ -45,6 +45,8 @@ pub struct AuthConfig {
     /// Serve anyone without a key, even on a non-loopback address.
     pub allow_anonymous: bool,
     pub keys: Vec<ApiKey>,
+    /// `[http.auth.jwt]`: how routes with `auth = "jwt"` check tokens.
+    pub jwt: Option<super::jwt::JwtConfig>,
 }
 
 #[derive(Clone)]
@@ -85,6 +87,10 @@ impl AuthConfig {
                 }
             }
         }
+        let jwt = match table.table("jwt") {
+            None => Some(None),
+            Some(jwt) => super::jwt::JwtConfig::read(jwt).map(Some),
+        };
         if allow_anonymous
             && declared > 0
             && let Some(field) = table.get("allow_anonymous")
@@ -96,6 +102,7 @@ impl AuthConfig {
         ok.then_some(Self {
             allow_anonymous,
             keys,
+            jwt: jwt?,
         })
     }
 
@@ -275,6 +282,7 @@ mod tests {
                 scopes: scopes.iter().map(|s| s.to_string()).collect(),
                 bucket: None,
             }],
+            jwt: None,
         }
     }
 

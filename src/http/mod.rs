@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod cors;
+pub mod jwt;
 pub mod rate_limit;
 
 use std::collections::{BTreeMap, BTreeSet};

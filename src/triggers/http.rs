@@ -35,6 +35,7 @@ use crate::event::{Consumed, Message};
 use crate::feed::{Acks, Feed, FeedError};
 use crate::http::auth::AuthConfig;
 use crate::http::cors::CorsConfig;
+use crate::http::jwt::JwtVerifier;
 use crate::http::rate_limit::{RateLimitConfig, TokenBucket, retry_after};
 use crate::idempotency::Completion;
 use crate::runtime::http as wasi_http;
@@ -100,6 +101,9 @@ pub enum RouteAuth {
     None,
     /// An API key with the scope `invoke:<pipeline>`.
     Token,
+    /// A JWT that `[http.auth.jwt]` verifies; its claims reach the
+    /// function.
+    Jwt,
 }
 
 impl HttpTriggerConfig {
@@ -167,23 +171,18 @@ impl HttpTriggerConfig {
         }
         let auth = match table.get("auth") {
             None => Some(RouteAuth::Token),
-            Some(field) => {
-                match field.string().as_deref() {
-                    Some("none") => Some(RouteAuth::None),
-                    Some("token") => Some(RouteAuth::Token),
-                    Some("jwt") => {
-                        field.error("auth = \"jwt\" is not available in this build; use \"token\" or \"none\"");
-                        None
-                    }
-                    Some(other) => {
-                        field.error(format!(
-                            "unknown auth {other:?}; expected \"token\" or \"none\""
-                        ));
-                        None
-                    }
-                    None => None,
+            Some(field) => match field.string().as_deref() {
+                Some("none") => Some(RouteAuth::None),
+                Some("token") => Some(RouteAuth::Token),
+                Some("jwt") => Some(RouteAuth::Jwt),
+                Some(other) => {
+                    field.error(format!(
+                        "unknown auth {other:?}; expected \"token\", \"jwt\" or \"none\""
+                    ));
+                    None
                 }
-            }
+                None => None,
+            },
         };
         let rate_limit = match table.get("rate_limit") {
             None => Some(None),
@@ -419,6 +418,8 @@ const QUEUED: &str = "#queued";
 pub struct Gateway {
     routes: Vec<(Route, Arc<Served>)>,
     auth: Arc<AuthConfig>,
+    /// For routes with `auth = "jwt"`.
+    jwt: Option<Arc<JwtVerifier>>,
 }
 
 /// An HTTP pipeline as the gateway serves it.
@@ -456,10 +457,11 @@ impl Drop for InFlight<'_> {
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 impl Gateway {
-    pub fn new(auth: Arc<AuthConfig>) -> Self {
+    pub fn new(auth: Arc<AuthConfig>, jwt: Option<Arc<JwtVerifier>>) -> Self {
         Self {
             routes: Vec::new(),
             auth,
+            jwt,
         }
     }
 
@@ -471,6 +473,12 @@ impl Gateway {
         handler: Arc<Handler>,
         queue: Option<Queue>,
     ) -> Result<(), String> {
+        if config.auth == RouteAuth::Jwt && self.jwt.is_none() {
+            return Err(
+                "its source has auth = \"jwt\", and the runtime config has no [http.auth.jwt]"
+                    .to_owned(),
+            );
+        }
         let served = Arc::new(Served {
             config: config.clone(),
             handler,
@@ -557,7 +565,7 @@ impl Gateway {
             }
             _ => {
                 let origin_headers = cors.map(|_| request.headers().clone());
-                let mut response = served.admit(route, &matched, request, &self.auth).await;
+                let mut response = served.admit(route, &matched, request, self).await;
                 if let (Some(cors), Some(headers)) = (cors, origin_headers) {
                     cors.mark(&headers, &mut response);
                 }
@@ -580,14 +588,28 @@ impl Served {
         route: &Route,
         matched: &Matched<'_>,
         request: Request,
-        auth: &AuthConfig,
+        gateway: &Gateway,
     ) -> Response {
-        let mut keyed = false;
-        if self.config.auth == RouteAuth::Token {
-            let scope = format!("invoke:{}", self.handler.name());
-            match auth.authorize(request.headers(), &scope) {
-                Ok(key) => keyed = key.is_some(),
-                Err(denied) => return denied,
+        let mut caller = Caller::Anonymous;
+        match self.config.auth {
+            RouteAuth::None => {}
+            RouteAuth::Token => {
+                let scope = format!("invoke:{}", self.handler.name());
+                match gateway.auth.authorize(request.headers(), &scope) {
+                    Ok(Some(_)) => caller = Caller::Key,
+                    Ok(None) => {}
+                    Err(denied) => return denied,
+                }
+            }
+            RouteAuth::Jwt => {
+                let verifier = gateway
+                    .jwt
+                    .as_ref()
+                    .expect("checked when the route was added");
+                match verifier.verify(request.headers()).await {
+                    Ok(claims) => caller = Caller::Jwt(claims),
+                    Err(denied) => return denied,
+                }
             }
         }
         if let Some(Err(wait)) = self.buckets.get(&route.pattern).map(TokenBucket::take) {
@@ -604,7 +626,7 @@ impl Served {
             }
             return response;
         }
-        self.answer(route, matched, request, keyed).await
+        self.answer(route, matched, request, &caller).await
     }
 
     async fn answer(
@@ -612,7 +634,7 @@ impl Served {
         route: &Route,
         matched: &Matched<'_>,
         request: Request,
-        keyed: bool,
+        caller: &Caller,
     ) -> Response {
         let config = &self.config;
         if !config.methods.contains(request.method()) {
@@ -652,7 +674,7 @@ impl Served {
             );
         }
         if let Some(queue) = &self.queue {
-            return self.enqueue(queue, route, matched, request, keyed).await;
+            return self.enqueue(queue, route, matched, request, caller).await;
         }
         // Refused before the body is read: a busy pipeline costs nothing more.
         let Some(slot) = self.handler.try_admit() else {
@@ -713,9 +735,7 @@ impl Served {
             },
         };
         let mut event = request_event(&id, self.handler.name(), route, matched, &parts, body);
-        if keyed {
-            strip_key(&mut event);
-        }
+        caller.describe(&mut event);
         event.idempotency_key = key.clone();
         let work = Work {
             key: key.clone(),
@@ -786,7 +806,7 @@ impl Served {
         route: &Route,
         matched: &Matched<'_>,
         request: Request,
-        keyed: bool,
+        caller: &Caller,
     ) -> Response {
         let (parts, body) = request.into_parts();
         let body = match crate::http::read_body(
@@ -816,9 +836,7 @@ impl Served {
         };
         let id = format!("{pipeline}.{hex}");
         let mut event = request_event(&id, pipeline, route, matched, &parts, body);
-        if keyed {
-            strip_key(&mut event);
-        }
+        caller.describe(&mut event);
         event.idempotency_key = id.clone();
         let message = Message {
             key: None,
@@ -866,11 +884,40 @@ impl Served {
     }
 }
 
-/// The API key a request presented is runnel's business: the function
-/// (and, for async routes, the queue) never sees it.
-fn strip_key(event: &mut Event) {
-    let name = format!("{}authorization", wasi_http::HEADER_PREFIX);
-    event.attributes.remove(&name);
+/// Who a request came from, as the route's `auth` found out.
+enum Caller {
+    Anonymous,
+    /// With an API key.
+    Key,
+    /// With a verified JWT, whose claims these are.
+    Jwt(serde_json::Value),
+}
+
+impl Caller {
+    /// What the function is told of the caller. The credential itself is
+    /// runnel's business: neither the function nor, for async routes, the
+    /// queue sees an API key or a token; a JWT's claims arrive as
+    /// `runnel-jwt-claims` (JSON) and `runnel-jwt-sub`.
+    fn describe(&self, event: &mut Event) {
+        let header = |name: &str| format!("{}{name}", wasi_http::HEADER_PREFIX);
+        match self {
+            Caller::Anonymous => {}
+            Caller::Key => {
+                event.attributes.remove(&header("authorization"));
+            }
+            Caller::Jwt(claims) => {
+                event.attributes.remove(&header("authorization"));
+                event
+                    .attributes
+                    .insert(header("runnel-jwt-claims"), claims.to_string());
+                if let Some(sub) = claims["sub"].as_str() {
+                    event
+                        .attributes
+                        .insert(header("runnel-jwt-sub"), sub.to_owned());
+                }
+            }
+        }
+    }
 }
 
 fn in_progress(id: &str) -> Response {
