@@ -2,7 +2,9 @@
 //! runs unchanged under `wasmtime serve` too. Routes (pipelines/hello-http.toml):
 //!
 //! - `GET /hello/:name` answers `Hello, <name>!` (the parameter arrives as
-//!   the `runnel-path-param-name` header);
+//!   the `runnel-path-param-name` header), and `GET /hello` (or any GET
+//!   without the parameter, as under `wasmtime serve`) `Hello, world!`:
+//!   benchmark #8's hello-world;
 //! - `POST /hello` with a JSON body `{"name": ..}` answers the same, as JSON.
 
 use std::io::{Read as _, Write as _};
@@ -20,7 +22,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
         let (status, content_type, body) = match request.method() {
             Method::Get => match header(&request, "runnel-path-param-name") {
                 Some(name) => (200, "text/plain; charset=utf-8", format!("Hello, {name}!\n")),
-                None => (400, "text/plain; charset=utf-8", "say who: /hello/<name>\n".to_owned()),
+                None => (200, "text/plain; charset=utf-8", "Hello, world!\n".to_owned()),
             },
             Method::Post => match name_from_json(&read_body(request)) {
                 Some(name) => (
