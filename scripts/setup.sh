@@ -44,6 +44,17 @@ if [ "${RUNNEL_SETUP_BENCH:-}" = 1 ] && ! command -v vipsthumbnail >/dev/null; t
   step "installing libvips-tools (vipsthumbnail, benchmark #5's peer)"
   apt-get update -qq && apt-get install -y -qq libvips-tools
 fi
+# Benchmark #8's peer and load generator, from crates.io: the wasmtime CLI of
+# runnel's wasmtime version, and oha.
+if [ "${RUNNEL_SETUP_BENCH:-}" = 1 ] && [ ! -x "$HOME/.cargo/bin/wasmtime" ]; then
+  step "installing wasmtime-cli 48.0.8 (benchmark #8's peer; about 15 minutes the first time)"
+  CARGO_TARGET_DIR="$HOME/.cache/runnel/wasmtime-target" \
+    cargo install wasmtime-cli@48.0.8 --locked
+fi
+if [ "${RUNNEL_SETUP_BENCH:-}" = 1 ] && [ ! -x "$HOME/.cargo/bin/oha" ]; then
+  step "installing oha 1 (benchmark #8's load generator)"
+  CARGO_TARGET_DIR="$HOME/.cache/runnel/oha-target" cargo install oha@1 --locked
+fi
 if ! command -v redis-server >/dev/null; then
   step "installing redis-server (the shared idempotency store's tests)"
   apt-get update -qq && apt-get install -y -qq redis-server
