@@ -8,9 +8,16 @@ use axum::routing::get;
 
 #[tokio::main]
 async fn main() {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8088".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:8088".into());
     let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
-    let hello = || async { ([("content-type", "text/plain; charset=utf-8")], "Hello, world!\n") };
+    let hello = || async {
+        (
+            [("content-type", "text/plain; charset=utf-8")],
+            "Hello, world!\n",
+        )
+    };
     let app = Router::new().route("/hello", get(hello));
     axum::serve(listener, app).await.expect("serve");
 }

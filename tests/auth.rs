@@ -141,23 +141,12 @@ async fn keys_and_scopes_guard_every_route() {
 #[tokio::test]
 async fn a_public_route_needs_no_key() {
     let dir = tempfile::tempdir().unwrap();
-    let pipelines = dir.path().join("pipelines");
-    std::fs::create_dir_all(&pipelines).unwrap();
-    let text = std::fs::read_to_string(repo().join("pipelines/hello-http.toml"))
-        .unwrap()
-        .replace(
-            "path = \"../functions/hello-http\"",
-            &format!("path = {:?}", repo().join("functions/hello-http")),
-        )
-        .replace("[source]\n", "[source]\nauth = \"none\"\n");
-    std::fs::write(pipelines.join("hello-http.toml"), text).unwrap();
-    let runnel = Runnel::start(
-        dir.path(),
-        &[pipelines.join("hello-http.toml")],
-        &[],
-        &keys(),
-    )
-    .await;
+    let pipeline = harness::edited_pipeline(
+        "hello-http.toml",
+        &dir.path().join("pipelines"),
+        &[("[source]\n", "[source]\nauth = \"none\"\n")],
+    );
+    let runnel = Runnel::start(dir.path(), &[pipeline], &[], &keys()).await;
     let response = plain_client()
         .get(runnel.url("/hello/Ada"))
         .send()

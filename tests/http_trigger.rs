@@ -393,25 +393,6 @@ async fn idempotent_requests_are_answered_once() {
     assert_eq!(response.status(), 400);
 }
 
-/// The example with a rate limit and CORS added to its source.
-fn limited_hello(dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let text = std::fs::read_to_string(repo().join("pipelines/hello-http.toml"))
-        .unwrap()
-        .replace(
-            "path = \"../functions/hello-http\"",
-            &format!("path = {:?}", repo().join("functions/hello-http")),
-        )
-        .replace(
-            "[source]\n",
-            "[source]\nrate_limit = { per_second = 0.5, burst = 2 }\n\
-             cors = { origins = [\"https://app.example\"], max_age = \"1m\" }\n",
-        );
-    let file = dir.join("hello-http.toml");
-    std::fs::write(&file, text).unwrap();
-    file
-}
-
 /// A route's token bucket lets its burst through, then answers 429 with
 /// `Retry-After`; a preflight from a listed origin is answered by runnel,
 /// one from another origin refused, and only the listed origin's
@@ -419,7 +400,13 @@ fn limited_hello(dir: &Path) -> PathBuf {
 #[tokio::test]
 async fn rate_limits_and_cors_are_per_route() {
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = limited_hello(&dir.path().join("pipelines"));
+    let limits = "[source]\nrate_limit = { per_second = 0.5, burst = 2 }\n\
+                  cors = { origins = [\"https://app.example\"], max_age = \"1m\" }\n";
+    let pipeline = harness::edited_pipeline(
+        "hello-http.toml",
+        &dir.path().join("pipelines"),
+        &[("[source]\n", limits)],
+    );
     let runnel = Runnel::start(dir.path(), &[pipeline], &[], "").await;
     let client = &runnel.client;
     let get = |origin: &'static str| {

@@ -233,25 +233,13 @@ impl Runtime {
 
     /// Compiles (or loads from cache) and pre-links a component.
     pub fn load(&self, config: &FunctionConfig, wasm: &Path) -> anyhow::Result<Function> {
-        let started = Instant::now();
-        let (component, cached) = self.compile(wasm)?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| anyhow::anyhow!("{}: {e:#}", wasm.display()))?;
-        let pre = bindings::FunctionPre::new(pre).map_err(|e| {
-            anyhow::anyhow!(
-                "{} does not export runnel:function's `handle`: {e:#}",
-                wasm.display()
-            )
-        })?;
-        tracing::info!(
-            function = %config.name,
-            component = %wasm.display(),
-            cached,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "function ready"
-        );
+        let pre = self.prepare(
+            config,
+            wasm,
+            &self.linker,
+            "runnel:function's `handle`",
+            |pre| bindings::FunctionPre::new(pre),
+        )?;
         Ok(Function {
             name: config.name.clone(),
             memory_limit: config.memory_limit,
@@ -270,25 +258,10 @@ impl Runtime {
         wasm: &Path,
         max_response_size: u64,
     ) -> anyhow::Result<http::HttpFunction> {
-        let started = Instant::now();
-        let (component, cached) = self.compile(wasm)?;
-        let pre = self
-            .http_linker
-            .instantiate_pre(&component)
-            .map_err(|e| anyhow::anyhow!("{}: {e:#}", wasm.display()))?;
-        let pre = wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre).map_err(|e| {
-            anyhow::anyhow!(
-                "{} does not export wasi:http/incoming-handler (an HTTP function is a wasi:http/proxy component): {e:#}",
-                wasm.display()
-            )
+        let export = "wasi:http/incoming-handler (an HTTP function is a wasi:http/proxy component)";
+        let pre = self.prepare(config, wasm, &self.http_linker, export, |pre| {
+            wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre)
         })?;
-        tracing::info!(
-            function = %config.name,
-            component = %wasm.display(),
-            cached,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "HTTP function ready"
-        );
         Ok(http::HttpFunction {
             name: config.name.clone(),
             memory_limit: config.memory_limit,
@@ -299,6 +272,33 @@ impl Runtime {
             tokio: tokio::runtime::Handle::try_current()
                 .map_err(|_| anyhow::anyhow!("HTTP functions are loaded within a tokio runtime"))?,
         })
+    }
+
+    /// The component at `wasm`, compiled (or loaded from the cache), linked
+    /// by `linker` and checked by `typed` for the world's `export`.
+    fn prepare<T, P>(
+        &self,
+        config: &FunctionConfig,
+        wasm: &Path,
+        linker: &Linker<T>,
+        export: &str,
+        typed: impl FnOnce(wasmtime::component::InstancePre<T>) -> wasmtime::Result<P>,
+    ) -> anyhow::Result<P> {
+        let started = Instant::now();
+        let (component, cached) = self.compile(wasm)?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| anyhow::anyhow!("{}: {e:#}", wasm.display()))?;
+        let pre = typed(pre)
+            .map_err(|e| anyhow::anyhow!("{} does not export {export}: {e:#}", wasm.display()))?;
+        tracing::info!(
+            function = %config.name,
+            component = %wasm.display(),
+            cached,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "function ready"
+        );
+        Ok(pre)
     }
 
     fn compile(&self, wasm: &Path) -> anyhow::Result<(Component, bool)> {

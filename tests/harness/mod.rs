@@ -463,6 +463,21 @@ pub fn photo_jpeg(width: u32, height: u32) -> Vec<u8> {
     out.into_inner()
 }
 
+/// A shipped pipeline file (`pipelines/<name>`) written into `dir` with
+/// each `(from, to)` of `edits` replaced, its `../` paths made absolute.
+pub fn edited_pipeline(name: &str, dir: &Path, edits: &[(&str, &str)]) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut text = std::fs::read_to_string(repo().join("pipelines").join(name)).unwrap();
+    text = text.replace("path = \"../", &format!("path = \"{}/", repo().display()));
+    for (from, to) in edits {
+        assert!(text.contains(from), "{name} has no {from:?}");
+        text = text.replace(from, to);
+    }
+    let file = dir.join(name);
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
 pub fn pipelines() -> Vec<PathBuf> {
     vec![
         repo().join("pipelines/image-upload.toml"),
