@@ -125,13 +125,22 @@ async fn keys_and_scopes_guard_every_route() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "Hello, Ada!\n");
+    let text = client
+        .get(&metrics)
+        .bearer_auth(READER)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ok = [
+        ("pipeline", "hello-http"),
+        ("function", "hello-http"),
+        ("outcome", "ok"),
+    ];
     assert_eq!(
-        runnel
-            .metric(
-                "runnel_invocations_total",
-                &[("pipeline", "hello-http"), ("outcome", "ok")]
-            )
-            .await,
+        harness::metric_value(&text, "runnel_invocations_total", &ok),
         1.0,
         "refused requests ran nothing"
     );

@@ -110,7 +110,11 @@ async fn the_example_greets_by_name() {
         runnel
             .metric(
                 "runnel_invocations_total",
-                &[("pipeline", "hello-http"), ("outcome", "ok")]
+                &[
+                    ("pipeline", "hello-http"),
+                    ("function", "hello-http"),
+                    ("outcome", "ok")
+                ]
             )
             .await,
         3.0,
@@ -158,7 +162,7 @@ async fn routes_take_precedence_and_pass_their_params() {
     assert_eq!(echoed(&param, "runnel-path-param-p").unwrap(), "forty-two");
     assert_eq!(echoed(&param, "spin-path-match-p").unwrap(), "forty-two");
     assert_eq!(echoed(&param, "path").unwrap(), "/probe/forty-two/echo?x=1");
-    assert_eq!(echoed(&param, "method").unwrap(), "Get");
+    assert_eq!(echoed(&param, "method").unwrap(), "GET");
 
     let rest = get("/probe/a/b/echo").await;
     assert_eq!(echoed(&rest, "runnel-matched-route").unwrap(), "/probe/...");
@@ -260,7 +264,11 @@ async fn limits_and_failures_have_their_status() {
     assert!(text.contains("HttpRequestDenied"), "{text}");
 
     for outcome in ["trap", "timeout"] {
-        let labels = [("pipeline", "probe"), ("outcome", outcome)];
+        let labels = [
+            ("pipeline", "probe"),
+            ("function", "http-probe"),
+            ("outcome", outcome),
+        ];
         assert_eq!(
             runnel.metric("runnel_invocations_total", &labels).await,
             1.0,
@@ -363,7 +371,11 @@ async fn idempotent_requests_are_answered_once() {
     assert_eq!(again.text().await.unwrap(), first);
     let other = post("order-1", "pay 99").await;
     assert_eq!(other.status(), 422);
-    let ok = [("pipeline", "probe"), ("outcome", "ok")];
+    let ok = [
+        ("pipeline", "probe"),
+        ("function", "http-probe"),
+        ("outcome", "ok"),
+    ];
     assert_eq!(runnel.metric("runnel_invocations_total", &ok).await, 1.0);
 
     let slow = |key: &'static str| {

@@ -107,7 +107,7 @@ pub fn read(doc: &Document<'_>, root: Table<'_, '_>) -> Option<PipelineConfig> {
         .get("source")
         .and_then(|f| f.table())
         .and_then(|t| t.get("type"))
-        .is_some_and(|f| f.string().as_deref() == Some("http"));
+        .is_some_and(|f| f.peek_str() == Some("http"));
     let sinks_field = match http_source {
         true => root.get("sinks"),
         false => root.required("sinks"),

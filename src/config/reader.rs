@@ -177,6 +177,15 @@ impl<'d, 'a> Field<'d, 'a> {
         ));
     }
 
+    /// The value's text if it is a string, as written; reports nothing
+    /// (for deciding what else to read).
+    pub fn peek_str(&self) -> Option<&str> {
+        match self.value.get_ref() {
+            DeValue::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// A string, with `${NAME}` and `${NAME:-default}` expanded.
     pub fn string(&self) -> Option<String> {
         match self.value.get_ref() {

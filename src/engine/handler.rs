@@ -314,10 +314,23 @@ impl Handler {
                 Track::Request { .. } => self.claim_once(key).await,
             }
         };
-        let (claimed, first) = tokio::join!(claim, async {
+        let first_attempt = async {
             let ev = load().await?;
             self.invoke(ev, 1).await
-        });
+        };
+        let (claimed, first) = match &work.track {
+            // A request's function answers a client and, once granted
+            // outbound HTTP, may act on the world: it is claimed first and
+            // runs only when the claim is its own.
+            Track::Request { .. } => match claim.await {
+                claimed @ Claimed::Ours { .. } => (claimed, Some(first_attempt.await)),
+                claimed => (claimed, None),
+            },
+            _ => {
+                let (claimed, first) = tokio::join!(claim, first_attempt);
+                (claimed, Some(first))
+            }
+        };
         let delivered = match claimed {
             Claimed::Done(how) => {
                 self.meters.duplicates_skipped.increment(1);
@@ -331,8 +344,8 @@ impl Handler {
             }
             Claimed::Ours { delivered } => delivered,
         };
-        let first = first.map(|invocation| (invocation, delivered));
-        let first = Mutex::new(Some(first));
+        let first = first.map(|first| first.map(|invocation| (invocation, delivered)));
+        let first = Mutex::new(first);
         let first_ref = &first;
         let run = |attempt| async move {
             let ev = load().await?;

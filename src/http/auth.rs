@@ -165,8 +165,9 @@ fn covers(granted: &str, needed: &str) -> bool {
     if granted == needed {
         return true;
     }
-    match granted.strip_suffix('*') {
-        Some(prefix) if prefix.ends_with(':') => needed.starts_with(prefix),
+    // `*` stands for a name only: the kind before it must be the needed one's.
+    match (granted.strip_suffix(":*"), needed.rsplit_once(':')) {
+        (Some(kind), Some((needed_kind, _))) => kind == needed_kind,
         _ => false,
     }
 }

@@ -332,10 +332,22 @@ impl HttpFunction {
                 body: bytes.into(),
             }))
         };
+        // A trap ends the call but leaves the response unset until the
+        // store is dropped: the call's end decides, the read follows.
         let both = async {
-            let (called, read) = tokio::join!(call, read);
-            called.map_err(Failed::Wasm)?;
-            read?.ok_or_else(|| {
+            tokio::pin!(call, read);
+            tokio::select! {
+                called = &mut call => {
+                    called.map_err(Failed::Wasm)?;
+                    read.await?
+                }
+                reply = &mut read => {
+                    let reply = reply?;
+                    call.await.map_err(Failed::Wasm)?;
+                    reply
+                }
+            }
+            .ok_or_else(|| {
                 Failed::Invalid("the function returned without setting a response".to_owned())
             })
         };

@@ -12,7 +12,8 @@ use std::io::{Read as _, Write as _};
 use std::time::{Duration, Instant};
 
 use wasip2::http::types::{
-    Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse,
+    ResponseOutparam,
 };
 
 struct Probe;
@@ -31,7 +32,12 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
         };
         match path.rsplit('/').next().unwrap_or_default() {
             "echo" => {
-                let method = format!("{:?}", request.method());
+                let method = match request.method() {
+                    Method::Get => "GET".to_owned(),
+                    Method::Post => "POST".to_owned(),
+                    Method::Other(other) => other,
+                    other => format!("{other:?}"),
+                };
                 let headers = request.headers().entries();
                 let body = read_body(request);
                 let mut text = format!("method: {method}\npath: {path_query}\n");
