@@ -216,10 +216,10 @@ fn read(root: Table<'_, '_>, file: &Path, data_dir: Option<&Path>) -> RuntimeCon
         if let Some(size) = t.size("max_body_size") {
             config.http.max_body_size = size;
         }
-        if let Some(auth) = t.table("auth") {
-            if let Some(auth) = crate::http::auth::AuthConfig::read(auth) {
-                config.http.auth = auth;
-            }
+        if let Some(auth) = t.table("auth")
+            && let Some(auth) = crate::http::auth::AuthConfig::read(auth)
+        {
+            config.http.auth = auth;
         }
         t.finish();
     }

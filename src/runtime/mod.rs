@@ -238,7 +238,7 @@ impl Runtime {
             wasm,
             &self.linker,
             "runnel:function's `handle`",
-            |pre| bindings::FunctionPre::new(pre),
+            bindings::FunctionPre::new,
         )?;
         Ok(Function {
             name: config.name.clone(),
