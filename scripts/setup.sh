@@ -53,7 +53,7 @@ if [ "${RUNNEL_SETUP_BENCH:-}" = 1 ] && [ ! -x "$HOME/.cargo/bin/wasmtime" ]; th
 fi
 if [ "${RUNNEL_SETUP_BENCH:-}" = 1 ] && [ ! -x "$HOME/.cargo/bin/oha" ]; then
   step "installing oha 1 (benchmark #8's load generator)"
-  CARGO_TARGET_DIR="$HOME/.cache/runnel/oha-target" cargo install oha@1 --locked
+  CARGO_TARGET_DIR="$HOME/.cache/runnel/oha-target" cargo install "oha@^1" --locked
 fi
 if ! command -v redis-server >/dev/null; then
   step "installing redis-server (the shared idempotency store's tests)"

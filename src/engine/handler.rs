@@ -644,14 +644,17 @@ impl Handler {
             event_id: event.id.clone(),
         };
         let ev = Arc::clone(event);
-        let (result, stats) = self
-            .meters
-            .timed(
-                Stage::Invoke,
-                self.threads
-                    .run(move || function.invoke(&context, &ev, label)),
-            )
-            .await;
+        let running = async {
+            match self.function.invoke_async(event) {
+                Some(call) => call.await,
+                None => {
+                    self.threads
+                        .run(move || function.invoke(&context, &ev, label))
+                        .await
+                }
+            }
+        };
+        let (result, stats) = self.meters.timed(Stage::Invoke, running).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.outcome(),

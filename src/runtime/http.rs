@@ -212,14 +212,23 @@ impl HttpFunction {
         self.memory_limit
     }
 
-    /// Answers the request `event` in a fresh instance. Blocking: call it
-    /// off the async workers (a pipeline's invocation threads).
+    /// Answers the request `event` in a fresh instance, blocking: for a
+    /// caller off the runtime. The engine awaits [`call`](Self::call)
+    /// instead.
     pub fn invoke(
         &self,
         _context: &Context,
         event: &Event,
         _label: LogLabel,
     ) -> (Result<Invocation, InvokeError>, InvocationStats) {
+        self.tokio.block_on(self.call(event))
+    }
+
+    /// Answers the request `event` in a fresh instance, on the caller's
+    /// runtime: the guest yields at every epoch tick, so it shares a
+    /// worker thread fairly and needs none of its own (a thread of its
+    /// own cost two context switches a request: benchmark #8).
+    pub async fn call(&self, event: &Event) -> (Result<Invocation, InvokeError>, InvocationStats) {
         let started = Instant::now();
         let request = match to_request(event) {
             Ok(request) => request,
@@ -244,9 +253,7 @@ impl HttpFunction {
             })
         });
         let mut stats = InvocationStats::default();
-        let result = self
-            .tokio
-            .block_on(self.run(&mut store, request, &mut stats, started));
+        let result = self.run(&mut store, request, &mut stats, started).await;
         stats.duration = started.elapsed();
         stats.peak_memory = store.data().limiter.peak;
         let result = result.map_err(|failed| match failed {

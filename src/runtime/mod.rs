@@ -485,7 +485,19 @@ pub trait Invoke: Send + Sync + 'static {
         event: &Event,
         label: LogLabel,
     ) -> (Result<Invocation, InvokeError>, InvocationStats);
+
+    /// For a function that runs on the caller's async runtime (yielding at
+    /// epoch ticks) rather than on a thread: the invocation as a future.
+    /// `None`, the default, means call [`invoke`](Self::invoke) on a thread.
+    fn invoke_async<'a>(&'a self, _event: &'a Event) -> Option<InvokeFuture<'a>> {
+        None
+    }
 }
+
+/// An invocation running on the caller's runtime.
+pub type InvokeFuture<'a> = std::pin::Pin<
+    Box<dyn Future<Output = (Result<Invocation, InvokeError>, InvocationStats)> + Send + 'a>,
+>;
 
 /// What one invocation returned: outputs for the sinks, and for an HTTP
 /// function the reply to its request.
@@ -535,6 +547,10 @@ impl Invoke for http::HttpFunction {
         label: LogLabel,
     ) -> (Result<Invocation, InvokeError>, InvocationStats) {
         http::HttpFunction::invoke(self, context, event, label)
+    }
+
+    fn invoke_async<'a>(&'a self, event: &'a Event) -> Option<InvokeFuture<'a>> {
+        Some(Box::pin(self.call(event)))
     }
 }
 

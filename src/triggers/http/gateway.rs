@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use metrics::{counter, histogram};
+use metrics::{Counter, Histogram, counter, histogram};
 use serde_json::json;
 
 use crate::engine::{Handler, OnFailure, Outcome, Pending, Track, Work};
@@ -44,6 +44,10 @@ pub(super) struct Served {
     in_flight: Mutex<HashSet<String>>,
     /// Each route's bucket, when the pipeline has a rate limit.
     buckets: HashMap<String, TokenBucket>,
+    /// Each route's request duration, and its request counter by status:
+    /// handles kept, not looked up in the registry per request.
+    durations: HashMap<String, Histogram>,
+    requests: Mutex<HashMap<(String, u16), Counter>>,
     /// Where requests are queued (`mode = "async"`).
     queue: Option<Queue>,
 }
@@ -91,11 +95,25 @@ impl Gateway {
                     .to_owned(),
             );
         }
+        let pipeline = handler.name().to_owned();
         let served = Arc::new(Served {
             config: config.clone(),
             handler,
             in_flight: Mutex::default(),
             queue,
+            durations: (config.routes.iter())
+                .map(|route| {
+                    let labels = [
+                        ("pipeline", pipeline.clone()),
+                        ("route", route.pattern.clone()),
+                    ];
+                    (
+                        route.pattern.clone(),
+                        histogram!(crate::metrics::HTTP_REQUEST_DURATION, &labels),
+                    )
+                })
+                .collect(),
+            requests: Mutex::default(),
             buckets: (config.routes.iter())
                 .filter_map(|route| {
                     Some((route.pattern.clone(), TokenBucket::new(config.rate_limit?)))
@@ -169,7 +187,6 @@ impl Gateway {
             );
         };
         let started = Instant::now();
-        let pipeline = served.handler.name().to_owned();
         let cors = served.config.cors.as_ref();
         let response = match cors {
             Some(cors) if CorsConfig::is_preflight(request.method(), request.headers()) => {
@@ -184,16 +201,25 @@ impl Gateway {
                 response
             }
         };
-        let status = response.status().as_u16().to_string();
-        let labels = [("pipeline", pipeline), ("route", route.pattern.clone())];
-        counter!(crate::metrics::HTTP_REQUESTS, "pipeline" => labels[0].1.clone(), "route" => labels[1].1.clone(), "status" => status).increment(1);
-        histogram!(crate::metrics::HTTP_REQUEST_DURATION, &labels)
-            .record(started.elapsed().as_secs_f64());
+        served.meter(route, response.status().as_u16(), started);
         response
     }
 }
 
 impl Served {
+    /// Counts a request to `route` answered with `status`, and its time.
+    fn meter(&self, route: &Route, status: u16, started: Instant) {
+        if let Some(duration) = self.durations.get(&route.pattern) {
+            duration.record(started.elapsed().as_secs_f64());
+        }
+        let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (route.pattern.clone(), status);
+        let counter = requests.entry(key).or_insert_with(|| {
+            counter!(crate::metrics::HTTP_REQUESTS, "pipeline" => self.handler.name().to_owned(), "route" => route.pattern.clone(), "status" => status.to_string())
+        });
+        counter.increment(1);
+    }
+
     /// Checks who calls and how often, then answers.
     async fn admit(
         &self,
