@@ -9,7 +9,7 @@ limit). Each side gets the machine to itself in turn, and the load comes
 from oha on the same two cores (`-c 32` connections, as the issue's `wrk
 -t2 -c32`): requests/s and p50/p99 at full load, alternating sides over
 ROUNDS rounds, then runnel's p99 at half of its own maximum rate (`-q`).
-Prints Markdown rows; raw figures go to $CARGO_TARGET_DIR/bench/http.json.
+Prints Markdown rows; raw figures go to $CARGO_TARGET_DIR/bench/http_hello.json.
 """
 import json
 import os
@@ -145,7 +145,7 @@ def main():
           f"{half['p99_ms']:.2f} ms (p50 {half['p50_ms']:.2f}) | — | — | ≤ 2 ms | "
           f"{'yes' if half['p99_ms'] <= 2 else 'no'} |")
     os.makedirs(os.path.join(TARGET, "bench"), exist_ok=True)
-    with open(os.path.join(TARGET, "bench", "http.json"), "w") as f:
+    with open(os.path.join(TARGET, "bench", "http_hello.json"), "w") as f:
         json.dump({"runs": runs, "half_rate": half}, f, indent=2)
 
 
