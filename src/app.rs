@@ -11,6 +11,7 @@
 //! their own.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -312,7 +313,9 @@ impl Process {
                 JwtVerifier::open(jwt.clone(), opened.backends.http.clone()).await?,
             )),
         };
-        let mut gateway = Gateway::new(auth.clone(), jwt);
+        let mut gateway = Gateway::new(auth.clone(), jwt.clone());
+        // Pipelines whose routes have a listener of their own (`listen`).
+        let mut own: BTreeMap<SocketAddr, Gateway> = BTreeMap::new();
         for (pipeline, function) in pipelines.iter().zip(functions) {
             let opened_trigger = pipeline
                 .source
@@ -346,9 +349,17 @@ impl Process {
                         config.shutdown_grace,
                     ));
                 }
-                Trigger::Routes(routes) => gateway
-                    .add(&routes, handler, None)
-                    .map_err(|e| anyhow::anyhow!("pipeline {}: {e}", pipeline.name))?,
+                Trigger::Routes(routes) => {
+                    let serving = match routes.listen {
+                        None => &mut gateway,
+                        Some(addr) => own
+                            .entry(addr)
+                            .or_insert_with(|| Gateway::new(auth.clone(), jwt.clone())),
+                    };
+                    serving
+                        .add(&routes, handler, None)
+                        .map_err(|e| anyhow::anyhow!("pipeline {}: {e}", pipeline.name))?
+                }
                 Trigger::Queued {
                     routes,
                     queue,
@@ -380,24 +391,37 @@ impl Process {
             s3_webhook: s3_webhook(&config.storage),
             health,
             gateway: Arc::new(gateway),
-            auth,
+            auth: auth.clone(),
         };
+        let mut servers = Vec::new();
+        for (addr, gateway) in own {
+            anyhow::ensure!(
+                addr.ip().is_loopback() || auth.required() || auth.allow_anonymous,
+                "a pipeline's source.listen is {addr}, which other hosts can reach, with no API keys: \
+                 add keys under [http.auth.keys.<name>], or set http.auth.allow_anonymous = true"
+            );
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr} (a pipeline's source.listen)"))?;
+            let gateway = Arc::new(gateway);
+            let routes = axum::Router::new().fallback(move |request| {
+                let gateway = gateway.clone();
+                async move { gateway.serve(request).await }
+            });
+            tracing::info!(listen = %addr, "serving HTTP functions' routes");
+            servers.push(serve(listener, routes, shutdown.clone()));
+        }
         tracing::info!(listen = %listener.local_addr()?, pipelines = pipelines.len(), "runnel is up");
-        let server = {
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                axum::serve(listener, router(state))
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-            })
-        };
+        servers.push(serve(listener, router(state), shutdown.clone()));
         shutdown.cancelled().await;
         // New connections are refused now; requests in flight and pulled
         // events get the same grace.
         let grace = config.shutdown_grace;
         let finished = tokio::time::timeout(grace, async {
             while running.join_next().await.is_some() {}
-            let _ = server.await;
+            for server in servers {
+                let _ = server.await;
+            }
         });
         if finished.await.is_err() {
             tracing::warn!(
@@ -407,6 +431,20 @@ impl Process {
         }
         Ok(())
     }
+}
+
+/// Serves `routes` on `listener` until `stop`; then refuses new
+/// connections and lets those in flight finish.
+fn serve(
+    listener: tokio::net::TcpListener,
+    routes: axum::Router,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(listener, routes)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    })
 }
 
 /// Deletes the embedded broker's messages past `retention`, hourly.

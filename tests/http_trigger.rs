@@ -470,3 +470,31 @@ async fn rate_limits_and_cors_are_per_route() {
         403
     );
 }
+
+/// A source with `listen` serves its routes there and only there; the
+/// API's routes stay on the API's listener.
+#[tokio::test]
+async fn a_pipeline_can_have_a_listener_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = harness::free_port();
+    let listen = format!("[source]\nlisten = \"127.0.0.1:{port}\"\n");
+    let pipeline = harness::edited_pipeline(
+        "hello-http.toml",
+        &dir.path().join("pipelines"),
+        &[("[source]\n", listen.as_str())],
+    );
+    let runnel = Runnel::start(dir.path(), &[pipeline], &[], "").await;
+    let own = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let response = runnel.client.get(own("/hello/Ada")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "Hello, Ada!\n");
+    let on_api = runnel
+        .client
+        .get(runnel.url("/hello/Ada"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on_api.status(), 404);
+    let api_on_own = runnel.client.get(own("/healthz")).send().await.unwrap();
+    assert_eq!(api_on_own.status(), 404);
+}

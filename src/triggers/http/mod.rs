@@ -67,6 +67,9 @@ pub struct HttpTriggerConfig {
     pub mode: Mode,
     /// Where `async` requests are queued (default `<pipeline>.requests`).
     pub topic: Option<String>,
+    /// A listener of the pipeline's own for its routes (default: the
+    /// API's, `http.listen`); sync routes only.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// How a request is answered.
@@ -179,6 +182,21 @@ impl HttpTriggerConfig {
                 None => None,
             },
         };
+        let listen = table.get("listen").and_then(|field| {
+            let text = field.string()?;
+            match text.parse() {
+                Ok(addr) if mode == Some(Mode::Async) => {
+                    let _: std::net::SocketAddr = addr;
+                    field.error("listen is for sync routes: an async request's status is read on the API's listener");
+                    None
+                }
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    field.error(format!("{text:?} is not an address such as \"127.0.0.1:9000\""));
+                    None
+                }
+            }
+        });
         let rate_limit = match table.get("rate_limit") {
             None => Some(None),
             Some(field) => RateLimitConfig::read(field).map(Some),
@@ -205,6 +223,7 @@ impl HttpTriggerConfig {
             cors: cors?,
             mode: mode?,
             topic,
+            listen,
         })
     }
 }
