@@ -32,6 +32,14 @@ timeout = "1s"
     file
 }
 
+/// `runnel up` with the probe pipeline, in a fresh directory.
+async fn start_probe() -> (tempfile::TempDir, Runnel) {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = probe_pipeline(&dir.path().join("pipelines"));
+    let runnel = Runnel::start(dir.path(), &[pipeline], &[], "").await;
+    (dir, runnel)
+}
+
 /// The echo's `name: value` lines.
 fn echoed(text: &str, name: &str) -> Option<String> {
     text.lines()
@@ -127,9 +135,7 @@ async fn the_example_greets_by_name() {
 /// cannot forge them.
 #[tokio::test]
 async fn routes_take_precedence_and_pass_their_params() {
-    let dir = tempfile::tempdir().unwrap();
-    let pipeline = probe_pipeline(&dir.path().join("pipelines"));
-    let runnel = Runnel::start(dir.path(), &[pipeline], &[], "").await;
+    let (_dir, runnel) = start_probe().await;
     let get = |path: &'static str| {
         let request = runnel
             .client
@@ -183,9 +189,7 @@ async fn routes_take_precedence_and_pass_their_params() {
 /// request id the log carries, and the process goes on serving.
 #[tokio::test]
 async fn limits_and_failures_have_their_status() {
-    let dir = tempfile::tempdir().unwrap();
-    let pipeline = probe_pipeline(&dir.path().join("pipelines"));
-    let runnel = Runnel::start(dir.path(), &[pipeline], &[], "").await;
+    let (_dir, runnel) = start_probe().await;
     let client = &runnel.client;
 
     let big_body = vec![b'x'; 2048];
@@ -281,9 +285,7 @@ async fn limits_and_failures_have_their_status() {
 /// `Retry-After`, and the busy ones still finish.
 #[tokio::test]
 async fn a_busy_pipeline_refuses_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let pipeline = probe_pipeline(&dir.path().join("pipelines"));
-    let runnel = Runnel::start(dir.path(), &[pipeline], &[], "").await;
+    let (_dir, runnel) = start_probe().await;
     let busy: Vec<_> = (0..2)
         .map(|_| {
             let request = runnel.client.get(runnel.url("/probe/busy?ms=800")).send();
@@ -320,9 +322,7 @@ async fn a_busy_pipeline_refuses_at_once() {
 /// cleanly, and the port is closed afterwards.
 #[tokio::test]
 async fn sigterm_lets_requests_in_flight_finish() {
-    let dir = tempfile::tempdir().unwrap();
-    let pipeline = probe_pipeline(&dir.path().join("pipelines"));
-    let mut runnel = Runnel::start(dir.path(), &[pipeline], &[], "").await;
+    let (_dir, mut runnel) = start_probe().await;
     let request = tokio::spawn(runnel.client.get(runnel.url("/probe/busy?ms=700")).send());
     tokio::time::sleep(Duration::from_millis(200)).await;
     let status = tokio::task::spawn_blocking(move || {
@@ -349,9 +349,7 @@ async fn sigterm_lets_requests_in_flight_finish() {
 /// another body 422, and a repeat while the first still runs 409.
 #[tokio::test]
 async fn idempotent_requests_are_answered_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let pipeline = probe_pipeline(&dir.path().join("pipelines"));
-    let runnel = Runnel::start(dir.path(), &[pipeline], &[], "").await;
+    let (_dir, runnel) = start_probe().await;
     let post = |key: &'static str, body: &'static str| {
         let request = runnel
             .client
