@@ -339,7 +339,12 @@ impl Process {
                     pipeline.name
                 )
             })?;
-            let handler = Arc::new(handler);
+            // An async HTTP pipeline's status says "running" for what
+            // this process runs.
+            let handler = match &opened_trigger {
+                Trigger::Queued { .. } => Arc::new(handler.tracking_running()),
+                _ => Arc::new(handler),
+            };
             match opened_trigger {
                 Trigger::Pulled(trigger) => {
                     running.spawn(feed_driver::run(

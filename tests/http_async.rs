@@ -133,7 +133,7 @@ async fn accepted_requests_survive_kill_9() {
     let pipeline = async_pipeline(&dir.path().join("pipelines"));
     let mut runnel = Runnel::start(dir.path(), &[pipeline], &[], "").await;
     let spinning = post(&runnel, "mode:spin", None).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for(&runnel, spinning["id"].as_str().unwrap(), "running").await;
     let mut ids = Vec::new();
     for _ in 0..20 {
         let body = post(&runnel, "mode:noop", None).await;

@@ -63,6 +63,10 @@ pub struct Handler {
     /// wait before the next, with a margin. Extended at every attempt.
     lease: Duration,
     pub(super) meters: Meters,
+    /// Keys being handled in this process, for a trigger that reports it
+    /// (an async HTTP pipeline's status); off unless asked for, since it
+    /// is a lock per event.
+    running: Option<Mutex<HashSet<String>>>,
 }
 
 /// Leave to work on one event; from [`Handler::admit`] or
@@ -215,11 +219,29 @@ impl Handler {
             max_output_bytes: config.function.max_output_bytes,
             lease: config.function.timeout + config.retry.max_delay + Duration::from_secs(30),
             meters,
+            running: None,
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Keeps track of the keys being handled, for [`is_running`](Self::is_running).
+    pub fn tracking_running(mut self) -> Self {
+        self.running = Some(Mutex::default());
+        self
+    }
+
+    /// Whether this process is handling the event `key` now.
+    pub fn is_running(&self, key: &str) -> bool {
+        let Some(running) = &self.running else {
+            return false;
+        };
+        running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(key)
     }
 
     /// Waits for a free slot: a pulled trigger reads no further meanwhile.
@@ -239,7 +261,16 @@ impl Handler {
     /// completion is recorded, as a Kafka client's window counts only
     /// unacknowledged produces (benchmark #3).
     pub async fn handle(&self, slot: Slot, work: Work) -> Handled {
+        fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+            set.lock().unwrap_or_else(|e| e.into_inner())
+        }
+        if let Some(running) = &self.running {
+            lock(running).insert(work.key.clone());
+        }
         let outcome = self.process(&work).await;
+        if let Some(running) = &self.running {
+            lock(running).remove(&work.key);
+        }
         let finishing = self.finishing.clone().acquire_owned().await;
         drop(slot);
         let how = match &outcome {

@@ -103,6 +103,7 @@ async fn invocation(
         Ok(Some(status)) => {
             let status = match status {
                 Invocation::Queued => "queued",
+                Invocation::Running => "running",
                 Invocation::Done => "done",
                 Invocation::DeadLettered => "dead-lettered",
             };

@@ -88,8 +88,10 @@ impl Pull for QueueTrigger {
 /// What `GET /v1/invocations/{id}` says of a queued request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Invocation {
-    /// Queued and not finished (waiting, or being handled).
+    /// Queued: not taken yet (or taken by another process).
     Queued,
+    /// Being handled by this process.
+    Running,
     Done,
     DeadLettered,
 }
