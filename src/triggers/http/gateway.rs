@@ -168,6 +168,7 @@ impl Gateway {
             .map(|status| match status {
                 Some(Completion::Done) => Invocation::Done,
                 Some(Completion::DeadLettered) => Invocation::DeadLettered,
+                None if served.handler.is_running(id) => Invocation::Running,
                 None => Invocation::Queued,
             }))
     }
