@@ -344,17 +344,9 @@ impl Served {
             Err(response) => return response,
         };
         let id = request_id();
-        let idempotency_key = match parts.headers.get("idempotency-key") {
-            None => None,
-            Some(value) => match value.to_str() {
-                Ok(key) if (1..=MAX_IDEMPOTENCY_KEY).contains(&key.len()) => Some(key.to_owned()),
-                _ => {
-                    let message = format!(
-                        "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
-                    );
-                    return error(StatusCode::BAD_REQUEST, message, Some(&id));
-                }
-            },
+        let idempotency_key = match idempotency_key(&parts.headers) {
+            Ok(key) => key.map(str::to_owned),
+            Err(message) => return error(StatusCode::BAD_REQUEST, message, Some(&id)),
         };
         let fingerprint = fingerprint(&parts, &body);
         let (key, track) = match &idempotency_key {
@@ -460,18 +452,13 @@ impl Served {
             Err(response) => return response,
         };
         let pipeline = self.handler.name();
-        let hex = match parts.headers.get("idempotency-key").map(|v| v.to_str()) {
-            None => request_id(),
-            Some(Ok(key)) if (1..=MAX_IDEMPOTENCY_KEY).contains(&key.len()) => {
+        let hex = match idempotency_key(&parts.headers) {
+            Ok(None) => request_id(),
+            Ok(Some(key)) => {
                 use sha2::{Digest, Sha256};
                 hex::encode(&Sha256::digest(key.as_bytes())[..16])
             }
-            Some(_) => {
-                let message = format!(
-                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
-                );
-                return error(StatusCode::BAD_REQUEST, message, None);
-            }
+            Err(message) => return error(StatusCode::BAD_REQUEST, message, None),
         };
         let id = format!("{pipeline}.{hex}");
         let mut event = request_event(&id, pipeline, route, matched, &parts, body);
@@ -556,6 +543,17 @@ impl Caller {
                 }
             }
         }
+    }
+}
+
+/// A request's `Idempotency-Key`, if it has one, or why it is refused.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, String> {
+    match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => Ok(None),
+        Some(Ok(key)) if (1..=MAX_IDEMPOTENCY_KEY).contains(&key.len()) => Ok(Some(key)),
+        Some(_) => Err(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        )),
     }
 }
 
