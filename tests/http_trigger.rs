@@ -96,24 +96,11 @@ async fn the_example_greets_by_name() {
     assert_eq!(response.status(), 404);
 
     let labels = [("pipeline", "hello-http"), ("route", "/hello/:name")];
-    assert_eq!(
-        runnel
-            .metric(
-                "runnel_http_requests_total",
-                &[labels[0], labels[1], ("status", "200")]
-            )
-            .await,
-        1.0
-    );
-    assert_eq!(
-        runnel
-            .metric(
-                "runnel_http_requests_total",
-                &[labels[0], labels[1], ("status", "405")]
-            )
-            .await,
-        1.0
-    );
+    for status in ["200", "405"] {
+        let series = [labels[0], labels[1], ("status", status)];
+        let count = runnel.metric("runnel_http_requests_total", &series).await;
+        assert_eq!(count, 1.0, "status {status}");
+    }
     assert_eq!(
         runnel
             .metric(
