@@ -26,10 +26,10 @@ use crate::config::runtime::{
     BrokerConfig, FunctionsConfig, IdempotencyConfig, RuntimeConfig, StorageConfig,
 };
 use crate::engine::{Handler, feed_driver};
-use crate::http::jwt::JwtVerifier;
-use crate::http::{ApiState, router};
 use crate::idempotency::{EmbeddedIdempotency, IdempotencyStore};
 use crate::runtime::{FunctionConfig, FunctionLocation, Invoke, Runtime, RuntimeSettings, build};
+use crate::server::jwt::JwtVerifier;
+use crate::server::{ApiState, Functions as _, router};
 use crate::sinks::Backends;
 use crate::storage::{LocalStorage, ObjectStore};
 use crate::triggers::http::{Gateway, Mode};
@@ -342,7 +342,7 @@ impl Process {
             // An async HTTP pipeline's status says "running" for what
             // this process runs.
             let handler = match &opened_trigger {
-                Trigger::Queued { .. } => Arc::new(handler.tracking_running()),
+                Trigger::Queued { .. } => Arc::new(handler.reporting()),
                 _ => Arc::new(handler),
             };
             match opened_trigger {
@@ -395,7 +395,7 @@ impl Process {
             known_buckets: Arc::new(pipelines.iter().flat_map(PipelineConfig::buckets).collect()),
             s3_webhook: s3_webhook(&config.storage),
             health,
-            gateway: Arc::new(gateway),
+            functions: Arc::new(gateway),
             auth: auth.clone(),
         };
         let mut servers = Vec::new();
@@ -469,12 +469,12 @@ async fn prune(broker: Arc<EmbeddedBroker>, retention: Duration, stop: Cancellat
     }
 }
 
-fn s3_webhook(storage: &StorageConfig) -> Option<crate::http::S3Webhook> {
+fn s3_webhook(storage: &StorageConfig) -> Option<crate::server::S3Webhook> {
     match storage {
         #[cfg(feature = "s3")]
         StorageConfig::S3(s3) => match &s3.events {
             crate::storage::s3::S3Events::Webhook { topic, auth_token } => {
-                Some(crate::http::S3Webhook {
+                Some(crate::server::S3Webhook {
                     topic: topic.clone(),
                     auth_token: auth_token.clone(),
                 })

@@ -172,11 +172,12 @@ pub async fn replay(
             // dead letter where it is.
             Some(event) => {
                 let work = Work {
-                    key: event.idempotency_key.clone(),
-                    pending: Pending::Event(Box::new(event)),
                     on_failure: OnFailure::Return,
                     track: Track::Again,
-                    retry: true,
+                    ..Work::new(
+                        event.idempotency_key.clone(),
+                        Pending::Event(Box::new(event)),
+                    )
                 };
                 let handled = handler.handle(handler.admit().await, work).await;
                 match handled.outcome {

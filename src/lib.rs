@@ -25,9 +25,12 @@
 //!   or dead-letter) and the feed driver that runs pulled triggers through
 //!   it (batches, concurrency, order per key, acks, grace).
 //! - [`triggers`]: one file per kind of `[source]` (bucket notifications,
-//!   topics), each feeding the engine.
-//! - [`http`]: upload API, `/metrics`, `/healthz`; [`health`]: the
-//!   backend checks behind `/healthz`, which also hold events in outages.
+//!   topics, HTTP requests), each feeding the engine.
+//! - [`server`]: the HTTP surface: the API's routes (objects, topics,
+//!   invocations, `/metrics`, health), who may call them (keys, JWTs, rate
+//!   limits, CORS), and below them whatever triggers contribute
+//!   ([`server::Functions`]); [`health`]: the backend checks behind
+//!   `/healthz`, which also hold events in outages.
 //! - [`metrics`]: every metric name, described once.
 //! - [`app`]: assembling and running the process (`runnel up`, in-process
 //!   for tests); [`invoke`]: `runnel invoke`; [`dlq`]: `runnel dlq list|replay`.
@@ -40,13 +43,13 @@ pub mod engine;
 pub mod event;
 pub mod feed;
 pub mod health;
-pub mod http;
 pub mod idempotency;
 pub mod invoke;
 pub mod journal;
 pub mod metrics;
 pub mod retry;
 pub mod runtime;
+pub mod server;
 pub mod sinks;
 pub mod sqlite;
 pub mod storage;

@@ -24,8 +24,8 @@ methods = ["POST"]
 path = {:?}
 timeout = "3s"
 [sinks.out]
-type = "storage"
-bucket = "inbox-out"
+type = "topic"
+topic = "inbox-out"
 [dead_letter]
 type = "storage"
 bucket = "dead-letters"
@@ -90,13 +90,26 @@ async fn queued_requests_are_handled_and_tracked() {
     let pipeline = async_pipeline(&dir.path().join("pipelines"));
     let runnel = Runnel::start(dir.path(), &[pipeline], &[], "").await;
 
-    let done = post(&runnel, "mode:noop", None).await;
+    let done = post(&runnel, "mode:echo", None).await;
     let id = done["id"].as_str().unwrap();
     assert!(id.starts_with("inbox."), "{id}");
     wait_for(&runnel, id, "done").await;
+    // With the summary of what it wrote: the echo, to the one sink.
+    let (_, body) = status(&runnel, id).await;
+    assert_eq!(body["attempts"], 1, "{body}");
+    assert_eq!(body["outputs"][0]["sink"], "out", "{body}");
+    assert_eq!(body["outputs"][0]["key"], "/inbox/orders", "{body}");
+    assert_eq!(body["outputs"][0]["bytes"], 9, "{body}");
+    assert_eq!(body["outputs"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(runnel.topic("inbox-out").await.len(), 1);
 
     let rejected = post(&runnel, "mode:reject", None).await;
-    wait_for(&runnel, rejected["id"].as_str().unwrap(), "dead-lettered").await;
+    let rejected = rejected["id"].as_str().unwrap();
+    wait_for(&runnel, rejected, "dead-lettered").await;
+    let (_, body) = status(&runnel, rejected).await;
+    assert_eq!(body["attempts"], 1, "not retryable: {body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("probe: asked to reject"), "{body}");
 
     let first = post(&runnel, "mode:noop", Some("order-7")).await;
     let again = post(&runnel, "mode:noop", Some("order-7")).await;

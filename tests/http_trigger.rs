@@ -232,12 +232,27 @@ async fn limits_and_failures_have_their_status() {
         "{took:?}"
     );
 
+    // Over max_response_size: kept whole (an Idempotency-Key), a 500;
+    // streamed, a 500 or, once the head is sent, a body cut short.
+    let response = client
+        .get(runnel.url("/probe/big?bytes=100000"))
+        .header("idempotency-key", "big")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500, "over max_response_size");
     let response = client
         .get(runnel.url("/probe/big?bytes=100000"))
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 500, "over max_response_size");
+    if response.status() != 500 {
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.bytes().await.is_err(),
+            "a cut body ends in an error"
+        );
+    }
     let response = client
         .get(runnel.url("/probe/big?bytes=10000"))
         .send()
@@ -266,6 +281,63 @@ async fn limits_and_failures_have_their_status() {
             "{outcome}"
         );
     }
+}
+
+/// A response is streamed as the function writes it: the head and the
+/// first chunk arrive while the function waits, and a trap after them
+/// cuts the body (an error for the client, not a short body that looks
+/// whole). A request with an `Idempotency-Key` is answered whole, to keep.
+#[tokio::test]
+async fn responses_stream_as_they_are_written() {
+    let (_dir, runnel) = start_probe().await;
+    let client = &runnel.client;
+    let wait = Duration::from_millis(700);
+
+    let started = Instant::now();
+    let mut response = client
+        .get(runnel.url("/probe/drip?ms=700"))
+        .send()
+        .await
+        .unwrap();
+    let head_at = started.elapsed();
+    assert_eq!(response.status(), 200);
+    assert!(
+        head_at < wait,
+        "the head came after the whole body: {head_at:?}"
+    );
+    assert_eq!(response.chunk().await.unwrap().unwrap(), "first\n");
+    assert!(started.elapsed() < wait, "{:?}", started.elapsed());
+    assert_eq!(response.chunk().await.unwrap().unwrap(), "second\n");
+    assert!(started.elapsed() >= wait);
+    assert_eq!(response.chunk().await.unwrap(), None);
+
+    let mut response = client
+        .get(runnel.url("/probe/drip?ms=300&trap=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.chunk().await.unwrap().unwrap(), "first\n");
+    assert!(
+        response.chunk().await.is_err(),
+        "a cut body ends in an error"
+    );
+    let trap = [
+        ("pipeline", "probe"),
+        ("function", "http-probe"),
+        ("outcome", "trap"),
+    ];
+    assert_eq!(runnel.metric("runnel_invocations_total", &trap).await, 1.0);
+
+    let started = Instant::now();
+    let kept = client
+        .get(runnel.url("/probe/drip?ms=300"))
+        .header("idempotency-key", "drip")
+        .send()
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(kept.text().await.unwrap(), "first\nsecond\n");
 }
 
 /// With both slots busy a third request is refused at once with 503 and

@@ -49,7 +49,7 @@ pub struct HttpConfig {
     pub max_body_size: u64,
     /// `[http.auth]`: API keys and their scopes (default none: anyone who
     /// reaches the port, allowed on loopback only).
-    pub auth: crate::http::auth::AuthConfig,
+    pub auth: crate::server::auth::AuthConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -217,7 +217,7 @@ fn read(root: Table<'_, '_>, file: &Path, data_dir: Option<&Path>) -> RuntimeCon
             config.http.max_body_size = size;
         }
         if let Some(auth) = t.table("auth")
-            && let Some(auth) = crate::http::auth::AuthConfig::read(auth)
+            && let Some(auth) = crate::server::auth::AuthConfig::read(auth)
         {
             config.http.auth = auth;
         }

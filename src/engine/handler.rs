@@ -29,7 +29,7 @@ use crate::event::Event;
 use crate::health::Health;
 use crate::idempotency::{Claim, Completion, IdempotencyStore};
 use crate::retry::RetryConfig;
-use crate::runtime::http::Reply;
+use crate::runtime::http::{Reply, Stream};
 use crate::runtime::{Context, Invocation, Invoke, InvokeError, LogLabel, Output};
 use crate::sinks::{Backends, Sink, WriteId};
 
@@ -67,6 +67,8 @@ pub struct Handler {
     /// (an async HTTP pipeline's status); off unless asked for, since it
     /// is a lock per event.
     running: Option<Mutex<HashSet<String>>>,
+    /// Whether a summary is kept with each completion ([`Handler::reporting`]).
+    summaries: bool,
 }
 
 /// Leave to work on one event; from [`Handler::admit`] or
@@ -84,6 +86,9 @@ pub struct Work {
     /// Whether a retryable failure is tried again under the pipeline's
     /// policy (not while a client waits for the reply).
     pub retry: bool,
+    /// Where an HTTP function's first attempt streams its response, for a
+    /// trigger that answers while the body is written and keeps no reply.
+    pub stream: Option<Stream>,
 }
 
 impl Work {
@@ -95,6 +100,7 @@ impl Work {
             on_failure: OnFailure::DeadLetter,
             track: Track::Claim,
             retry: true,
+            stream: None,
         }
     }
 }
@@ -133,13 +139,41 @@ pub enum Outcome {
     /// It had ended before (a redelivery): nothing ran.
     Skipped(Completion),
     /// Its outputs are written; an HTTP function's reply with them.
-    Done { attempts: u32, reply: Option<Reply> },
+    Done {
+        attempts: u32,
+        reply: Option<Reply>,
+        outputs: Vec<Written>,
+    },
     /// Its dead letter is written.
-    DeadLettered { attempts: u32 },
+    DeadLettered { attempts: u32, error: String },
     /// It failed for good under [`OnFailure::Return`].
     Failed { attempts: u32, failure: Failure },
     /// Another process holds it ([`Track::Request`] only).
     Busy,
+}
+
+/// An output as an event's summary names it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Written {
+    pub sink: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub bytes: u64,
+}
+
+/// What is kept with an event's completion for a trigger that reports on
+/// its events ([`Handler::reporting`]).
+fn summary(outcome: &Outcome) -> Option<Vec<u8>> {
+    let summary = match outcome {
+        Outcome::Done {
+            attempts, outputs, ..
+        } => serde_json::json!({ "attempts": attempts, "outputs": outputs }),
+        Outcome::DeadLettered { attempts, error } => {
+            serde_json::json!({ "attempts": attempts, "error": error })
+        }
+        _ => return None,
+    };
+    Some(summary.to_string().into_bytes())
 }
 
 /// An outcome, and the event's place in the finishing window: drop it once
@@ -220,6 +254,7 @@ impl Handler {
             lease: config.function.timeout + config.retry.max_delay + Duration::from_secs(30),
             meters,
             running: None,
+            summaries: false,
         })
     }
 
@@ -227,9 +262,13 @@ impl Handler {
         &self.name
     }
 
-    /// Keeps track of the keys being handled, for [`is_running`](Self::is_running).
-    pub fn tracking_running(mut self) -> Self {
+    /// For a trigger that reports on its events: keeps track of the keys
+    /// being handled ([`is_running`](Self::is_running)), and keeps a
+    /// summary with each completion ([`kept_reply`](Self::kept_reply)):
+    /// the outputs written, or the error that dead-lettered the event.
+    pub fn reporting(mut self) -> Self {
         self.running = Some(Mutex::default());
+        self.summaries = true;
         self
     }
 
@@ -260,14 +299,15 @@ impl Handler {
     /// soon as the outputs (or the dead letter) are written, while
     /// completion is recorded, as a Kafka client's window counts only
     /// unacknowledged produces (benchmark #3).
-    pub async fn handle(&self, slot: Slot, work: Work) -> Handled {
+    pub async fn handle(&self, slot: Slot, mut work: Work) -> Handled {
         fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
             set.lock().unwrap_or_else(|e| e.into_inner())
         }
         if let Some(running) = &self.running {
             lock(running).insert(work.key.clone());
         }
-        let outcome = self.process(&work).await;
+        let stream = work.stream.take();
+        let outcome = self.process(&work, stream).await;
         if let Some(running) = &self.running {
             lock(running).remove(&work.key);
         }
@@ -286,6 +326,8 @@ impl Handler {
                     reply: Some(reply), ..
                 },
             ) => Some(reply.encode(fingerprint)),
+            (Track::Request { .. }, _) => None,
+            _ if self.summaries => summary(&outcome),
             _ => None,
         };
         if let Some(how) = how {
@@ -301,7 +343,7 @@ impl Handler {
 
     /// Works on one event until its outputs (or its dead letter) are
     /// written, or it is skipped as done already.
-    async fn process(&self, work: &Work) -> Outcome {
+    async fn process(&self, work: &Work, stream: Option<Stream>) -> Outcome {
         self.meters.received.increment(1);
         self.meters.inflight.increment(1.0);
         let key = work.key.as_str();
@@ -347,7 +389,7 @@ impl Handler {
         };
         let first_attempt = async {
             let ev = load().await?;
-            self.invoke(ev, 1).await
+            self.invoke(ev, 1, stream).await
         };
         let (claimed, first) = match &work.track {
             // A request's function answers a client and, once granted
@@ -389,7 +431,7 @@ impl Handler {
                         let _ = self.idempotency.claim(&self.name, key, self.lease).await;
                     }
                     let (invocation, delivered) = tokio::join!(
-                        self.invoke(ev, attempt),
+                        self.invoke(ev, attempt, None),
                         self.delivered(&ev.idempotency_key, &work.track)
                     );
                     (invocation?, Some(delivered))
@@ -403,7 +445,14 @@ impl Handler {
             self.meters
                 .timed(Stage::Write, self.deliver(ev, outputs, &delivered))
                 .await?;
-            Ok(invocation.reply)
+            let written = (outputs.iter())
+                .map(|output| Written {
+                    sink: output.sink.clone(),
+                    key: output.key.clone(),
+                    bytes: output.data.len() as u64,
+                })
+                .collect();
+            Ok((invocation.reply, written))
         };
         let mut attempts = 0;
         let result = loop {
@@ -427,9 +476,14 @@ impl Handler {
         };
 
         let outcome = match (result, work.on_failure) {
-            (Ok(reply), _) => Outcome::Done { attempts, reply },
+            (Ok((reply, outputs)), _) => Outcome::Done {
+                attempts,
+                reply,
+                outputs,
+            },
             (Err(failure), OnFailure::Return) => Outcome::Failed { attempts, failure },
             (Err(failure), OnFailure::DeadLetter) => {
+                let error = format!("{} failed: {}", failure.stage, failure.message);
                 self.dead_letter(
                     key,
                     event.get().map(|e| &**e),
@@ -438,7 +492,7 @@ impl Handler {
                     first_attempt_at,
                 )
                 .await;
-                Outcome::DeadLettered { attempts }
+                Outcome::DeadLettered { attempts, error }
             }
         };
         self.meters.inflight.decrement(1.0);
@@ -659,7 +713,12 @@ impl Handler {
         Ok(())
     }
 
-    async fn invoke(&self, event: &Arc<Event>, attempt: u32) -> Result<Invocation, Failure> {
+    async fn invoke(
+        &self,
+        event: &Arc<Event>,
+        attempt: u32,
+        stream: Option<Stream>,
+    ) -> Result<Invocation, Failure> {
         let function = self.function.clone();
         let context = if attempt == self.context.attempt {
             Arc::clone(&self.context)
@@ -676,7 +735,7 @@ impl Handler {
         };
         let ev = Arc::clone(event);
         let running = async {
-            match self.function.invoke_async(event) {
+            match self.function.invoke_async(event, stream) {
                 Some(call) => call.await,
                 None => {
                     self.threads

@@ -246,7 +246,7 @@ async fn a_permanent_failure_is_dead_lettered_and_replay_ends_it() {
     let handler = setup.handler(Fake::new(vec![fail(false)]));
     let outcome = handle(&handler, Work::new("c".into(), event("c", "x"))).await;
     assert!(
-        matches!(outcome, Outcome::DeadLettered { attempts: 1 }),
+        matches!(outcome, Outcome::DeadLettered { attempts: 1, .. }),
         "{outcome:?}"
     );
     let record = setup.object("dead-letters", "p/c.json").await.unwrap();

@@ -18,8 +18,9 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt as _, Full};
+use tokio::sync::{mpsc, oneshot};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -50,6 +51,73 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, Bytes)>,
     pub body: Bytes,
+}
+
+/// Where a response goes while its function still writes it: the caller
+/// gets the head at once and the body as it is written, as a client of
+/// `wasmtime serve` does. A caller that keeps the reply (an idempotent
+/// request) passes none and gets it whole.
+pub type Stream = oneshot::Sender<Streaming>;
+
+/// A response whose body is still being written.
+pub struct Streaming {
+    pub status: u16,
+    pub headers: Vec<(String, Bytes)>,
+    pub body: StreamBody,
+}
+
+/// How many chunks wait for a slow client before the guest's writes wait.
+const STREAM_CHUNKS: usize = 8;
+
+enum Chunk {
+    Data(Bytes),
+    End,
+}
+
+/// A streamed response body. It ends cleanly only when the guest finished
+/// it: a trap, a timeout or `max_response_size` part way ends it with an
+/// error, so the client sees a cut body rather than a short one.
+pub struct StreamBody {
+    chunks: mpsc::Receiver<Chunk>,
+    ended: bool,
+}
+
+/// The error a streamed body ends with when its function did not finish it.
+#[derive(Debug, thiserror::Error)]
+#[error("the function's response body was cut short")]
+pub struct BodyCut;
+
+impl http_body::Body for StreamBody {
+    type Data = Bytes;
+    type Error = BodyCut;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BodyCut>>> {
+        use std::task::Poll;
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match self.chunks.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Chunk::Data(data))) => {
+                Poll::Ready(Some(Ok(http_body::Frame::data(data))))
+            }
+            Poll::Ready(Some(Chunk::End)) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(None) => {
+                self.ended = true;
+                Poll::Ready(Some(Err(BodyCut)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
 }
 
 /// A reply as the idempotency store keeps it, under the fingerprint of the
@@ -221,14 +289,18 @@ impl HttpFunction {
         event: &Event,
         _label: LogLabel,
     ) -> (Result<Invocation, InvokeError>, InvocationStats) {
-        self.tokio.block_on(self.call(event))
+        self.tokio.block_on(self.call(event, None))
     }
 
     /// Answers the request `event` in a fresh instance, on the caller's
     /// runtime: the guest yields at every epoch tick, so it shares a
     /// worker thread fairly and needs none of its own (a thread of its
     /// own cost two context switches a request: benchmark #8).
-    pub async fn call(&self, event: &Event) -> (Result<Invocation, InvokeError>, InvocationStats) {
+    pub async fn call(
+        &self,
+        event: &Event,
+        stream: Option<Stream>,
+    ) -> (Result<Invocation, InvokeError>, InvocationStats) {
         let started = Instant::now();
         let request = match to_request(event) {
             Ok(request) => request,
@@ -253,7 +325,9 @@ impl HttpFunction {
             })
         });
         let mut stats = InvocationStats::default();
-        let result = self.run(&mut store, request, &mut stats, started).await;
+        let result = self
+            .run(&mut store, request, stream, &mut stats, started)
+            .await;
         stats.duration = started.elapsed();
         stats.peak_memory = store.data().limiter.peak;
         let result = result.map_err(|failed| match failed {
@@ -275,6 +349,7 @@ impl HttpFunction {
         &self,
         store: &mut Store<HttpHost>,
         request: http::Request<Full<Bytes>>,
+        stream: Option<Stream>,
         stats: &mut InvocationStats,
         started: Instant,
     ) -> Result<Reply, Failed> {
@@ -283,7 +358,7 @@ impl HttpFunction {
                 |never: std::convert::Infallible| -> wasmtime_wasi_http::Error { match never {} },
             )
         });
-        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let (sender, receiver) = oneshot::channel();
         let http = &mut store.data_mut().http();
         let request = http
             .new_incoming_request(Scheme::Http, request)
@@ -311,32 +386,93 @@ impl HttpFunction {
                 Err(_) => return Ok(None),
             };
             let (head, mut body) = response.into_parts();
-            let mut bytes = Vec::new();
-            while let Some(frame) = body.frame().await {
+            let status = head.status.as_u16();
+            let headers: Vec<_> = (head.headers.iter())
+                .map(|(name, value)| {
+                    let value = Bytes::copy_from_slice(value.as_bytes());
+                    (name.as_str().to_owned(), value)
+                })
+                .collect();
+            let mut stream = stream;
+            let mut sending: Option<mpsc::Sender<Chunk>> = None;
+            let mut buffered = BytesMut::new();
+            let mut total: u64 = 0;
+            loop {
+                // What the guest wrote already is read at once; a caller
+                // that takes a stream gets it as soon as the guest makes
+                // the host wait, which for a short body that is written
+                // in one go is never (it is answered whole, without a
+                // channel between).
+                let frame = match ready_now(body.frame()) {
+                    Some(frame) => frame,
+                    None => {
+                        if let Some(to) = stream.take() {
+                            let (tx, rx) = mpsc::channel(STREAM_CHUNKS);
+                            let streaming = Streaming {
+                                status,
+                                headers: headers.clone(),
+                                body: StreamBody {
+                                    chunks: rx,
+                                    ended: false,
+                                },
+                            };
+                            if to.send(streaming).is_err() {
+                                return Ok(Some(Reply {
+                                    status,
+                                    headers,
+                                    body: Bytes::new(),
+                                }));
+                            }
+                            sending = Some(tx);
+                        }
+                        if let Some(tx) = &sending
+                            && !buffered.is_empty()
+                            && tx
+                                .send(Chunk::Data(buffered.split().freeze()))
+                                .await
+                                .is_err()
+                        {
+                            // The client went away: stop reading, and the
+                            // guest's next write fails.
+                            return Ok(Some(Reply {
+                                status,
+                                headers,
+                                body: Bytes::new(),
+                            }));
+                        }
+                        body.frame().await
+                    }
+                };
+                let Some(frame) = frame else { break };
                 let frame = frame.map_err(|e| Failed::Invalid(format!("response body: {e}")))?;
                 if let Ok(data) = frame.into_data() {
-                    bytes.extend_from_slice(&data);
-                    if bytes.len() as u64 > max {
+                    total += data.len() as u64;
+                    if total > max {
                         return Err(Failed::Invalid(format!(
                             "the response body is larger than {max} bytes (max_response_size)"
                         )));
                     }
+                    buffered.extend_from_slice(&data);
                 }
             }
-            let headers = head
-                .headers
-                .iter()
-                .map(|(name, value)| {
-                    (
-                        name.as_str().to_owned(),
-                        Bytes::copy_from_slice(value.as_bytes()),
-                    )
-                })
-                .collect();
+            let body = buffered.freeze();
+            if let Some(tx) = sending {
+                // Dropped without `End`, the stream tells the client the
+                // body was cut short.
+                if !body.is_empty() {
+                    let _ = tx.send(Chunk::Data(body)).await;
+                }
+                let _ = tx.send(Chunk::End).await;
+                return Ok(Some(Reply {
+                    status,
+                    headers,
+                    body: Bytes::new(),
+                }));
+            }
             Ok(Some(Reply {
-                status: head.status.as_u16(),
+                status,
                 headers,
-                body: bytes.into(),
+                body,
             }))
         };
         // A trap ends the call but leaves the response unset until the
@@ -375,6 +511,16 @@ impl HttpFunction {
             self.memory_limit,
             self.timeout,
         )
+    }
+}
+
+/// The future's output if it is ready without waiting.
+fn ready_now<F: Future>(future: F) -> Option<F::Output> {
+    let future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.poll(&mut cx) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
     }
 }
 

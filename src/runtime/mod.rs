@@ -489,7 +489,13 @@ pub trait Invoke: Send + Sync + 'static {
     /// For a function that runs on the caller's async runtime (yielding at
     /// epoch ticks) rather than on a thread: the invocation as a future.
     /// `None`, the default, means call [`invoke`](Self::invoke) on a thread.
-    fn invoke_async<'a>(&'a self, _event: &'a Event) -> Option<InvokeFuture<'a>> {
+    /// An HTTP function sends its response to `stream`, when given one,
+    /// while it writes the body.
+    fn invoke_async<'a>(
+        &'a self,
+        _event: &'a Event,
+        _stream: Option<http::Stream>,
+    ) -> Option<InvokeFuture<'a>> {
         None
     }
 }
@@ -549,8 +555,12 @@ impl Invoke for http::HttpFunction {
         http::HttpFunction::invoke(self, context, event, label)
     }
 
-    fn invoke_async<'a>(&'a self, event: &'a Event) -> Option<InvokeFuture<'a>> {
-        Some(Box::pin(self.call(event)))
+    fn invoke_async<'a>(
+        &'a self,
+        event: &'a Event,
+        stream: Option<http::Stream>,
+    ) -> Option<InvokeFuture<'a>> {
+        Some(Box::pin(self.call(event, stream)))
     }
 }
 

@@ -11,18 +11,20 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use metrics::{Counter, Histogram, counter, histogram};
 use serde_json::json;
+use tokio::sync::oneshot;
 
 use crate::engine::{Handler, OnFailure, Outcome, Pending, Track, Work};
 use crate::event::{Event, Message};
-use crate::http::auth::AuthConfig;
-use crate::http::cors::CorsConfig;
-use crate::http::jwt::JwtVerifier;
-use crate::http::rate_limit::{TokenBucket, retry_after};
 use crate::idempotency::Completion;
 use crate::runtime::http as wasi_http;
+use crate::server::auth::AuthConfig;
+use crate::server::cors::CorsConfig;
+use crate::server::jwt::JwtVerifier;
+use crate::server::rate_limit::{TokenBucket, retry_after};
+use crate::server::{Functions, Invocation};
 
-use super::queue::{Invocation, QUEUED, Queue};
-use super::request::{error, reply_response, request_event, request_id};
+use super::queue::{QUEUED, Queue};
+use super::request::{error, reply_response, request_event, request_id, streaming_response};
 use super::routes::{Matched, Route};
 use super::{HttpTriggerConfig, RouteAuth};
 
@@ -138,10 +140,13 @@ impl Gateway {
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
     }
+}
 
+#[async_trait::async_trait]
+impl Functions for Gateway {
     /// How the queued request `id` (`<pipeline>.<hex>`) went, for a caller
     /// whose headers may see it; `None` when no async pipeline knows it.
-    pub async fn invocation(
+    async fn invocation(
         &self,
         id: &str,
         headers: &HeaderMap,
@@ -161,20 +166,22 @@ impl Gateway {
             self.auth
                 .authorize(headers, &format!("invoke:{pipeline}"))?;
         }
-        Ok(served
-            .handler
-            .status(id, QUEUED)
-            .await
-            .map(|status| match status {
-                Some(Completion::Done) => Invocation::Done,
-                Some(Completion::DeadLettered) => Invocation::DeadLettered,
-                None if served.handler.is_running(id) => Invocation::Running,
-                None => Invocation::Queued,
-            }))
+        let handler = &served.handler;
+        let summary = async || {
+            let kept = handler.kept_reply(id).await?;
+            serde_json::from_slice::<serde_json::Value>(&kept).ok()
+        };
+        Ok(match handler.status(id, QUEUED).await {
+            None => None,
+            Some(Some(Completion::Done)) => Some(Invocation::Done(summary().await)),
+            Some(Some(Completion::DeadLettered)) => Some(Invocation::DeadLettered(summary().await)),
+            Some(None) if handler.is_running(id) => Some(Invocation::Running),
+            Some(None) => Some(Invocation::Queued),
+        })
     }
 
     /// Answers one request: a route's function, or 404.
-    pub async fn serve(&self, request: Request) -> Response {
+    async fn serve(&self, request: Request) -> Response {
         let path = request.uri().path().to_owned();
         let found = self
             .routes
@@ -332,7 +339,7 @@ impl Served {
         };
         let (parts, body) = request.into_parts();
         let body: Body = body;
-        let body = match crate::http::read_body(
+        let body = match crate::server::read_body(
             &parts.headers,
             body,
             config.max_body_size,
@@ -368,14 +375,42 @@ impl Served {
         let mut event = request_event(&id, self.handler.name(), route, matched, &parts, body);
         caller.describe(&mut event);
         event.idempotency_key = key.clone();
+        // A reply that is not kept is streamed as the function writes it.
+        let (stream, head) = match track {
+            Track::Untracked => {
+                let (stream, head) = oneshot::channel();
+                (Some(stream), Some(head))
+            }
+            _ => (None, None),
+        };
         let work = Work {
             key: key.clone(),
             pending: Pending::Event(Box::new(event)),
             on_failure: OnFailure::Return,
             track,
             retry: false,
+            stream,
         };
-        let handled = self.handler.handle(slot, work).await;
+        let handled = match head {
+            None => self.handler.handle(slot, work).await,
+            Some(mut head) => {
+                let handler = Arc::clone(&self.handler);
+                let mut handling = Box::pin(async move { handler.handle(slot, work).await });
+                tokio::select! {
+                    biased;
+                    streaming = &mut head => match streaming {
+                        // The function runs on, in its slot, while the
+                        // client reads; the handler meters and logs its end.
+                        Ok(streaming) => {
+                            tokio::spawn(handling);
+                            return streaming_response(streaming, &id);
+                        }
+                        Err(_) => handling.await,
+                    },
+                    handled = &mut handling => handled,
+                }
+            }
+        };
         match handled.outcome {
             Outcome::Skipped(_) => match self
                 .handler
@@ -440,7 +475,7 @@ impl Served {
         caller: &Caller,
     ) -> Response {
         let (parts, body) = request.into_parts();
-        let body = match crate::http::read_body(
+        let body = match crate::server::read_body(
             &parts.headers,
             body,
             self.config.max_body_size,

@@ -27,12 +27,12 @@ mod routes;
 use axum::http::Method;
 
 use crate::config::reader::Table;
-use crate::http::cors::CorsConfig;
-use crate::http::rate_limit::RateLimitConfig;
+use crate::server::cors::CorsConfig;
+use crate::server::rate_limit::RateLimitConfig;
 
 pub use gateway::Gateway;
+pub use queue::Queue;
 pub(crate) use queue::open_queue;
-pub use queue::{Invocation, Queue};
 pub use routes::{Matched, Route};
 
 /// Paths the API itself serves: no route may shadow them.

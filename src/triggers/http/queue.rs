@@ -85,17 +85,6 @@ impl Pull for QueueTrigger {
     }
 }
 
-/// What `GET /v1/invocations/{id}` says of a queued request.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Invocation {
-    /// Queued: not taken yet (or taken by another process).
-    Queued,
-    /// Being handled by this process.
-    Running,
-    Done,
-    DeadLettered,
-}
-
 /// The store's record that a request was queued: a "delivered output"
 /// of the request's event, which its completion replaces.
 pub(super) const QUEUED: &str = "#queued";

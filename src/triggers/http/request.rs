@@ -3,6 +3,7 @@
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde_json::json;
 
 use super::routes::{Matched, Route};
@@ -83,11 +84,21 @@ pub(super) fn request_event(
 }
 
 pub(super) fn reply_response(reply: wasi_http::Reply, id: &str) -> Response {
-    let mut response = Response::new(Body::from(reply.body));
+    response(reply.status, reply.headers, Body::from(reply.body), id)
+}
+
+/// The response to a request whose function still writes the body.
+pub(super) fn streaming_response(streaming: wasi_http::Streaming, id: &str) -> Response {
+    let body = Body::new(streaming.body);
+    response(streaming.status, streaming.headers, body, id)
+}
+
+fn response(status: u16, from: Vec<(String, Bytes)>, body: Body, id: &str) -> Response {
+    let mut response = Response::new(body);
     *response.status_mut() =
-        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers: &mut HeaderMap = response.headers_mut();
-    for (name, value) in reply.headers {
+    for (name, value) in from {
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_bytes(&value),

@@ -6,7 +6,9 @@
 //! - `busy?ms=N`: busy-waits N milliseconds, then answers 200;
 //! - `big?bytes=N`: answers N bytes of `x`, written 4 KiB at a time;
 //! - `outbound`: tries an outbound request and answers with what happened;
-//! - `status?code=N`: answers with status N and a `x-probe: yes` header.
+//! - `status?code=N`: answers with status N and a `x-probe: yes` header;
+//! - `drip?ms=N`: writes `first`, waits N milliseconds, writes `second`;
+//!   with `&trap=1` it panics instead of writing `second`.
 
 use std::io::{Read as _, Write as _};
 use std::time::{Duration, Instant};
@@ -76,6 +78,23 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
             "status" => {
                 let code = number("code") as u16;
                 respond(out, code, &[("x-probe", "yes")], &[b"status\n"]);
+            }
+            "drip" => {
+                let response = OutgoingResponse::new(Fields::new());
+                let body = response.body().expect("a body");
+                ResponseOutparam::set(out, Ok(response));
+                let mut stream = body.write().expect("a stream");
+                stream.write_all(b"first\n").expect("the host reads the body");
+                stream.flush().expect("the host reads the body");
+                wasip2::clocks::monotonic_clock::subscribe_duration(number("ms") * 1_000_000)
+                    .block();
+                if number("trap") == 1 {
+                    panic!("the probe was asked to trap part way");
+                }
+                stream.write_all(b"second\n").expect("the host reads the body");
+                let _ = stream.flush();
+                drop(stream);
+                let _ = OutgoingBody::finish(body, None);
             }
             _ => respond(out, 404, &[], &[b"no such probe\n"]),
         }

@@ -1,5 +1,9 @@
-//! runnel's HTTP API: uploads and downloads of objects, a read-only view of
-//! topics, `/metrics` and `/healthz`.
+//! runnel's HTTP surface: uploads and downloads of objects, topics read and
+//! published to, queued requests' status, `/metrics` and the health
+//! routes; who may call each ([`auth`], [`jwt`], [`rate_limit`], [`cors`]);
+//! and, for every path it does not serve, the routes triggers contribute
+//! through [`Functions`] (the HTTP trigger's gateway). The server knows
+//! nothing else of triggers: they build on it, not it on them.
 //!
 //! Every body is bounded before it is read: uploads by `max_upload_size`,
 //! every other request by `max_body_size`, refused with 413 by their
@@ -53,9 +57,39 @@ pub struct ApiState {
     pub s3_webhook: Option<S3Webhook>,
     pub health: Arc<crate::health::Health>,
     /// HTTP functions' routes: every path the API does not serve.
-    pub gateway: Arc<crate::triggers::http::Gateway>,
+    pub functions: Arc<dyn Functions>,
     /// Who may use which route.
     pub auth: Arc<auth::AuthConfig>,
+}
+
+/// The routes triggers add to the API: every path it does not serve, and
+/// the status of the requests they queued.
+#[async_trait::async_trait]
+pub trait Functions: Send + Sync {
+    /// Answers a request for a path the API does not serve (404 when no
+    /// route does either).
+    async fn serve(&self, request: axum::extract::Request) -> Response;
+
+    /// How the queued request `id` went, for a caller whose headers may
+    /// see it (else the 401 or 403); `None` when no route queued it.
+    async fn invocation(
+        &self,
+        id: &str,
+        headers: &HeaderMap,
+    ) -> Result<Option<Invocation>, Response>;
+}
+
+/// What `GET /v1/invocations/{id}` says of a queued request.
+#[derive(Debug, PartialEq)]
+pub enum Invocation {
+    /// Queued: not taken yet (or taken by another process).
+    Queued,
+    /// Being handled by this process.
+    Running,
+    /// Ended, with the summary kept with its completion: the attempts and
+    /// the outputs written, or the error that dead-lettered it.
+    Done(Option<serde_json::Value>),
+    DeadLettered(Option<serde_json::Value>),
 }
 
 /// `[storage.events] type = "webhook"`: the topic and the expected token.
@@ -93,28 +127,31 @@ async fn invocation(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    use crate::triggers::http::Invocation;
-    match state.gateway.invocation(&id, &headers).await {
+    match state.functions.invocation(&id, &headers).await {
         Err(denied) => denied,
         Ok(None) => error(
             StatusCode::NOT_FOUND,
             format!("no queued request {id} is known (within idempotency.ttl)"),
         ),
         Ok(Some(status)) => {
-            let status = match status {
-                Invocation::Queued => "queued",
-                Invocation::Running => "running",
-                Invocation::Done => "done",
-                Invocation::DeadLettered => "dead-lettered",
+            let (status, summary) = match status {
+                Invocation::Queued => ("queued", None),
+                Invocation::Running => ("running", None),
+                Invocation::Done(summary) => ("done", summary),
+                Invocation::DeadLettered(summary) => ("dead-lettered", summary),
             };
-            axum::Json(json!({ "id": id, "status": status })).into_response()
+            let mut body = json!({ "id": id, "status": status });
+            if let Some(serde_json::Value::Object(summary)) = summary {
+                body.as_object_mut().expect("an object").extend(summary);
+            }
+            axum::Json(body).into_response()
         }
     }
 }
 
 /// Whatever the API does not serve goes to the HTTP functions' routes.
 async fn functions(State(state): State<ApiState>, request: axum::extract::Request) -> Response {
-    state.gateway.serve(request).await
+    state.functions.serve(request).await
 }
 
 /// 200 while the process serves at all.

@@ -8,6 +8,8 @@
 //! RS256 and ES256); a key is used only with an algorithm of its own
 //! family, so an RSA public key cannot be passed off as an HMAC secret.
 
+#[cfg(test)]
+use std::path::Path;
 use std::path::PathBuf;
 use std::str::FromStr as _;
 use std::sync::RwLock;
@@ -103,6 +105,7 @@ pub struct JwtVerifier {
     config: JwtConfig,
     keys: RwLock<(JwkSet, Instant)>,
     http: reqwest::Client,
+    refetch_after: Duration,
 }
 
 /// How soon a URL's key set may be fetched again for an unknown `kid`.
@@ -116,6 +119,7 @@ impl JwtVerifier {
             config,
             keys: RwLock::new((keys, Instant::now())),
             http,
+            refetch_after: REFETCH_AFTER,
         })
     }
 
@@ -187,7 +191,7 @@ impl JwtVerifier {
             return;
         }
         let fetched = self.keys.read().unwrap_or_else(|e| e.into_inner()).1;
-        if fetched.elapsed() < REFETCH_AFTER {
+        if fetched.elapsed() < self.refetch_after {
             return;
         }
         match load(&self.config.jwks, &self.http).await {
@@ -242,4 +246,183 @@ fn unauthorized(message: impl Into<String>) -> Response {
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use jsonwebtoken::{EncodingKey, Header};
+
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/jwt")
+            .join(name)
+    }
+
+    fn config(jwks: JwksSource) -> JwtConfig {
+        JwtConfig {
+            jwks,
+            issuer: "https://idp.example".into(),
+            audience: "runnel".into(),
+            algorithms: vec![Algorithm::RS256, Algorithm::ES256],
+            leeway: Duration::from_secs(30),
+        }
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    /// A token for `aud`, signed with the fixture key of `alg` under `kid`.
+    fn token(alg: Algorithm, kid: &str, aud: &str) -> HeaderMap {
+        let key = match alg {
+            Algorithm::RS256 => {
+                EncodingKey::from_rsa_der(&std::fs::read(fixture("rs256.der")).unwrap())
+            }
+            Algorithm::ES256 => {
+                EncodingKey::from_ec_der(&std::fs::read(fixture("es256.der")).unwrap())
+            }
+            other => panic!("no fixture key for {other:?}"),
+        };
+        let header = Header {
+            kid: Some(kid.to_owned()),
+            ..Header::new(alg)
+        };
+        let claims =
+            json!({"iss": "https://idp.example", "aud": aud, "sub": "user-7", "exp": now() + 600});
+        let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+        bearer(&token)
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let value = HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+        headers.insert(header::AUTHORIZATION, value);
+        headers
+    }
+
+    async fn message(denied: Response) -> String {
+        assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
+        let body = axum::body::to_bytes(denied.into_body(), 4096)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        body["error"].as_str().unwrap().to_owned()
+    }
+
+    /// RS256 and ES256 tokens verify against the JWKS file, each by its
+    /// `kid`; a token under another key's `kid`, or for another audience,
+    /// does not.
+    #[tokio::test]
+    async fn rs256_and_es256_tokens_verify_by_kid() {
+        let file = JwksSource::File(fixture("jwks.json"));
+        let verifier = JwtVerifier::open(config(file), reqwest::Client::new())
+            .await
+            .unwrap();
+        for (alg, kid) in [(Algorithm::RS256, "rsa-1"), (Algorithm::ES256, "ec-1")] {
+            let claims = verifier.verify(&token(alg, kid, "runnel")).await.unwrap();
+            assert_eq!(claims["sub"], "user-7", "{alg:?}");
+            let wrong = verifier
+                .verify(&token(alg, kid, "other"))
+                .await
+                .unwrap_err();
+            assert!(message(wrong).await.contains("audience"), "{alg:?}");
+        }
+        // An ES256 token presented under the RSA key's id.
+        let swapped = verifier
+            .verify(&token(Algorithm::ES256, "rsa-1", "runnel"))
+            .await;
+        assert_eq!(swapped.unwrap_err().status(), StatusCode::UNAUTHORIZED);
+        let unknown = verifier
+            .verify(&token(Algorithm::RS256, "rsa-9", "runnel"))
+            .await;
+        assert!(message(unknown.unwrap_err()).await.contains("kid"));
+    }
+
+    /// The RSA public key's bytes passed off as an HMAC secret: with HS256
+    /// accepted, the token still fails, since a key verifies only its own
+    /// family's algorithms.
+    #[tokio::test]
+    async fn an_rsa_key_is_no_hmac_secret() {
+        let mut config = config(JwksSource::File(fixture("jwks.json")));
+        config.algorithms.push(Algorithm::HS256);
+        let verifier = JwtVerifier::open(config, reqwest::Client::new())
+            .await
+            .unwrap();
+        let jwks: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture("jwks.json")).unwrap()).unwrap();
+        let n = jwks["keys"][0]["n"].as_str().unwrap();
+        let header = Header {
+            kid: Some("rsa-1".into()),
+            ..Header::new(Algorithm::HS256)
+        };
+        let claims = json!({"iss": "https://idp.example", "aud": "runnel", "exp": now() + 600});
+        let forged = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(n.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let denied = verifier.verify(&bearer(&forged)).await.unwrap_err();
+        assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    /// A key set from a URL: fetched at start, fetched again for a `kid`
+    /// it lacks (the provider rotated its keys), and not again sooner than
+    /// `refetch_after`, whatever kids the tokens name.
+    #[tokio::test]
+    async fn a_jwks_url_is_fetched_again_for_an_unknown_kid() {
+        let full: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture("jwks.json")).unwrap()).unwrap();
+        let rsa_only = json!({ "keys": [full["keys"][0].clone()] });
+        let serving = Arc::new(RwLock::new(rsa_only));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let app = {
+            let (serving, fetches) = (serving.clone(), fetches.clone());
+            axum::Router::new().route(
+                "/jwks.json",
+                axum::routing::get(move || {
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    let body = serving.read().unwrap().clone();
+                    async move { axum::Json(body) }
+                }),
+            )
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let mut verifier = JwtVerifier::open(config(JwksSource::Url(url)), reqwest::Client::new())
+            .await
+            .unwrap();
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        verifier
+            .verify(&token(Algorithm::RS256, "rsa-1", "runnel"))
+            .await
+            .unwrap();
+        let es = token(Algorithm::ES256, "ec-1", "runnel");
+        // Not yet in the set, and fetched a moment ago: refused unfetched.
+        assert!(verifier.verify(&es).await.is_err());
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+
+        *serving.write().unwrap() = full;
+        verifier.refetch_after = Duration::ZERO;
+        verifier.verify(&es).await.unwrap();
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+        verifier.refetch_after = REFETCH_AFTER;
+        assert!(
+            verifier
+                .verify(&token(Algorithm::ES256, "ec-2", "runnel"))
+                .await
+                .is_err()
+        );
+        assert_eq!(fetches.load(Ordering::SeqCst), 2, "at most once a minute");
+    }
 }
