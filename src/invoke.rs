@@ -19,6 +19,7 @@ use crate::runtime::{
     Context, FunctionConfig, FunctionLocation, LogLabel, Runtime, RuntimeSettings,
 };
 use crate::triggers::TriggerConfig;
+use crate::triggers::http::{HttpTriggerConfig, Mode};
 
 /// An event written by hand: every field optional.
 #[derive(Deserialize, Default)]
@@ -80,6 +81,52 @@ pub fn bare_function(path: &Path) -> anyhow::Result<FunctionConfig> {
     })
 }
 
+/// The HTTP trigger of a pipeline that has one.
+fn http_trigger(target: &Target) -> Option<(&str, &HttpTriggerConfig)> {
+    match target {
+        Target::Pipeline(p) => match &p.source {
+            TriggerConfig::Http(http) => Some((p.name.as_str(), http)),
+            _ => None,
+        },
+        Target::Function(_) => None,
+    }
+}
+
+/// The event an HTTP pipeline's gateway would make of the request
+/// `line` (`"GET /hello/Ada?x=1"`) with `headers` and the body in `body`.
+pub fn request_event(
+    target: &Target,
+    line: &str,
+    headers: &[(String, String)],
+    body: Option<&Path>,
+) -> anyhow::Result<Event> {
+    let Some((pipeline, http)) = http_trigger(target) else {
+        bail!("--request is for a pipeline whose [source] has type = \"http\"");
+    };
+    let (method, path) = line.trim().split_once(' ').with_context(|| {
+        format!("--request {line:?}: expected a method and a path, e.g. \"GET /hello/Ada\"")
+    })?;
+    let mut request = axum::http::Request::builder()
+        .method(method.trim())
+        .uri(path.trim());
+    for (name, value) in headers {
+        request = request.header(name.trim(), value.trim());
+    }
+    let body = match body {
+        Some(file) => std::fs::read(file)
+            .with_context(|| format!("reading the request body {}", file.display()))?,
+        None => Vec::new(),
+    };
+    let (parts, ()) = request
+        .body(())
+        .with_context(|| {
+            format!("--request {line:?} (with its --header values) is not a valid HTTP request")
+        })?
+        .into_parts();
+    http.request_event(pipeline, &parts, Bytes::from(body))
+        .map_err(|e| anyhow::anyhow!("--request {line:?}: {e}"))
+}
+
 /// Reads the event: a JSON event file (`.json` with event fields), or any
 /// other file as the payload of the event the pipeline's source would make.
 pub fn read_event(
@@ -87,6 +134,11 @@ pub fn read_event(
     file: &Path,
     metadata: &BTreeMap<String, String>,
 ) -> anyhow::Result<Event> {
+    if let Some((pipeline, _)) = http_trigger(target) {
+        bail!(
+            "pipeline {pipeline} takes HTTP requests: give --request \"METHOD /path\" (its body from --event, its headers from --header)"
+        );
+    }
     let bytes =
         std::fs::read(file).with_context(|| format!("reading event file {}", file.display()))?;
     if file.extension().is_some_and(|e| e == "json")
@@ -178,6 +230,12 @@ pub fn run(
             .cache
             .then(|| runtime_config.functions.cache_dir.clone()),
     })?;
+    if let Some((_, http)) = http_trigger(target)
+        && http.mode == Mode::Sync
+    {
+        let function = runtime.load_http(function_config, &wasm, http.max_response_size)?;
+        return answer(&function, event, out);
+    }
     let function = runtime.load(function_config, &wasm)?;
     let context = match target {
         Target::Pipeline(p) => Context {
@@ -247,6 +305,62 @@ pub fn run(
                 .with_context(|| format!("writing {}", path.display()))?;
             writeln!(stdout, "   saved to {}", path.display())?;
         }
+    }
+    Ok(true)
+}
+
+/// Runs an HTTP function on one request and prints its response.
+fn answer(
+    function: &crate::runtime::http::HttpFunction,
+    event: &Event,
+    out: Option<&PathBuf>,
+) -> anyhow::Result<bool> {
+    let label = LogLabel {
+        pipeline: String::new(),
+        function: function.name().to_owned(),
+        event_id: event.id.clone(),
+    };
+    let (result, stats) = function.invoke(&Context::default(), event, label);
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "invoked {} on {} {} in {:.3} ms (instantiation {:.3} ms, peak memory {} bytes)",
+        function.name(),
+        event
+            .attributes
+            .get(crate::runtime::http::METHOD)
+            .map_or("?", String::as_str),
+        event
+            .attributes
+            .get(crate::runtime::http::PATH)
+            .map_or("?", String::as_str),
+        stats.duration.as_secs_f64() * 1e3,
+        stats.instantiation.as_secs_f64() * 1e3,
+        stats.peak_memory
+    )?;
+    let reply = match result.map(|invocation| invocation.reply) {
+        Ok(Some(reply)) => reply,
+        Ok(None) => {
+            writeln!(stdout, "failed: the function gave no response")?;
+            return Ok(false);
+        }
+        Err(error) => {
+            writeln!(stdout, "failed ({}): {error}", error.outcome())?;
+            return Ok(false);
+        }
+    };
+    writeln!(stdout, "status {}", reply.status)?;
+    for (name, value) in &reply.headers {
+        writeln!(stdout, "{name}: {}", String::from_utf8_lossy(value))?;
+    }
+    writeln!(stdout, "{} body bytes", reply.body.len())?;
+    match std::str::from_utf8(&reply.body) {
+        Ok(text) if reply.body.len() <= 4096 => writeln!(stdout, "{text}")?,
+        _ => {}
+    }
+    if let Some(path) = out {
+        std::fs::write(path, &reply.body).with_context(|| format!("writing {}", path.display()))?;
+        writeln!(stdout, "body saved to {}", path.display())?;
     }
     Ok(true)
 }

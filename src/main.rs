@@ -88,16 +88,30 @@ enum Command {
     Invoke {
         /// A pipeline file, a function crate directory or a .wasm component.
         target: PathBuf,
-        /// The event: a JSON event file, or any file as the payload.
+        /// The event: a JSON event file, or any file as the payload (for an
+        /// HTTP pipeline, the request's body).
+        #[arg(long, required_unless_present = "request")]
+        event: Option<PathBuf>,
+        /// For an HTTP pipeline: the request, as "METHOD /path?query".
         #[arg(long)]
-        event: PathBuf,
+        request: Option<String>,
+        /// A request header, as "NAME: VALUE" (with --request).
+        #[arg(long = "header", value_parser = parse_header, requires = "request")]
+        headers: Vec<(String, String)>,
         /// User metadata for object events, as NAME=VALUE.
         #[arg(long = "meta", value_parser = parse_pair)]
         meta: Vec<(String, String)>,
-        /// Save each output under DIR/<sink>/<key>.
+        /// Save each output under DIR/<sink>/<key> (an HTTP function's
+        /// response body: to the file OUT).
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    text.split_once(':')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .ok_or_else(|| format!("expected NAME: VALUE, found {text:?}"))
 }
 
 fn parse_pair(text: &str) -> Result<(String, String), String> {
@@ -256,6 +270,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Invoke {
             ref target,
             ref event,
+            ref request,
+            ref headers,
             ref meta,
             ref out,
         } => {
@@ -278,8 +294,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 runnel::invoke::Target::Function(runnel::invoke::bare_function(target)?)
             };
             let metadata: BTreeMap<_, _> = meta.iter().cloned().collect();
-            let event = runnel::invoke::read_event(&target, event, &metadata)?;
-            // The wasmtime-wasi bindings expect a Tokio context even when sync.
+            let event = match (request, event) {
+                (Some(line), body) => {
+                    runnel::invoke::request_event(&target, line, headers, body.as_deref())?
+                }
+                (None, Some(file)) => runnel::invoke::read_event(&target, file, &metadata)?,
+                (None, None) => unreachable!("clap requires --event or --request"),
+            };
+            // The wasmtime-wasi bindings expect a Tokio context even when
+            // sync, and an HTTP function's I/O runs on it.
             let rt = tokio::runtime::Runtime::new()?;
             let _guard = rt.enter();
             let ok = runnel::invoke::run(&runtime, &target, &event, out.as_ref())?;

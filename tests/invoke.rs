@@ -7,6 +7,11 @@ use std::process::Command;
 use harness::repo;
 
 fn invoke(args: &[&str], dir: &std::path::Path) -> (bool, String) {
+    let (ok, stdout, _) = invoke_with_stderr(args, dir);
+    (ok, stdout)
+}
+
+fn invoke_with_stderr(args: &[&str], dir: &std::path::Path) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_runnel"))
         .arg("--data-dir")
         .arg(dir.join("data"))
@@ -18,6 +23,7 @@ fn invoke(args: &[&str], dir: &std::path::Path) -> (bool, String) {
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
 
@@ -64,4 +70,71 @@ fn invoke_runs_a_pipeline_function_on_a_file() {
     assert!(!ok);
     assert!(stdout.contains("failed (error)"), "{stdout}");
     assert!(stdout.contains("retryable: false"), "{stdout}");
+}
+
+/// An HTTP pipeline's function on a request given by hand: routed and
+/// given its path parameters as the gateway would, its response printed
+/// and its body saved; a path no route serves, or an event file without a
+/// request, is refused with what to give instead.
+#[test]
+fn invoke_answers_a_request_for_an_http_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, stdout) = invoke(
+        &["pipelines/hello-http.toml", "--request", "GET /hello/Ada"],
+        dir.path(),
+    );
+    assert!(ok, "{stdout}");
+    assert!(stdout.contains("status 200"), "{stdout}");
+    assert!(stdout.contains("Hello, Ada!"), "{stdout}");
+
+    let body = dir.path().join("body.json");
+    std::fs::write(&body, r#"{"name":"Grace"}"#).unwrap();
+    let saved = dir.path().join("response.json");
+    let (ok, stdout) = invoke(
+        &[
+            "pipelines/hello-http.toml",
+            "--request",
+            "POST /hello",
+            "--header",
+            "content-type: application/json",
+            "--event",
+            body.to_str().unwrap(),
+            "--out",
+            saved.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(ok, "{stdout}");
+    let answer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&saved).unwrap()).unwrap();
+    assert_eq!(answer["greeting"], "Hello, Grace!", "{stdout}");
+
+    let (ok, _, stderr) = invoke_with_stderr(
+        &["pipelines/hello-http.toml", "--request", "GET /elsewhere"],
+        dir.path(),
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("no route of pipeline hello-http serves /elsewhere"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = invoke_with_stderr(
+        &["pipelines/hello-http.toml", "--request", "DELETE /hello"],
+        dir.path(),
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("DELETE is not allowed on /hello"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = invoke_with_stderr(
+        &[
+            "pipelines/hello-http.toml",
+            "--event",
+            body.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(!ok);
+    assert!(stderr.contains("--request"), "{stderr}");
 }

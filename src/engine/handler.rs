@@ -719,25 +719,25 @@ impl Handler {
         attempt: u32,
         stream: Option<Stream>,
     ) -> Result<Invocation, Failure> {
-        let function = self.function.clone();
-        let context = if attempt == self.context.attempt {
-            Arc::clone(&self.context)
-        } else {
-            Arc::new(Context {
-                attempt,
-                ..Context::clone(&self.context)
-            })
-        };
-        let label = LogLabel {
-            pipeline: self.name.clone(),
-            function: function.name().to_owned(),
-            event_id: event.id.clone(),
-        };
-        let ev = Arc::clone(event);
         let running = async {
             match self.function.invoke_async(event, stream) {
                 Some(call) => call.await,
                 None => {
+                    let function = self.function.clone();
+                    let context = if attempt == self.context.attempt {
+                        Arc::clone(&self.context)
+                    } else {
+                        Arc::new(Context {
+                            attempt,
+                            ..Context::clone(&self.context)
+                        })
+                    };
+                    let label = LogLabel {
+                        pipeline: self.name.clone(),
+                        function: function.name().to_owned(),
+                        event_id: event.id.clone(),
+                    };
+                    let ev = Arc::clone(event);
                     self.threads
                         .run(move || function.invoke(&context, &ev, label))
                         .await

@@ -355,13 +355,12 @@ impl Served {
             Ok(key) => key.map(str::to_owned),
             Err(message) => return error(StatusCode::BAD_REQUEST, message, Some(&id)),
         };
-        let fingerprint = fingerprint(&parts, &body);
         let (key, track) = match &idempotency_key {
             None => (id.clone(), Track::Untracked),
             Some(given) => (
                 format!("request:{given}"),
                 Track::Request {
-                    fingerprint: fingerprint.clone(),
+                    fingerprint: fingerprint(&parts, &body),
                 },
             ),
         };
@@ -375,6 +374,11 @@ impl Served {
         let mut event = request_event(&id, self.handler.name(), route, matched, &parts, body);
         caller.describe(&mut event);
         event.idempotency_key = key.clone();
+        // What a kept reply must have answered (only a keyed request has one).
+        let fingerprint = match &track {
+            Track::Request { fingerprint } => fingerprint.clone(),
+            _ => String::new(),
+        };
         // A reply that is not kept is streamed as the function writes it.
         let (stream, head) = match track {
             Track::Untracked => {

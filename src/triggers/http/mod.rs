@@ -84,6 +84,42 @@ pub enum Mode {
 }
 
 impl HttpTriggerConfig {
+    /// The event the gateway would make of a request to these routes, for
+    /// `runnel invoke`; the error says why the gateway would refuse it (no
+    /// route serves the path, or the routes take another method).
+    pub fn request_event(
+        &self,
+        pipeline: &str,
+        parts: &axum::http::request::Parts,
+        body: bytes::Bytes,
+    ) -> Result<crate::event::Event, String> {
+        let path = parts.uri.path();
+        let mut routes: Vec<&Route> = self.routes.iter().collect();
+        routes.sort_by_key(|route| route.precedence());
+        let Some((route, matched)) =
+            (routes.into_iter()).find_map(|route| Some((route, route.matches(path)?)))
+        else {
+            let patterns: Vec<_> = self.routes.iter().map(|r| r.pattern.as_str()).collect();
+            return Err(format!(
+                "no route of pipeline {pipeline} serves {path} (routes: {})",
+                patterns.join(", ")
+            ));
+        };
+        if !self.methods.contains(&parts.method) {
+            let methods: Vec<_> = self.methods.iter().map(Method::as_str).collect();
+            return Err(format!(
+                "{} is not allowed on {} (methods: {})",
+                parts.method,
+                route.pattern,
+                methods.join(", ")
+            ));
+        }
+        let id = request::request_id();
+        Ok(request::request_event(
+            &id, pipeline, route, &matched, parts, body,
+        ))
+    }
+
     /// The topic `async` requests are queued on.
     pub fn queue_topic(&self, pipeline: &str) -> String {
         self.topic
