@@ -71,6 +71,15 @@ pub struct Handler {
     summaries: bool,
 }
 
+/// Takes one off a gauge when dropped.
+struct Decrement<'g>(&'g metrics::Gauge);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 /// Leave to work on one event; from [`Handler::admit`] or
 /// [`Handler::try_admit`].
 pub struct Slot(#[allow(dead_code, reason = "held, not read")] OwnedSemaphorePermit);
@@ -346,6 +355,9 @@ impl Handler {
     async fn process(&self, work: &Work, stream: Option<Stream>) -> Outcome {
         self.meters.received.increment(1);
         self.meters.inflight.increment(1.0);
+        // Decremented however this ends: a caller that stops waiting (an
+        // HTTP client gone) drops this future part way.
+        let _inflight = Decrement(&self.meters.inflight);
         let key = work.key.as_str();
         // Shared, not cloned, with the invocation thread that runs it.
         let event: tokio::sync::OnceCell<Arc<Event>> = tokio::sync::OnceCell::new();
@@ -408,13 +420,9 @@ impl Handler {
             Claimed::Done(how) => {
                 self.meters.duplicates_skipped.increment(1);
                 tracing::info!(pipeline = %self.name, key = %key, how = how.as_str(), "skipping a redelivered event");
-                self.meters.inflight.decrement(1.0);
                 return Outcome::Skipped(how);
             }
-            Claimed::Busy => {
-                self.meters.inflight.decrement(1.0);
-                return Outcome::Busy;
-            }
+            Claimed::Busy => return Outcome::Busy,
             Claimed::Ours { delivered } => delivered,
         };
         let first = first.map(|first| first.map(|invocation| (invocation, delivered)));
@@ -495,7 +503,6 @@ impl Handler {
                 Outcome::DeadLettered { attempts, error }
             }
         };
-        self.meters.inflight.decrement(1.0);
         outcome
     }
 
