@@ -394,6 +394,13 @@ impl HttpFunction {
                 })
                 .collect();
             let mut stream = stream;
+            // What the caller gets back once the body went to the stream:
+            // the head, the client has the body.
+            let streamed = |headers| Reply {
+                status,
+                headers,
+                body: Bytes::new(),
+            };
             let mut sending: Option<mpsc::Sender<Chunk>> = None;
             let mut buffered = BytesMut::new();
             let mut total: u64 = 0;
@@ -417,11 +424,7 @@ impl HttpFunction {
                                 },
                             };
                             if to.send(streaming).is_err() {
-                                return Ok(Some(Reply {
-                                    status,
-                                    headers,
-                                    body: Bytes::new(),
-                                }));
+                                return Ok(Some(streamed(headers)));
                             }
                             sending = Some(tx);
                         }
@@ -434,11 +437,7 @@ impl HttpFunction {
                         {
                             // The client went away: stop reading, and the
                             // guest's next write fails.
-                            return Ok(Some(Reply {
-                                status,
-                                headers,
-                                body: Bytes::new(),
-                            }));
+                            return Ok(Some(streamed(headers)));
                         }
                         body.frame().await
                     }
@@ -463,11 +462,7 @@ impl HttpFunction {
                     let _ = tx.send(Chunk::Data(body)).await;
                 }
                 let _ = tx.send(Chunk::End).await;
-                return Ok(Some(Reply {
-                    status,
-                    headers,
-                    body: Bytes::new(),
-                }));
+                return Ok(Some(streamed(headers)));
             }
             Ok(Some(Reply {
                 status,
