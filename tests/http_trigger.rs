@@ -555,3 +555,54 @@ async fn a_pipeline_can_have_a_listener_of_its_own() {
     let api_on_own = runnel.client.get(own("/healthz")).send().await.unwrap();
     assert_eq!(api_on_own.status(), 404);
 }
+
+/// A component written with Spin's Rust SDK (its `#[http_component]` and
+/// its router, which reads `spin-path-info`) runs as Spin users wrote it.
+#[tokio::test]
+async fn a_spin_component_runs_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir_all(&pipelines).unwrap();
+    let text = format!(
+        "name = \"spin\"\n[source]\ntype = \"http\"\nroutes = [\"/spin/...\"]\nmethods = [\"GET\", \"POST\"]\n[function]\npath = {:?}\n",
+        repo().join("functions/testing/spin-hello")
+    );
+    let pipeline = pipelines.join("spin.toml");
+    std::fs::write(&pipeline, text).unwrap();
+    let runnel = Runnel::start(dir.path(), &[pipeline], &[], "").await;
+    let client = &runnel.client;
+
+    let response = client
+        .get(runnel.url("/spin/hello/Ada"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/plain");
+    assert_eq!(
+        response.text().await.unwrap(),
+        "Hello, Ada! (route /spin/...)\n"
+    );
+
+    let body: Vec<u8> = (0..=255).collect();
+    let response = client
+        .post(runnel.url("/spin/echo"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap(), body);
+
+    // Spin's router answers what it does not route; runnel what the
+    // pipeline does not allow.
+    let response = client.get(runnel.url("/spin/nope")).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(response.text().await.unwrap(), "Not Found");
+    let response = client
+        .delete(runnel.url("/spin/hello/Ada"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+}
