@@ -483,7 +483,7 @@ impl Handler {
             }
         };
 
-        let outcome = match (result, work.on_failure) {
+        match (result, work.on_failure) {
             (Ok((reply, outputs)), _) => Outcome::Done {
                 attempts,
                 reply,
@@ -502,8 +502,7 @@ impl Handler {
                 .await;
                 Outcome::DeadLettered { attempts, error }
             }
-        };
-        outcome
+        }
     }
 
     /// How the event `key` ended, if it did; `None` when the store knows

@@ -66,9 +66,28 @@ pub struct Streaming {
     pub body: StreamBody,
 }
 
+#[cfg(test)]
+impl Streaming {
+    /// A response streamed whole: its body, then its end, wait in the stream.
+    pub fn finished(status: u16, body: Bytes) -> Self {
+        let (tx, rx) = mpsc::channel(2);
+        tx.try_send(Chunk::Data(body)).expect("room for the body");
+        tx.try_send(Chunk::End).expect("room for the end");
+        Self {
+            status,
+            headers: Vec::new(),
+            body: StreamBody {
+                chunks: rx,
+                ended: false,
+            },
+        }
+    }
+}
+
 /// How many chunks wait for a slow client before the guest's writes wait.
 const STREAM_CHUNKS: usize = 8;
 
+#[derive(Debug)]
 enum Chunk {
     Data(Bytes),
     End,

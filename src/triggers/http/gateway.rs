@@ -406,21 +406,11 @@ impl Served {
         };
         let handled = match head {
             None => self.handler.handle(slot, work).await,
-            Some(mut head) => {
+            Some(head) => {
                 let handler = Arc::clone(&self.handler);
-                let mut handling = Box::pin(async move { handler.handle(slot, work).await });
-                tokio::select! {
-                    biased;
-                    streaming = &mut head => match streaming {
-                        // The function runs on, in its slot, while the
-                        // client reads; the handler meters and logs its end.
-                        Ok(streaming) => {
-                            tokio::spawn(handling);
-                            return streaming_response(streaming, &id);
-                        }
-                        Err(_) => handling.await,
-                    },
-                    handled = &mut handling => handled,
+                match streamed_or(head, async move { handler.handle(slot, work).await }).await {
+                    Ok(streaming) => return streaming_response(streaming, &id),
+                    Err(handled) => handled,
                 }
             }
         };
@@ -594,6 +584,30 @@ impl Caller {
     }
 }
 
+/// The response the function streams, as soon as it hands over the head,
+/// or what `handling` ended with when it streamed none. The function runs
+/// on, in its slot, while the client reads; the handler meters and logs
+/// its end. A function that streams and finishes within one poll has its
+/// whole body waiting in the stream, and is answered from there (its
+/// outcome's reply has only the head).
+async fn streamed_or<T: Send + 'static>(
+    mut head: oneshot::Receiver<wasi_http::Streaming>,
+    handling: impl Future<Output = T> + Send + 'static,
+) -> Result<wasi_http::Streaming, T> {
+    let mut handling = Box::pin(handling);
+    tokio::select! {
+        biased;
+        streaming = &mut head => match streaming {
+            Ok(streaming) => {
+                tokio::spawn(handling);
+                Ok(streaming)
+            }
+            Err(_) => Err(handling.await),
+        },
+        handled = &mut handling => head.try_recv().or(Err(handled)),
+    }
+}
+
 /// A request's `Idempotency-Key`, if it has one, or why it is refused.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, String> {
     match headers.get("idempotency-key").map(|v| v.to_str()) {
@@ -623,4 +637,29 @@ pub(super) fn fingerprint(parts: &axum::http::request::Parts, body: &[u8]) -> St
     digest.update([0]);
     digest.update(body);
     hex::encode(digest.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A function that streams its whole response within one poll of its
+    /// handling is answered from the stream, not from the outcome's reply,
+    /// which has only the head (CI once saw a 200 with no body).
+    #[tokio::test]
+    async fn a_response_streamed_and_finished_at_once_keeps_its_body() {
+        let (to, head) = oneshot::channel();
+        let handling = async move {
+            let _ = to.send(wasi_http::Streaming::finished(200, "whole".into()));
+            "handled"
+        };
+        let streaming = streamed_or(head, handling).await.expect("the stream");
+        assert_eq!(streaming.status, 200);
+        let body = axum::body::to_bytes(Body::new(streaming.body), 1 << 10).await;
+        assert_eq!(body.unwrap(), "whole");
+
+        let (_to, head) = oneshot::channel();
+        let unstreamed = streamed_or(head, async { "handled" }).await;
+        assert_eq!(unstreamed.err(), Some("handled"));
+    }
 }
