@@ -293,15 +293,12 @@ impl Process {
              to serve every route to anyone who reaches the port"
         );
         let opened = open_backends(&config).await?;
-        let health = crate::health::Health::start(
-            crate::health::Backends {
-                store: opened.backends.store.clone(),
-                broker: opened.backends.broker.clone(),
-                idempotency: opened.idempotency.clone(),
-            },
-            shutdown.clone(),
-        )
-        .await;
+        let checked = crate::health::Backends {
+            store: opened.backends.store.clone(),
+            broker: opened.backends.broker.clone(),
+            idempotency: opened.idempotency.clone(),
+        };
+        let health = crate::health::Health::start(checked.clone(), shutdown.clone()).await;
         if !health.is_healthy() {
             tracing::warn!(checks = ?health.report(), "starting with backends unavailable; events wait for them");
         }
@@ -319,11 +316,7 @@ impl Process {
         for (pipeline, function) in pipelines.iter().zip(functions) {
             let opened_trigger = pipeline
                 .source
-                .open(
-                    &pipeline.name,
-                    opened.backends.store.clone(),
-                    opened.backends.broker.clone(),
-                )
+                .open(&pipeline.name, &checked)
                 .await
                 .with_context(|| format!("pipeline {}: opening its source", pipeline.name))?;
             let handler = Handler::new(

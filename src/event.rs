@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 pub const OBJECT_CREATED: &str = "runnel.object.created";
 /// Event type of a message consumed from a topic.
 pub const MESSAGE: &str = "runnel.message";
+/// The `type` of a schedule's tick.
+pub const SCHEDULE_TICK: &str = "runnel.schedule.tick";
 
 /// One unit of work for a pipeline.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -31,7 +31,9 @@ pub struct Health {
     healthy: watch::Sender<bool>,
 }
 
-/// What the checks run against.
+/// The backends a process runs on: what the checks run against, and what
+/// triggers open their feeds and marks on.
+#[derive(Clone)]
 pub struct Backends {
     pub store: Arc<dyn ObjectStore>,
     pub broker: Arc<dyn Broker>,

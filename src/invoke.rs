@@ -127,6 +127,28 @@ pub fn request_event(
         .map_err(|e| anyhow::anyhow!("--request {line:?}: {e}"))
 }
 
+/// The event of a schedule pipeline's next tick, as if it were due now
+/// (`runnel invoke` without `--event`).
+pub fn next_tick_event(target: &Target) -> anyhow::Result<Event> {
+    let Target::Pipeline(pipeline) = target else {
+        bail!("give --event FILE: the event to run the function on");
+    };
+    let TriggerConfig::Schedule(schedule) = &pipeline.source else {
+        bail!(
+            "give --event FILE (or --request \"METHOD /path\" for an HTTP pipeline): only a schedule pipeline makes its own event"
+        );
+    };
+    let now = jiff::Timestamp::now();
+    let tick = schedule.next_after(now).with_context(|| {
+        format!(
+            "pipeline {}'s schedule ({}) has no tick after now",
+            pipeline.name,
+            schedule.describe()
+        )
+    })?;
+    Ok(schedule.tick_event(&pipeline.name, tick, false))
+}
+
 /// Reads the event: a JSON event file (`.json` with event fields), or any
 /// other file as the payload of the event the pipeline's source would make.
 pub fn read_event(
@@ -153,7 +175,7 @@ pub fn read_event(
     let bucket = match target {
         Target::Pipeline(p) => match &p.source {
             TriggerConfig::Storage(s) => Some(s.bucket.clone()),
-            TriggerConfig::Topic(_) | TriggerConfig::Http(_) => None,
+            TriggerConfig::Topic(_) | TriggerConfig::Http(_) | TriggerConfig::Schedule(_) => None,
         },
         Target::Function(_) => None,
     };

@@ -89,8 +89,9 @@ enum Command {
         /// A pipeline file, a function crate directory or a .wasm component.
         target: PathBuf,
         /// The event: a JSON event file, or any file as the payload (for an
-        /// HTTP pipeline, the request's body).
-        #[arg(long, required_unless_present = "request")]
+        /// HTTP pipeline, the request's body; a schedule pipeline without
+        /// it runs its next tick).
+        #[arg(long)]
         event: Option<PathBuf>,
         /// For an HTTP pipeline: the request, as "METHOD /path?query".
         #[arg(long)]
@@ -299,7 +300,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     runnel::invoke::request_event(&target, line, headers, body.as_deref())?
                 }
                 (None, Some(file)) => runnel::invoke::read_event(&target, file, &metadata)?,
-                (None, None) => unreachable!("clap requires --event or --request"),
+                (None, None) => runnel::invoke::next_tick_event(&target)?,
             };
             // The wasmtime-wasi bindings expect a Tokio context even when
             // sync, and an HTTP function's I/O runs on it.

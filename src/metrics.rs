@@ -24,6 +24,7 @@ pub const BILLED_GB_SECONDS: &str = "runnel_billed_gb_seconds_total";
 pub const EVENTS_COMPLETED: &str = "runnel_events_completed_total";
 pub const SOURCE_ERRORS: &str = "runnel_source_errors_total";
 pub const UPLOADS: &str = "runnel_uploads_total";
+pub const SCHEDULE_TICKS_SKIPPED: &str = "runnel_schedule_ticks_skipped_total";
 pub const SOURCE_LAG: &str = "runnel_source_lag";
 pub const SOURCE_PARTITIONS: &str = "runnel_source_partitions";
 pub const BACKEND_UP: &str = "runnel_backend_up";
@@ -116,6 +117,10 @@ fn describe() {
         "Failures to read or commit a source; the source retries."
     );
     describe_counter!(UPLOADS, "Objects stored through the HTTP API.");
+    describe_counter!(
+        SCHEDULE_TICKS_SKIPPED,
+        "Schedule ticks that fell due while no runnel process ran and were not run (missed = \"skip\", or beyond catch_up_limit)."
+    );
     describe_counter!(
         HTTP_REQUESTS,
         "Requests to HTTP functions' routes, by pipeline, route pattern and status."

@@ -408,6 +408,11 @@ impl<'d, 'a> Table<'d, 'a> {
             })
     }
 
+    /// Reports a problem with the table as a whole, at the table.
+    pub fn error(&self, message: impl Into<String>) {
+        self.doc.error(self.span.clone(), &self.path, message);
+    }
+
     /// Reports a missing required field at the table itself.
     pub fn missing(&self, key: &str) {
         self.doc.error(

@@ -165,6 +165,15 @@ impl Setup {
         Arc::new(handler)
     }
 
+    /// The backends as triggers open on them.
+    fn checked(&self) -> crate::health::Backends {
+        crate::health::Backends {
+            store: self.backends.store.clone(),
+            broker: self.backends.broker.clone(),
+            idempotency: self.idempotency.clone(),
+        }
+    }
+
     async fn object(&self, bucket: &str, key: &str) -> Option<Bytes> {
         match self.backends.store.get(bucket, key, 1 << 20, None).await {
             Ok((_, body)) => Some(body),
@@ -344,11 +353,7 @@ async fn the_feed_driver_handles_a_topic_and_commits_it() {
     let crate::triggers::Trigger::Pulled(trigger) = setup
         .config
         .source
-        .open(
-            "p",
-            setup.backends.store.clone(),
-            setup.backends.broker.clone(),
-        )
+        .open("p", &setup.checked())
         .await
         .unwrap()
     else {

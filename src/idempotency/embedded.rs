@@ -45,6 +45,12 @@ impl EmbeddedIdempotency {
                 completed_ms INTEGER NOT NULL,
                 PRIMARY KEY (pipeline, key)
             ) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS marks (
+                pipeline TEXT NOT NULL,
+                name TEXT NOT NULL,
+                value INTEGER NOT NULL,
+                PRIMARY KEY (pipeline, name)
+            ) WITHOUT ROWID;
             CREATE TABLE IF NOT EXISTS deliveries (
                 pipeline TEXT NOT NULL,
                 key TEXT NOT NULL,
@@ -191,6 +197,40 @@ impl IdempotencyStore for EmbeddedIdempotency {
 
     async fn reply(&self, pipeline: &str, key: &str) -> Result<Option<Vec<u8>>, IdempotencyError> {
         self.stored_reply(pipeline, key).await
+    }
+
+    async fn mark(&self, pipeline: &str, name: &str) -> Result<Option<u64>, IdempotencyError> {
+        let (p, n) = (pipeline.to_owned(), name.to_owned());
+        (self.db)
+            .read(move |conn| {
+                conn.prepare_cached("SELECT value FROM marks WHERE pipeline = ?1 AND name = ?2")?
+                    .query_row(params![p, n], |row| row.get::<_, i64>(0))
+                    .optional()
+            })
+            .await
+            .map(|value| value.map(|v| v as u64))
+            .map_err(failed)
+    }
+
+    async fn advance_mark(
+        &self,
+        pipeline: &str,
+        name: &str,
+        to: u64,
+    ) -> Result<(), IdempotencyError> {
+        let (p, n) = (pipeline.to_owned(), name.to_owned());
+        let to = i64::try_from(to).unwrap_or(i64::MAX);
+        (self.db)
+            .run(move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO marks (pipeline, name, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (pipeline, name) DO UPDATE SET value = max(value, excluded.value)",
+                )?
+                .execute(params![p, n, to])
+                .map(drop)
+            })
+            .await
+            .map_err(failed)
     }
 
     async fn complete_with_reply(

@@ -147,6 +147,20 @@ pub trait IdempotencyStore: Send + Sync {
 
     /// The reply kept with the completion of `key`, if there is one.
     async fn reply(&self, pipeline: &str, key: &str) -> Result<Option<Vec<u8>>, IdempotencyError>;
+
+    /// A trigger's durable mark that is not a feed's offset (how far a
+    /// schedule got), if one was recorded: kept without a TTL, and shared
+    /// by the processes that share the store.
+    async fn mark(&self, pipeline: &str, name: &str) -> Result<Option<u64>, IdempotencyError>;
+
+    /// Moves the mark `name` forward to `to`; a mark never moves back, so
+    /// two processes advancing it at once keep the higher.
+    async fn advance_mark(
+        &self,
+        pipeline: &str,
+        name: &str,
+        to: u64,
+    ) -> Result<(), IdempotencyError>;
 }
 
 /// [`IdempotencyStore::claim_with_delivered`] in two round trips: the claim,

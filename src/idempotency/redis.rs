@@ -87,6 +87,11 @@ impl RedisIdempotency {
         command
     }
 
+    /// Where a trigger's mark is (no TTL: it outlives every completion).
+    fn mark_key(&self, pipeline: &str, name: &str) -> String {
+        format!("{}{pipeline}#mark:{name}", self.prefix)
+    }
+
     /// The set of an unfinished event's delivered outputs.
     fn outputs_key(&self, pipeline: &str, key: &str) -> String {
         format!("{}{pipeline}:{key}#outputs", self.prefix)
@@ -236,6 +241,36 @@ impl IdempotencyStore for RedisIdempotency {
         let mut connection = self.connection.clone();
         connection
             .get(self.reply_key(pipeline, key))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn mark(&self, pipeline: &str, name: &str) -> Result<Option<u64>, IdempotencyError> {
+        let mut connection = self.connection.clone();
+        connection
+            .get(self.mark_key(pipeline, name))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn advance_mark(
+        &self,
+        pipeline: &str,
+        name: &str,
+        to: u64,
+    ) -> Result<(), IdempotencyError> {
+        // Compare and set in one step, so the higher of two writers stays.
+        const ADVANCE: &str = "local current = tonumber(redis.call('GET', KEYS[1]))
+            if current == nil or current < tonumber(ARGV[1]) then
+                redis.call('SET', KEYS[1], ARGV[1])
+            end";
+        let mut connection = self.connection.clone();
+        redis::cmd("EVAL")
+            .arg(ADVANCE)
+            .arg(1)
+            .arg(self.mark_key(pipeline, name))
+            .arg(to)
+            .query_async::<()>(&mut connection)
             .await
             .map_err(unavailable)
     }

@@ -2,7 +2,7 @@
 //! `[source]` table).
 //!
 //! A trigger owns its loop. A pulled one (a bucket's object-created
-//! notifications, a topic) reads a committable [`Feed`](crate::feed::Feed)
+//! notifications, a topic, a schedule's clock) reads a committable [`Feed`](crate::feed::Feed)
 //! and is run by the engine's [feed driver](crate::engine::feed_driver),
 //! which acknowledges by offset once the handler is done with each delivery. Adding a trigger kind is one
 //! file here and one variant of [`TriggerConfig`]; every `match` on it says
@@ -10,17 +10,15 @@
 
 pub mod http;
 pub mod key;
+pub mod schedule;
 pub mod storage;
 pub mod topic;
 
-use std::sync::Arc;
-
-use crate::broker::Broker;
 use crate::config::reader::Table;
 use crate::engine::feed_driver::Pull;
 use crate::feed::FeedError;
+use crate::health::Backends;
 use crate::sinks::SinkConfig;
-use crate::storage::ObjectStore;
 
 pub use storage::StorageTriggerConfig;
 pub use topic::TopicTriggerConfig;
@@ -34,6 +32,8 @@ pub enum TriggerConfig {
     Topic(TopicTriggerConfig),
     /// Requests to HTTP routes, answered by the function.
     Http(http::HttpTriggerConfig),
+    /// The ticks of a clock.
+    Schedule(schedule::ScheduleTriggerConfig),
 }
 
 impl TriggerConfig {
@@ -43,10 +43,11 @@ impl TriggerConfig {
             Some("storage") => StorageTriggerConfig::read(&table).map(Self::Storage),
             Some("topic") => TopicTriggerConfig::read(&table).map(Self::Topic),
             Some("http") => http::HttpTriggerConfig::read(&table).map(Self::Http),
+            Some("schedule") => schedule::ScheduleTriggerConfig::read(&table).map(Self::Schedule),
             Some(other) => {
                 if let Some(field) = table.get("type") {
                     field.error(format!(
-                        "unknown source type {other:?}; expected \"storage\", \"topic\" or \"http\""
+                        "unknown source type {other:?}; expected \"storage\", \"topic\", \"http\" or \"schedule\""
                     ));
                 }
                 None
@@ -92,7 +93,7 @@ impl TriggerConfig {
     pub fn bucket(&self) -> Option<&str> {
         match self {
             Self::Storage(config) => Some(&config.bucket),
-            Self::Topic(_) | Self::Http(_) => None,
+            Self::Topic(_) | Self::Http(_) | Self::Schedule(_) => None,
         }
     }
 
@@ -100,12 +101,8 @@ impl TriggerConfig {
     /// pulled trigger's feed, for the
     /// [`feed_driver`](crate::engine::feed_driver), or the routes a pushed
     /// one serves.
-    pub async fn open(
-        &self,
-        pipeline: &str,
-        store: Arc<dyn ObjectStore>,
-        broker: Arc<dyn Broker>,
-    ) -> Result<Trigger, FeedError> {
+    pub async fn open(&self, pipeline: &str, backends: &Backends) -> Result<Trigger, FeedError> {
+        let (store, broker) = (backends.store.clone(), backends.broker.clone());
         Ok(match self {
             Self::Storage(config) => {
                 Trigger::Pulled(Box::new(storage::open(config, pipeline, store).await?))
@@ -113,6 +110,13 @@ impl TriggerConfig {
             Self::Topic(config) => {
                 Trigger::Pulled(Box::new(topic::open(config, pipeline, broker).await?))
             }
+            // Its marks are kept where completions are: shared by the
+            // processes that share completions.
+            Self::Schedule(config) => Trigger::Pulled(Box::new(schedule::open(
+                config,
+                pipeline,
+                backends.idempotency.clone(),
+            ))),
             Self::Http(config) => match config.mode {
                 http::Mode::Sync => Trigger::Routes(config.clone()),
                 http::Mode::Async => {
