@@ -10,8 +10,7 @@
 use std::io::{Read as _, Write as _};
 
 use wasip2::http::types::{
-    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse,
-    ResponseOutparam,
+    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 
 struct Hello;
@@ -21,14 +20,25 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let (status, content_type, body) = match request.method() {
             Method::Get => match header(&request, "runnel-path-param-name") {
-                Some(name) => (200, "text/plain; charset=utf-8", format!("Hello, {name}!\n")),
-                None => (200, "text/plain; charset=utf-8", "Hello, world!\n".to_owned()),
+                Some(name) => (
+                    200,
+                    "text/plain; charset=utf-8",
+                    format!("Hello, {name}!\n"),
+                ),
+                None => (
+                    200,
+                    "text/plain; charset=utf-8",
+                    "Hello, world!\n".to_owned(),
+                ),
             },
             Method::Post => match name_from_json(&read_body(request)) {
                 Some(name) => (
                     200,
                     "application/json",
-                    format!("{{\"greeting\":{}}}\n", json_string(&format!("Hello, {name}!"))),
+                    format!(
+                        "{{\"greeting\":{}}}\n",
+                        json_string(&format!("Hello, {name}!"))
+                    ),
                 ),
                 None => (
                     422,
@@ -44,7 +54,9 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
 
 fn header(request: &IncomingRequest, name: &str) -> Option<String> {
     let values = request.headers().get(name);
-    values.first().map(|v| String::from_utf8_lossy(v).into_owned())
+    values
+        .first()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 fn read_body(request: IncomingRequest) -> Vec<u8> {
@@ -63,7 +75,11 @@ fn read_body(request: IncomingRequest) -> Vec<u8> {
 fn name_from_json(body: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(body).ok()?;
     let after = &text[text.find("\"name\"")? + 6..];
-    let after = after.trim_start().strip_prefix(':')?.trim_start().strip_prefix('"')?;
+    let after = after
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start()
+        .strip_prefix('"')?;
     let name = &after[..after.find('"')?];
     (!name.is_empty() && !name.contains('\\')).then(|| name.to_owned())
 }
@@ -83,8 +99,9 @@ fn json_string(text: &str) -> String {
 }
 
 fn respond(out: ResponseOutparam, status: u16, content_type: &str, body: &[u8]) {
-    let headers = Fields::from_list(&[("content-type".to_owned(), content_type.as_bytes().to_vec())])
-        .expect("valid headers");
+    let headers =
+        Fields::from_list(&[("content-type".to_owned(), content_type.as_bytes().to_vec())])
+            .expect("valid headers");
     let response = OutgoingResponse::new(headers);
     let _ = response.set_status_code(status);
     let outgoing = response.body().expect("a body");
@@ -103,7 +120,10 @@ mod tests {
 
     #[test]
     fn reads_the_name_of_a_json_body() {
-        assert_eq!(name_from_json(br#"{"name": "Ada"}"#).as_deref(), Some("Ada"));
+        assert_eq!(
+            name_from_json(br#"{"name": "Ada"}"#).as_deref(),
+            Some("Ada")
+        );
         assert_eq!(name_from_json(br#"{"name":""}"#), None);
         assert_eq!(name_from_json(b"not json"), None);
         assert_eq!(json_string("a\"b"), "\"a\\\"b\"");

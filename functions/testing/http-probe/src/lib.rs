@@ -14,8 +14,7 @@ use std::io::{Read as _, Write as _};
 use std::time::{Duration, Instant};
 
 use wasip2::http::types::{
-    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse,
-    ResponseOutparam,
+    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 
 struct Probe;
@@ -84,14 +83,18 @@ impl wasip2::exports::http::incoming_handler::Guest for Probe {
                 let body = response.body().expect("a body");
                 ResponseOutparam::set(out, Ok(response));
                 let mut stream = body.write().expect("a stream");
-                stream.write_all(b"first\n").expect("the host reads the body");
+                stream
+                    .write_all(b"first\n")
+                    .expect("the host reads the body");
                 stream.flush().expect("the host reads the body");
                 wasip2::clocks::monotonic_clock::subscribe_duration(number("ms") * 1_000_000)
                     .block();
                 if number("trap") == 1 {
                     panic!("the probe was asked to trap part way");
                 }
-                stream.write_all(b"second\n").expect("the host reads the body");
+                stream
+                    .write_all(b"second\n")
+                    .expect("the host reads the body");
                 let _ = stream.flush();
                 drop(stream);
                 let _ = OutgoingBody::finish(body, None);

@@ -17,7 +17,10 @@ fn hello(request: Request, params: Params) -> anyhow::Result<impl IntoResponse> 
     Ok(Response::builder()
         .status(200)
         .header("content-type", "text/plain")
-        .body(format!("Hello, {}! (route {route})\n", params.get("name").unwrap_or("?")))
+        .body(format!(
+            "Hello, {}! (route {route})\n",
+            params.get("name").unwrap_or("?")
+        ))
         .build())
 }
 
