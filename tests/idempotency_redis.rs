@@ -54,6 +54,32 @@ async fn completions_are_shared_and_expire() {
     );
 }
 
+/// Marks (a schedule's position) are shared, kept without the TTL, and
+/// never move back when two processes advance them out of order.
+#[tokio::test(flavor = "multi_thread")]
+async fn marks_are_shared_and_only_move_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = services::redis(dir.path());
+    let url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let a = RedisIdempotency::connect(&url, "t:", Duration::from_secs(1), None)
+        .await
+        .unwrap();
+    let b = RedisIdempotency::connect(&url, "t:", Duration::from_secs(1), None)
+        .await
+        .unwrap();
+    assert_eq!(a.mark("p", "m").await.unwrap(), None);
+    a.advance_mark("p", "m", 1_764_000_000_000).await.unwrap();
+    b.advance_mark("p", "m", 1_763_000_000_000).await.unwrap();
+    assert_eq!(b.mark("p", "m").await.unwrap(), Some(1_764_000_000_000));
+    assert_eq!(b.mark("q", "m").await.unwrap(), None);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        a.mark("p", "m").await.unwrap(),
+        Some(1_764_000_000_000),
+        "a mark outlives the TTL"
+    );
+}
+
 /// A pipeline configured with the Redis store records its completions
 /// there and skips a repeat by what Redis says.
 #[tokio::test(flavor = "multi_thread")]

@@ -138,3 +138,40 @@ fn invoke_answers_a_request_for_an_http_pipeline() {
     assert!(!ok);
     assert!(stderr.contains("--request"), "{stderr}");
 }
+
+/// A schedule pipeline needs no `--event`: its function runs on the next
+/// tick's event (the shipped heartbeat, a beat to each of its two sinks);
+/// any other pipeline without one is told what to give.
+#[test]
+fn invoke_runs_a_schedule_pipeline_on_its_next_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (ok, stdout) = invoke(
+        &["pipelines/heartbeat.toml", "--out", out.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(ok, "{stdout}");
+    assert!(stdout.contains("2 output(s)"), "{stdout}");
+    let saved: Vec<_> = std::fs::read_dir(out.join("heartbeats"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    let beat: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&saved[0]).unwrap()).unwrap();
+    assert_eq!(beat["status"], "up");
+    assert_eq!(beat["pipeline"], "heartbeat");
+    // Every 5 minutes: the tick is on a multiple of 300 s, in the next 5 minutes.
+    let scheduled: jiff::Timestamp = beat["scheduled"].as_str().unwrap().parse().unwrap();
+    assert_eq!(scheduled.as_second() % 300, 0, "{scheduled}");
+    let ahead = scheduled.as_second() - jiff::Timestamp::now().as_second();
+    assert!((0..=300).contains(&ahead), "{scheduled} is {ahead} s ahead");
+    assert_eq!(
+        saved[0].file_name().unwrap().to_str().unwrap(),
+        beat["scheduled"].as_str().unwrap()
+    );
+
+    let (ok, _, stderr) = invoke_with_stderr(&["pipelines/notify.toml"], dir.path());
+    assert!(!ok);
+    assert!(stderr.contains("give --event FILE"), "{stderr}");
+}

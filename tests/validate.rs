@@ -27,6 +27,7 @@ fn shipped_pipelines_are_valid() {
     assert!(ok, "{stderr}");
     assert!(stdout.contains("pipeline image-upload ok"), "{stdout}");
     assert!(stdout.contains("pipeline notify ok"), "{stdout}");
+    assert!(stdout.contains("pipeline heartbeat ok"), "{stdout}");
 }
 
 /// Each broken fixture reports exactly its `.expected` lines, exit code 1.

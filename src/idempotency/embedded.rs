@@ -394,4 +394,26 @@ mod tests {
         assert!(store.delivered("p", "k").await.unwrap().is_empty());
         assert_eq!(store.delivered("p", "other").await.unwrap().len(), 1);
     }
+
+    /// A mark moves only forward, is per pipeline, and outlives the TTL
+    /// and a reopen (a schedule's position after a long stop).
+    #[tokio::test]
+    async fn a_mark_only_moves_forward_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.db");
+        let store =
+            EmbeddedIdempotency::open(&path, Durability::Normal, Duration::from_millis(1)).unwrap();
+        assert_eq!(store.mark("p", "m").await.unwrap(), None);
+        store.advance_mark("p", "m", 20).await.unwrap();
+        store.advance_mark("p", "m", 10).await.unwrap();
+        assert_eq!(store.mark("p", "m").await.unwrap(), Some(20));
+        assert_eq!(store.mark("other", "m").await.unwrap(), None);
+        drop(store);
+        std::thread::sleep(Duration::from_millis(5));
+        let store =
+            EmbeddedIdempotency::open(&path, Durability::Normal, Duration::from_millis(1)).unwrap();
+        assert_eq!(store.mark("p", "m").await.unwrap(), Some(20));
+        store.advance_mark("p", "m", 30).await.unwrap();
+        assert_eq!(store.mark("p", "m").await.unwrap(), Some(30));
+    }
 }

@@ -54,8 +54,12 @@ impl TriggerConfig {
             }
             None => None,
         };
-        // Unknown keys are only meaningful once the type is known.
-        if config.is_some() {
+        // Unknown keys are only meaningful once the type is known; then
+        // they are worth reporting with the other problems.
+        if matches!(
+            kind.as_deref(),
+            Some("storage" | "topic" | "http" | "schedule")
+        ) {
             table.finish();
         }
         config
