@@ -255,7 +255,7 @@ fn parse_at(text: &str, zone: &TimeZone) -> Result<When, String> {
         return Ok(When::At(at));
     }
     let local: jiff::civil::DateTime = text.parse().map_err(|_| {
-        format!("not a time; write \"2027-01-01T00:00:00Z\", with an offset, or without one to read it in timezone")
+        "not a time; write \"2027-01-01T00:00:00Z\", with an offset, or without one to read it in timezone".to_owned()
     })?;
     let ambiguous = zone.to_ambiguous_zoned(local);
     if let AmbiguousOffset::Gap { .. } = ambiguous.offset() {
@@ -467,9 +467,10 @@ impl ScheduleTrigger {
                     tracing::warn!(%pipeline, "{missed}{more} ticks fell due while runnel was stopped; running the latest {} (source.catch_up_limit = {limit}), skipping {}{more}", plan.catch_up.len(), plan.dropped)
                 }
             }
-            metrics::counter!(crate::metrics::SCHEDULE_TICKS_SKIPPED, "pipeline" => pipeline.clone())
-                .increment(plan.dropped as u64);
         }
+        // Exported from the start, at zero when nothing was missed.
+        metrics::counter!(crate::metrics::SCHEDULE_TICKS_SKIPPED, "pipeline" => pipeline.clone())
+            .increment(plan.dropped as u64);
         self.backlog
             .extend(plan.redeliver.into_iter().map(|t| (t, false)));
         self.backlog
