@@ -471,6 +471,9 @@ impl ScheduleTrigger {
         // Exported from the start, at zero when nothing was missed.
         metrics::counter!(crate::metrics::SCHEDULE_TICKS_SKIPPED, "pipeline" => pipeline.clone())
             .increment(plan.dropped as u64);
+        if plan.catch_up.is_empty() && self.config.next_after(plan.cursor).is_none() {
+            tracing::warn!(%pipeline, schedule = %self.config.describe(), "the schedule has no tick left to fire");
+        }
         self.backlog
             .extend(plan.redeliver.into_iter().map(|t| (t, false)));
         self.backlog
