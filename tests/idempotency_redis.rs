@@ -14,19 +14,24 @@ const WAIT_LONG: Duration = Duration::from_secs(90);
 use runnel::idempotency::redis::RedisIdempotency;
 use runnel::idempotency::{Completion, IdempotencyStore};
 
+/// A Redis started under `dir`, and two stores on it (two processes' view)
+/// with a TTL of one second.
+async fn two_stores(
+    dir: &std::path::Path,
+) -> (services::Service, RedisIdempotency, RedisIdempotency) {
+    let redis = services::redis(dir);
+    let url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let store = || RedisIdempotency::connect(&url, "t:", Duration::from_secs(1), None);
+    let (a, b) = (store().await.unwrap(), store().await.unwrap());
+    (redis, a, b)
+}
+
 /// Two stores on one Redis (two processes) see each other's completions,
 /// and completions expire after the TTL.
 #[tokio::test(flavor = "multi_thread")]
 async fn completions_are_shared_and_expire() {
     let dir = tempfile::tempdir().unwrap();
-    let redis = services::redis(dir.path());
-    let url = format!("redis://127.0.0.1:{}/0", redis.port);
-    let a = RedisIdempotency::connect(&url, "t:", Duration::from_secs(1), None)
-        .await
-        .unwrap();
-    let b = RedisIdempotency::connect(&url, "t:", Duration::from_secs(1), None)
-        .await
-        .unwrap();
+    let (_redis, a, b) = two_stores(dir.path()).await;
     assert_eq!(b.completion("p", "k").await.unwrap(), None);
     a.complete("p", "k", Completion::DeadLettered)
         .await
@@ -59,14 +64,7 @@ async fn completions_are_shared_and_expire() {
 #[tokio::test(flavor = "multi_thread")]
 async fn marks_are_shared_and_only_move_forward() {
     let dir = tempfile::tempdir().unwrap();
-    let redis = services::redis(dir.path());
-    let url = format!("redis://127.0.0.1:{}/0", redis.port);
-    let a = RedisIdempotency::connect(&url, "t:", Duration::from_secs(1), None)
-        .await
-        .unwrap();
-    let b = RedisIdempotency::connect(&url, "t:", Duration::from_secs(1), None)
-        .await
-        .unwrap();
+    let (_redis, a, b) = two_stores(dir.path()).await;
     assert_eq!(a.mark("p", "m").await.unwrap(), None);
     a.advance_mark("p", "m", 1_764_000_000_000).await.unwrap();
     b.advance_mark("p", "m", 1_763_000_000_000).await.unwrap();
