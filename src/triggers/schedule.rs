@@ -538,9 +538,9 @@ impl Pull for ScheduleTrigger {
         }
         let cursor = self.cursor.unwrap_or_else(Timestamp::now);
         let Some(tick) = self.config.next_after(cursor) else {
-            // An `at` that has fired: nothing more, ever.
-            std::future::pending::<()>().await;
-            unreachable!()
+            // An `at` that has fired: nothing more, ever (the driver stops
+            // waiting on shutdown).
+            return std::future::pending().await;
         };
         let jitter = if self.config.jitter.is_zero() {
             Duration::ZERO
