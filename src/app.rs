@@ -297,6 +297,8 @@ impl Process {
             store: opened.backends.store.clone(),
             broker: opened.backends.broker.clone(),
             idempotency: opened.idempotency.clone(),
+            databases: Arc::new(config.databases.clone()),
+            sources: Default::default(),
         };
         let health = crate::health::Health::start(checked.clone(), shutdown.clone()).await;
         if !health.is_healthy() {

@@ -16,6 +16,8 @@ pub const OBJECT_CREATED: &str = "runnel.object.created";
 pub const MESSAGE: &str = "runnel.message";
 /// The `type` of a schedule's tick.
 pub const SCHEDULE_TICK: &str = "runnel.schedule.tick";
+/// A row a database committed, as a Debezium change event.
+pub const DATABASE_CHANGE: &str = "runnel.database.change";
 
 /// One unit of work for a pipeline.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -27,6 +27,7 @@ pub type Report = BTreeMap<&'static str, Option<String>>;
 
 pub struct Health {
     report: RwLock<Report>,
+    sources: Arc<SourceProblems>,
     /// True while every backend answers.
     healthy: watch::Sender<bool>,
 }
@@ -38,6 +39,31 @@ pub struct Backends {
     pub store: Arc<dyn ObjectStore>,
     pub broker: Arc<dyn Broker>,
     pub idempotency: Arc<dyn IdempotencyStore>,
+    /// The runtime config's `[databases]`, which database sources read.
+    pub databases: Arc<BTreeMap<String, crate::config::runtime::DatabaseConfig>>,
+    /// What sources report about themselves.
+    pub sources: Arc<SourceProblems>,
+}
+
+/// Problems pulled sources report about themselves (a database they cannot
+/// read, a lost replication slot): they fail `/readyz` until cleared,
+/// without holding other pipelines' events as a backend outage does.
+#[derive(Default)]
+pub struct SourceProblems(RwLock<BTreeMap<String, String>>);
+
+impl SourceProblems {
+    /// Sets (or with `None` clears) `pipeline`'s problem.
+    pub fn set(&self, pipeline: &str, problem: Option<String>) {
+        let mut problems = self.0.write().unwrap_or_else(|e| e.into_inner());
+        match problem {
+            Some(problem) => problems.insert(pipeline.to_owned(), problem),
+            None => problems.remove(pipeline),
+        };
+    }
+
+    pub fn all(&self) -> BTreeMap<String, String> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 impl Health {
@@ -45,13 +71,18 @@ impl Health {
     pub fn unchecked() -> Arc<Self> {
         Arc::new(Self {
             report: RwLock::default(),
+            sources: Arc::default(),
             healthy: watch::Sender::new(true),
         })
     }
 
     /// Checks the backends once, then keeps checking until `stop`.
     pub async fn start(backends: Backends, stop: CancellationToken) -> Arc<Self> {
-        let health = Self::unchecked();
+        let health = Arc::new(Self {
+            report: RwLock::default(),
+            sources: backends.sources.clone(),
+            healthy: watch::Sender::new(true),
+        });
         health.check(&backends).await;
         let this = health.clone();
         tokio::spawn(async move {
@@ -111,6 +142,11 @@ impl Health {
 
     pub fn is_healthy(&self) -> bool {
         *self.healthy.borrow()
+    }
+
+    /// What sources report about themselves, by pipeline.
+    pub fn source_problems(&self) -> BTreeMap<String, String> {
+        self.sources.all()
     }
 
     pub fn report(&self) -> Report {

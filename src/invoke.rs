@@ -175,7 +175,10 @@ pub fn read_event(
     let bucket = match target {
         Target::Pipeline(p) => match &p.source {
             TriggerConfig::Storage(s) => Some(s.bucket.clone()),
-            TriggerConfig::Topic(_) | TriggerConfig::Http(_) | TriggerConfig::Schedule(_) => None,
+            TriggerConfig::Topic(_)
+            | TriggerConfig::Http(_)
+            | TriggerConfig::Schedule(_)
+            | TriggerConfig::Database(_) => None,
         },
         Target::Function(_) => None,
     };

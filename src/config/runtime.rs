@@ -2,7 +2,6 @@
 //! the limits of this process. Every field is optional; the defaults run
 //! everything embedded under `data_dir`.
 
-#[cfg(feature = "s3")]
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,6 +26,8 @@ pub struct RuntimeConfig {
     pub storage: StorageConfig,
     pub broker: BrokerConfig,
     pub idempotency: IdempotencyConfig,
+    /// `[databases.<name>]`: the databases that `database` sources name.
+    pub databases: BTreeMap<String, DatabaseConfig>,
     pub functions: FunctionsConfig,
     /// How long a stopping process waits for events in flight (default 30s).
     pub shutdown_grace: Duration,
@@ -91,6 +92,119 @@ pub enum IdempotencyConfig {
     },
 }
 
+/// A PostgreSQL database, from `url = "postgres://user:password@host:port/dbname"`
+/// (libpq's URL form; `?host=/run/postgresql` for a Unix socket directory).
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub dbname: String,
+    /// `tls`, or the URL's `sslmode` (default `prefer`).
+    pub tls: DatabaseTls,
+    /// `ca_file`, or the URL's `sslrootcert`: the CA that signs the
+    /// server's certificate (default: the bundled web roots).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// libpq's `sslmode`s, which every PostgreSQL user knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatabaseTls {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl DatabaseTls {
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "disable" => Self::Disable,
+            "prefer" => Self::Prefer,
+            "require" => Self::Require,
+            "verify-ca" => Self::VerifyCa,
+            "verify-full" => Self::VerifyFull,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    /// Everything but the password, which comes from a secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("dbname", &self.dbname)
+            .field("tls", &self.tls)
+            .field("ca_file", &self.ca_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DatabaseConfig {
+    /// `user@host:port/dbname`, for logs and errors.
+    pub fn describe(&self) -> String {
+        format!("{}@{}:{}/{}", self.user, self.host, self.port, self.dbname)
+    }
+
+    /// Parses a `postgres://` URL; the error says what is wrong with it.
+    pub fn from_url(text: &str) -> Result<Self, String> {
+        let url = url::Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            return Err(format!(
+                "scheme {:?}; expected \"postgres://user:password@host:port/dbname\"",
+                url.scheme()
+            ));
+        }
+        let decode = |s: &str| {
+            url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        let mut config = Self {
+            host: url.host_str().unwrap_or("localhost").to_owned(),
+            port: url.port().unwrap_or(5432),
+            user: match url.username() {
+                "" => "postgres".to_owned(),
+                user => decode(user),
+            },
+            password: url.password().map(decode).unwrap_or_default(),
+            dbname: match url.path().trim_start_matches('/') {
+                "" => "postgres".to_owned(),
+                name => decode(name),
+            },
+            tls: DatabaseTls::Prefer,
+            ca_file: None,
+        };
+        for (key, value) in url.query_pairs() {
+            match &*key {
+                "sslmode" => {
+                    config.tls = DatabaseTls::parse(&value).ok_or_else(|| {
+                        format!("sslmode {value:?}; expected disable, prefer, require, verify-ca or verify-full")
+                    })?
+                }
+                "sslrootcert" => config.ca_file = Some(PathBuf::from(&*value)),
+                "host" => config.host = value.into_owned(),
+                "user" => config.user = value.into_owned(),
+                "password" => config.password = value.into_owned(),
+                "dbname" => config.dbname = value.into_owned(),
+                "port" => {
+                    config.port = value
+                        .parse()
+                        .map_err(|_| format!("port {value:?} is not a number"))?
+                }
+                other => return Err(format!("unknown URL parameter {other:?}; runnel takes sslmode, sslrootcert, host, port, user, password and dbname")),
+            }
+        }
+        Ok(config)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct FunctionsConfig {
     /// Use wasmtime's pooling allocator (default true).
@@ -135,6 +249,7 @@ impl RuntimeConfig {
                 path: data_dir.join("idempotency.db"),
                 ttl: Duration::from_secs(7 * 86400),
             },
+            databases: BTreeMap::new(),
             functions: FunctionsConfig {
                 pooling: true,
                 cache: true,
@@ -233,6 +348,19 @@ fn read(root: Table<'_, '_>, file: &Path, data_dir: Option<&Path>) -> RuntimeCon
     }
     if let Some(t) = root.table("idempotency") {
         read_idempotency(&t, &mut config.idempotency, &path);
+        t.finish();
+    }
+    if let Some(t) = root.table("databases") {
+        for (name, field) in t.entries() {
+            let Some(db) = field.table() else { continue };
+            if !crate::config::pipeline::is_valid_name(&name) {
+                db.error("name a database with 1-64 letters, digits, '-' or '_'");
+            }
+            if let Some(database) = read_database(&db, &path) {
+                config.databases.insert(name, database);
+            }
+            db.finish();
+        }
         t.finish();
     }
     if let Some(t) = root.table("functions") {
@@ -362,6 +490,35 @@ fn read_s3(t: &Table<'_, '_>, data_dir: &Path) -> Option<crate::storage::s3::S3C
         multipart_threshold: t.size("multipart_threshold").unwrap_or(16 << 20),
         events: events?,
     };
+    Some(config)
+}
+
+fn read_database(
+    t: &Table<'_, '_>,
+    path: &dyn Fn(&Table<'_, '_>, &str) -> Option<PathBuf>,
+) -> Option<DatabaseConfig> {
+    let field = t.required("url")?;
+    let text = field.string()?;
+    let mut config = match DatabaseConfig::from_url(&text) {
+        Ok(config) => config,
+        Err(problem) => {
+            field.error(format!("database url: {problem}"));
+            return None;
+        }
+    };
+    if let Some(field) = t.get("tls")
+        && let Some(text) = field.string()
+    {
+        match DatabaseTls::parse(&text) {
+            Some(tls) => config.tls = tls,
+            None => field.error(format!(
+                "unknown tls {text:?}; expected \"disable\", \"prefer\", \"require\", \"verify-ca\" or \"verify-full\""
+            )),
+        }
+    }
+    if let Some(ca) = path(t, "ca_file") {
+        config.ca_file = Some(ca);
+    }
     Some(config)
 }
 

@@ -171,6 +171,8 @@ impl Setup {
             store: self.backends.store.clone(),
             broker: self.backends.broker.clone(),
             idempotency: self.idempotency.clone(),
+            databases: Default::default(),
+            sources: Default::default(),
         }
     }
 

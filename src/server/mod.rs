@@ -159,17 +159,22 @@ async fn livez() -> Response {
     axum::Json(json!({ "status": "ok" })).into_response()
 }
 
-/// 200 while every backend answers, 503 with what does not otherwise.
+/// 200 while every backend answers and no source reports a problem, 503
+/// with what does not otherwise (a source as `source:<pipeline>`).
 async fn healthz(State(state): State<ApiState>) -> Response {
     let report = state.health.report();
-    let checks: serde_json::Map<_, _> = report
+    let mut checks: serde_json::Map<_, _> = report
         .iter()
         .map(|(backend, problem)| {
             let value = problem.as_deref().unwrap_or("ok");
             (backend.to_string(), json!(value))
         })
         .collect();
-    let healthy = state.health.is_healthy();
+    let sources = state.health.source_problems();
+    for (pipeline, problem) in &sources {
+        checks.insert(format!("source:{pipeline}"), json!(problem));
+    }
+    let healthy = state.health.is_healthy() && sources.is_empty();
     let status = if healthy {
         StatusCode::OK
     } else {

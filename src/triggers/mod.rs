@@ -8,6 +8,7 @@
 //! file here and one variant of [`TriggerConfig`]; every `match` on it says
 //! what else the kind must decide.
 
+pub mod database;
 pub mod http;
 pub mod key;
 pub mod schedule;
@@ -34,6 +35,8 @@ pub enum TriggerConfig {
     Http(http::HttpTriggerConfig),
     /// The ticks of a clock.
     Schedule(schedule::ScheduleTriggerConfig),
+    /// The rows a PostgreSQL database commits.
+    Database(database::DatabaseTriggerConfig),
 }
 
 impl TriggerConfig {
@@ -44,10 +47,11 @@ impl TriggerConfig {
             Some("topic") => TopicTriggerConfig::read(&table).map(Self::Topic),
             Some("http") => http::HttpTriggerConfig::read(&table).map(Self::Http),
             Some("schedule") => schedule::ScheduleTriggerConfig::read(&table).map(Self::Schedule),
+            Some("database") => database::DatabaseTriggerConfig::read(&table).map(Self::Database),
             Some(other) => {
                 if let Some(field) = table.get("type") {
                     field.error(format!(
-                        "unknown source type {other:?}; expected \"storage\", \"topic\", \"http\" or \"schedule\""
+                        "unknown source type {other:?}; expected \"storage\", \"topic\", \"http\", \"schedule\" or \"database\""
                     ));
                 }
                 None
@@ -58,7 +62,7 @@ impl TriggerConfig {
         // they are worth reporting with the other problems.
         if matches!(
             kind.as_deref(),
-            Some("storage" | "topic" | "http" | "schedule")
+            Some("storage" | "topic" | "http" | "schedule" | "database")
         ) {
             table.finish();
         }
@@ -97,7 +101,7 @@ impl TriggerConfig {
     pub fn bucket(&self) -> Option<&str> {
         match self {
             Self::Storage(config) => Some(&config.bucket),
-            Self::Topic(_) | Self::Http(_) | Self::Schedule(_) => None,
+            Self::Topic(_) | Self::Http(_) | Self::Schedule(_) | Self::Database(_) => None,
         }
     }
 
@@ -121,6 +125,9 @@ impl TriggerConfig {
                 pipeline,
                 backends.idempotency.clone(),
             ))),
+            Self::Database(config) => {
+                Trigger::Pulled(Box::new(database::open(config, pipeline, backends)?))
+            }
             Self::Http(config) => match config.mode {
                 http::Mode::Sync => Trigger::Routes(config.clone()),
                 http::Mode::Async => {
