@@ -59,5 +59,9 @@ if ! command -v redis-server >/dev/null; then
   step "installing redis-server (the shared idempotency store's tests)"
   apt-get update -qq && apt-get install -y -qq redis-server
 fi
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v psql >/dev/null; then
+  step "installing postgresql (the database trigger's tests start their own servers)"
+  apt-get update -qq && apt-get install -y -qq postgresql
+fi
 export PATH="$HOME/.cargo/bin:$PATH"
 

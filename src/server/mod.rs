@@ -113,7 +113,7 @@ pub fn router(state: ApiState) -> Router {
         // For orchestrators: liveness must not follow the backends, or a
         // broker outage restarts every instance; readiness does.
         .route("/livez", get(livez))
-        .route("/readyz", get(healthz))
+        .route("/readyz", get(readyz))
         .fallback(functions)
         // Uploads and webhooks read their bodies themselves, with their own
         // limits; this bounds any extractor added later.
@@ -159,9 +159,18 @@ async fn livez() -> Response {
     axum::Json(json!({ "status": "ok" })).into_response()
 }
 
-/// 200 while every backend answers and no source reports a problem, 503
-/// with what does not otherwise (a source as `source:<pipeline>`).
+/// 200 while every backend answers, 503 with what does not otherwise.
 async fn healthz(State(state): State<ApiState>) -> Response {
+    checks(&state, false)
+}
+
+/// Like `/healthz`, and also 503 while a source reports a problem (a
+/// database it cannot read, a lost replication slot), as `source:<pipeline>`.
+async fn readyz(State(state): State<ApiState>) -> Response {
+    checks(&state, true)
+}
+
+fn checks(state: &ApiState, with_sources: bool) -> Response {
     let report = state.health.report();
     let mut checks: serde_json::Map<_, _> = report
         .iter()
@@ -170,7 +179,11 @@ async fn healthz(State(state): State<ApiState>) -> Response {
             (backend.to_string(), json!(value))
         })
         .collect();
-    let sources = state.health.source_problems();
+    let sources = if with_sources {
+        state.health.source_problems()
+    } else {
+        Default::default()
+    };
     for (pipeline, problem) in &sources {
         checks.insert(format!("source:{pipeline}"), json!(problem));
     }

@@ -346,3 +346,174 @@ pub fn notified_keys(webhook: &super::WebhookReceiver) -> Vec<(String, String)> 
         })
         .collect()
 }
+
+/// A PostgreSQL server from Debian's packages, with `wal_level = logical`,
+/// trusting loopback, its data under `dir`; restartable on the same port.
+/// As root (CI), it runs as the `postgres` user the package creates.
+pub struct Postgres {
+    service: Option<Service>,
+    data: PathBuf,
+    pub port: u16,
+}
+
+impl Postgres {
+    pub fn start(dir: &std::path::Path) -> Self {
+        let data = dir.join("pgdata");
+        std::fs::create_dir_all(dir).unwrap();
+        let owner = postgres_owner();
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid)).unwrap();
+        }
+        let init = Command::new(pg_bin("initdb"))
+            .args(["-D", data.to_str().unwrap(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .current_dir(dir)
+            .as_owner(owner)
+            .output()
+            .expect("initdb runs");
+        assert!(
+            init.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let mut postgres = Self {
+            service: None,
+            data,
+            port: free_port(),
+        };
+        postgres.spawn();
+        postgres
+    }
+
+    fn spawn(&mut self) {
+        let dir = self.data.parent().unwrap();
+        let log = dir.join("postgres.log");
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let mut child = Command::new(pg_bin("postgres"))
+            .args(["-D", self.data.to_str().unwrap(), "-p", &self.port.to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args(["-c", &format!("unix_socket_directories={}", dir.display())])
+            .args(["-c", "wal_level=logical", "-c", "max_replication_slots=16", "-c", "max_wal_senders=16"])
+            .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+            .current_dir(dir)
+            .as_owner(postgres_owner())
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("postgres starts");
+        wait_for_port(self.port, "postgres", &mut child, &log);
+        // Listening comes before accepting connections.
+        let started = Instant::now();
+        while !self.try_sql("SELECT 1").is_ok_and(|out| out == "1") {
+            assert!(started.elapsed() < Duration::from_secs(60), "postgres does not answer");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.service = Some(Service {
+            child: Some(child),
+            port: self.port,
+        });
+    }
+
+    /// Stops the server (a fast shutdown) and starts it again.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut service) = self.service.take() {
+            service.stop();
+        }
+    }
+
+    /// The runtime config's `[databases.<name>]` for this server.
+    pub fn database_toml(&self, name: &str) -> String {
+        format!(
+            "[databases.{name}]\nurl = \"postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable\"\n",
+            self.port
+        )
+    }
+
+    /// Runs `sql` with psql; returns its unaligned output.
+    pub fn sql(&self, sql: &str) -> String {
+        self.try_sql(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    pub fn try_sql(&self, sql: &str) -> Result<String, String> {
+        let out = Command::new(find("psql"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres"])
+            .args(["-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Where the slot's confirmed position is, as a number.
+    pub fn confirmed(&self, slot: &str) -> u64 {
+        let text = self.sql(&format!(
+            "SELECT COALESCE(confirmed_flush_lsn - '0/0', 0) FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        ));
+        text.parse().unwrap_or(0)
+    }
+
+    /// The server's current WAL position, as a number.
+    pub fn wal_position(&self) -> u64 {
+        self.sql("SELECT pg_current_wal_lsn() - '0/0'").parse().unwrap()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A PostgreSQL program: on PATH, else the newest Debian package's.
+fn pg_bin(program: &str) -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dir| dir.flatten().map(|e| e.path().join("bin").join(program)).collect())
+        .unwrap_or_default();
+    versions.sort();
+    versions
+        .pop()
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| find(program))
+}
+
+/// The `postgres` user's ids, when running as root (which PostgreSQL refuses).
+fn postgres_owner() -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        return None;
+    }
+    let id = |flag: &str| {
+        let out = Command::new("id").args([flag, "postgres"]).output().ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    };
+    Some((
+        id("-u").expect("the postgres user exists (Debian's postgresql package makes it)"),
+        id("-g").expect("the postgres group exists"),
+    ))
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+trait AsOwner {
+    fn as_owner(&mut self, owner: Option<(u32, u32)>) -> &mut Self;
+}
+
+impl AsOwner for Command {
+    fn as_owner(&mut self, owner: Option<(u32, u32)>) -> &mut Self {
+        use std::os::unix::process::CommandExt;
+        if let Some((uid, gid)) = owner {
+            self.uid(uid).gid(gid);
+        }
+        self
+    }
+}

@@ -38,11 +38,25 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// The mode the event asks for, else the configured one, else echo.
+    /// The mode the event asks for (data `mode:<name>`, or `probe-mode=<name>`
+    /// anywhere in it, as in a database row's column), else the configured
+    /// one, else echo.
     pub fn select(data: &[u8], configured: Option<&str>) -> Result<Mode, String> {
-        let name = match data.strip_prefix(b"mode:") {
-            Some(rest) => String::from_utf8_lossy(rest).trim().to_owned(),
-            None => configured.unwrap_or("echo").trim().to_owned(),
+        let inline = data
+            .windows(11)
+            .position(|w| w == b"probe-mode=")
+            .map(|at| {
+                let rest = &data[at + 11..];
+                let end = rest
+                    .iter()
+                    .position(|b| !b.is_ascii_alphabetic())
+                    .unwrap_or(rest.len());
+                String::from_utf8_lossy(&rest[..end]).into_owned()
+            });
+        let name = match (data.strip_prefix(b"mode:"), inline) {
+            (Some(rest), _) => String::from_utf8_lossy(rest).trim().to_owned(),
+            (None, Some(name)) => name,
+            (None, None) => configured.unwrap_or("echo").trim().to_owned(),
         };
         Mode::parse(&name).ok_or_else(|| format!("probe: unknown mode `{name}`"))
     }
