@@ -109,7 +109,7 @@ pub struct Message {
 }
 
 /// Where a record sits in a partitioned log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Position {
     pub partition: u32,
     pub offset: u64,

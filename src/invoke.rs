@@ -14,12 +14,14 @@ use serde::Deserialize;
 
 use crate::config::pipeline::PipelineConfig;
 use crate::config::runtime::RuntimeConfig;
-use crate::event::{Event, MESSAGE, ObjectCreated};
+use crate::event::{Consumed, Event, MESSAGE, Message, ObjectCreated, Position};
 use crate::runtime::{
     Context, FunctionConfig, FunctionLocation, LogLabel, Runtime, RuntimeSettings,
 };
 use crate::triggers::TriggerConfig;
+use crate::triggers::database::debezium;
 use crate::triggers::http::{HttpTriggerConfig, Mode};
+use crate::triggers::topic::Format;
 
 /// An event written by hand: every field optional.
 #[derive(Deserialize, Default)]
@@ -172,6 +174,20 @@ pub fn read_event(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    if takes_debezium(target) {
+        let consumed = Consumed {
+            topic: format!("invoke:{name}"),
+            position: Position::default(),
+            message: Message {
+                key: None,
+                headers: Vec::new(),
+                payload: Bytes::from(bytes),
+            },
+        };
+        return debezium::decode(consumed)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+            .with_context(|| format!("{} is empty: a tombstone, no event", file.display()));
+    }
     let bucket = match target {
         Target::Pipeline(p) => match &p.source {
             TriggerConfig::Storage(s) => Some(s.bucket.clone()),
@@ -207,6 +223,21 @@ pub fn read_event(
             idempotency_key: format!("invoke:{name}"),
         },
     })
+}
+
+/// Whether the pipeline's events are Debezium change events, so that a
+/// file holding one (as Debezium writes it) is read as its event.
+fn takes_debezium(target: &Target) -> bool {
+    match target {
+        Target::Pipeline(p) => match &p.source {
+            TriggerConfig::Database(_) => true,
+            TriggerConfig::Topic(topic) => topic.format == Format::Debezium,
+            TriggerConfig::Storage(_) | TriggerConfig::Http(_) | TriggerConfig::Schedule(_) => {
+                false
+            }
+        },
+        Target::Function(_) => false,
+    }
 }
 
 fn from_event_file(hand: EventFile, file: &Path) -> anyhow::Result<Event> {

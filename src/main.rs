@@ -194,7 +194,11 @@ fn with_pipelines(
     paths: &[PathBuf],
 ) -> Option<(RuntimeConfig, Vec<runnel::config::pipeline::PipelineConfig>)> {
     match (runtime, config::load_pipelines(paths, &config::process_env)) {
-        (Ok(r), Ok(p)) => Some((r, p)),
+        (Ok(r), Ok(p)) if config::unbound_names(&r, &p).is_empty() => Some((r, p)),
+        (Ok(r), Ok(p)) => {
+            print_diagnostics(&config::unbound_names(&r, &p));
+            None
+        }
         (r, p) => {
             let mut problems = r.err().unwrap_or_default();
             problems.extend(p.err().unwrap_or_default());
@@ -208,8 +212,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = runtime_config(&cli);
     match cli.command {
         Command::Validate { ref paths } => {
-            let mut problems = runtime.err().unwrap_or_default();
             let pipelines = config::load_pipelines(paths, &config::process_env);
+            let unbound = match (&runtime, &pipelines) {
+                (Ok(runtime), Ok(pipelines)) => config::unbound_names(runtime, pipelines),
+                _ => Vec::new(),
+            };
+            let mut problems = runtime.err().unwrap_or_default();
+            problems.extend(unbound);
             match pipelines {
                 Ok(pipelines) if problems.is_empty() => {
                     for p in &pipelines {

@@ -132,7 +132,7 @@ fn describe() {
     );
     describe_gauge!(
         SOURCE_LAG,
-        "Kafka: messages between the group's committed offset and the end of each assigned partition."
+        "Kafka: messages between the group's committed offset and the end of each assigned partition; database: bytes of WAL between the slot's confirmed position and the server's latest."
     );
     describe_gauge!(
         BACKEND_UP,

@@ -30,6 +30,32 @@ fn shipped_pipelines_are_valid() {
     assert!(stdout.contains("pipeline heartbeat ok"), "{stdout}");
 }
 
+/// The database pipelines shipped in `pipelines/postgres/` are valid once
+/// the runtime config binds the database they name.
+#[test]
+fn shipped_database_pipelines_are_valid_with_their_database_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("runnel.toml");
+    std::fs::write(
+        &config,
+        "[databases.main]\nurl = \"postgres://runnel@127.0.0.1:5432/shop\"\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .arg("validate")
+        .arg("--config")
+        .arg(&config)
+        .arg("pipelines/postgres")
+        .current_dir(harness::repo())
+        .env_remove("ORDER_WEBHOOK_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(output.status.success(), "{stderr}");
+    assert!(stdout.contains("pipeline order-changed ok"), "{stdout}");
+}
+
 /// Each broken fixture reports exactly its `.expected` lines, exit code 1.
 #[test]
 fn broken_pipelines_report_every_problem_with_its_location() {

@@ -130,3 +130,34 @@ pub fn load_pipelines(
         Err(problems)
     }
 }
+
+/// What the pipelines name that the runtime config must bind and does
+/// not: a database source's `database`.
+pub fn unbound_names(
+    runtime: &runtime::RuntimeConfig,
+    pipelines: &[PipelineConfig],
+) -> Vec<Diagnostic> {
+    pipelines
+        .iter()
+        .filter_map(|p| match &p.source {
+            crate::triggers::TriggerConfig::Database(source)
+                if !runtime.databases.contains_key(&source.database) =>
+            {
+                let known: Vec<&str> = runtime.databases.keys().map(String::as_str).collect();
+                Some(Diagnostic {
+                    file: p.file.clone(),
+                    line: 1,
+                    column: 1,
+                    path: "source.database".to_owned(),
+                    message: format!(
+                        "database {:?} is not in the runtime config (it has {}): add [databases.{}] url = \"postgres://…\" to runnel.toml",
+                        source.database,
+                        if known.is_empty() { "none".to_owned() } else { known.join(", ") },
+                        source.database
+                    ),
+                })
+            }
+            _ => None,
+        })
+        .collect()
+}

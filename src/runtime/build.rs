@@ -129,6 +129,13 @@ fn ensure_target(crate_dir: &Path, cargo: &Path, display: &str) -> Result<(), Bu
             "rustup is not on PATH to add it; install the target with your toolchain's installer (with rustup: `rustup target add {TARGET}`)"
         )));
     };
+    // Processes starting at once (tests, a supervisor's replicas) take
+    // turns: two rustups adding one component collide and both fail.
+    let lock = std::fs::File::create(std::env::temp_dir().join("runnel-rustup-target.lock"))
+        .and_then(|file| file.lock().map(|()| file));
+    if has_target(&sysroot) {
+        return Ok(()); // another process added it while this one waited
+    }
     // rustup names a toolchain by its directory under `toolchains/`.
     let toolchain = sysroot
         .parent()
@@ -148,6 +155,7 @@ fn ensure_target(crate_dir: &Path, cargo: &Path, display: &str) -> Result<(), Bu
         crate_dir: display.to_owned(),
         source,
     })?;
+    drop(lock);
     if !status.success() || !has_target(&sysroot) {
         return Err(missing(format!(
             "`rustup target add {TARGET}` failed ({status}); its messages are above"

@@ -365,7 +365,16 @@ impl Postgres {
             std::os::unix::fs::chown(dir, Some(uid), Some(gid)).unwrap();
         }
         let init = Command::new(pg_bin("initdb"))
-            .args(["-D", data.to_str().unwrap(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .args([
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ])
             .current_dir(dir)
             .as_owner(owner)
             .output()
@@ -387,12 +396,28 @@ impl Postgres {
     fn spawn(&mut self) {
         let dir = self.data.parent().unwrap();
         let log = dir.join("postgres.log");
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let mut child = Command::new(pg_bin("postgres"))
-            .args(["-D", self.data.to_str().unwrap(), "-p", &self.port.to_string()])
+            .args([
+                "-D",
+                self.data.to_str().unwrap(),
+                "-p",
+                &self.port.to_string(),
+            ])
             .args(["-c", "listen_addresses=127.0.0.1"])
             .args(["-c", &format!("unix_socket_directories={}", dir.display())])
-            .args(["-c", "wal_level=logical", "-c", "max_replication_slots=16", "-c", "max_wal_senders=16"])
+            .args([
+                "-c",
+                "wal_level=logical",
+                "-c",
+                "max_replication_slots=16",
+                "-c",
+                "max_wal_senders=16",
+            ])
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
             .current_dir(dir)
             .as_owner(postgres_owner())
@@ -404,7 +429,10 @@ impl Postgres {
         // Listening comes before accepting connections.
         let started = Instant::now();
         while !self.try_sql("SELECT 1").is_ok_and(|out| out == "1") {
-            assert!(started.elapsed() < Duration::from_secs(60), "postgres does not answer");
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "postgres does not answer"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         self.service = Some(Service {
@@ -440,7 +468,16 @@ impl Postgres {
 
     pub fn try_sql(&self, sql: &str) -> Result<String, String> {
         let out = Command::new(find("psql"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
             .args(["-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql])
             .output()
             .map_err(|e| e.to_string())?;
@@ -461,7 +498,9 @@ impl Postgres {
 
     /// The server's current WAL position, as a number.
     pub fn wal_position(&self) -> u64 {
-        self.sql("SELECT pg_current_wal_lsn() - '0/0'").parse().unwrap()
+        self.sql("SELECT pg_current_wal_lsn() - '0/0'")
+            .parse()
+            .unwrap()
     }
 }
 
@@ -474,7 +513,11 @@ impl Drop for Postgres {
 /// A PostgreSQL program: on PATH, else the newest Debian package's.
 fn pg_bin(program: &str) -> PathBuf {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|dir| dir.flatten().map(|e| e.path().join("bin").join(program)).collect())
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.path().join("bin").join(program))
+                .collect()
+        })
         .unwrap_or_default();
     versions.sort();
     versions

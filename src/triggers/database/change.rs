@@ -2,6 +2,8 @@
 //! `ts_ms` and `source`, so a function written for Debezium's PostgreSQL
 //! connector reads runnel's unchanged.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Map, Value as Json, json};
 
 use super::pgoutput::{Column, Old, Relation, Value};
@@ -157,6 +159,45 @@ pub struct Source<'a> {
     pub lsn: u64,
     pub commit_lsn: u64,
     pub commit_ms: i64,
+}
+
+/// PostgreSQL's text form of a log position: `16/B374D848`.
+pub fn lsn_text(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn as u32)
+}
+
+/// What a change event's attributes say, whichever way it came (from
+/// the slot, or from Debezium through a topic): the same names, so one
+/// function serves both.
+pub struct Attributes<'a> {
+    pub database: &'a str,
+    pub schema: &'a str,
+    pub table: &'a str,
+    pub op: &'a str,
+    pub lsn: Option<u64>,
+    pub tx_id: Option<u64>,
+    pub unavailable: &'a [String],
+}
+
+impl Attributes<'_> {
+    pub fn into_map(self) -> BTreeMap<String, String> {
+        let mut attributes = BTreeMap::from([
+            ("database".to_owned(), self.database.to_owned()),
+            ("schema".to_owned(), self.schema.to_owned()),
+            ("table".to_owned(), self.table.to_owned()),
+            ("op".to_owned(), self.op.to_owned()),
+        ]);
+        if let Some(lsn) = self.lsn {
+            attributes.insert("lsn".to_owned(), lsn_text(lsn));
+        }
+        if let Some(tx_id) = self.tx_id {
+            attributes.insert("tx_id".to_owned(), tx_id.to_string());
+        }
+        if !self.unavailable.is_empty() {
+            attributes.insert("unavailable_columns".to_owned(), self.unavailable.join(","));
+        }
+        attributes
+    }
 }
 
 /// The Debezium change event's payload.

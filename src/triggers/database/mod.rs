@@ -11,6 +11,7 @@
 //! same idempotency keys (the commit's position and the row's place in it).
 
 pub mod change;
+pub mod debezium;
 pub mod pgoutput;
 #[cfg(feature = "postgres")]
 mod stream;

@@ -538,21 +538,17 @@ impl Stream {
             },
         );
         let subject = serde_json::Value::Object(change.key.clone()).to_string();
-        let mut attributes = BTreeMap::from([
-            ("database".to_owned(), self.config.database.clone()),
-            ("schema".to_owned(), relation.schema.clone()),
-            ("table".to_owned(), relation.table.clone()),
-            ("op".to_owned(), change.op.code().to_owned()),
-            ("lsn".to_owned(), Lsn(lsn).to_string()),
-            ("commit_lsn".to_owned(), Lsn(tx.commit_lsn).to_string()),
-            ("tx_id".to_owned(), tx.xid.to_string()),
-        ]);
-        if !change.unavailable.is_empty() {
-            attributes.insert(
-                "unavailable_columns".to_owned(),
-                change.unavailable.join(","),
-            );
+        let mut attributes = change::Attributes {
+            database: &self.config.database,
+            schema: &relation.schema,
+            table: &relation.table,
+            op: change.op.code(),
+            lsn: Some(lsn),
+            tx_id: Some(tx.xid.into()),
+            unavailable: &change.unavailable,
         }
+        .into_map();
+        attributes.insert("commit_lsn".to_owned(), change::lsn_text(tx.commit_lsn));
         Event {
             id: key.clone(),
             source: format!("database://{}/{}", self.config.database, table.name()),
