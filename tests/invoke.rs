@@ -175,3 +175,37 @@ fn invoke_runs_a_schedule_pipeline_on_its_next_tick() {
     assert!(!ok);
     assert!(stderr.contains("give --event FILE"), "{stderr}");
 }
+
+/// A database pipeline takes a file holding a Debezium change event as
+/// that event (the shipped sample); an empty file is a tombstone, no event.
+#[test]
+fn invoke_reads_a_debezium_change_event_for_a_database_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, stdout, stderr) = invoke_with_stderr(
+        &[
+            "pipelines/postgres/order-changed.toml",
+            "--event",
+            "pipelines/postgres/order-shipped.json",
+        ],
+        dir.path(),
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("Order 42 is now shipped."), "{stdout}");
+    assert!(
+        stdout.contains("2 output(s)"),
+        "one for each sink: {stdout}"
+    );
+
+    let empty = dir.path().join("tombstone.json");
+    std::fs::write(&empty, "").unwrap();
+    let (ok, _, stderr) = invoke_with_stderr(
+        &[
+            "pipelines/postgres/order-changed.toml",
+            "--event",
+            empty.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(!ok);
+    assert!(stderr.contains("tombstone"), "{stderr}");
+}

@@ -58,7 +58,7 @@ pub fn decode(consumed: Consumed) -> Result<Option<Event>, String> {
     let unavailable: Vec<String> = payload
         .get("after")
         .and_then(Json::as_object)
-        .map(|after| unavailable_columns(after))
+        .map(unavailable_columns)
         .unwrap_or_default();
     // A row change's log position names it across Debezium's own
     // redeliveries; snapshot rows share one, so the key is part of it.

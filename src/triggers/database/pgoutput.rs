@@ -276,8 +276,8 @@ pub(crate) mod tests {
             panic!("a relation")
         };
         assert_eq!((r.oid, &*r.schema, &*r.table), (16384, "public", "orders"));
-        assert_eq!(r.columns[0].key, true);
-        assert_eq!(r.columns[1].key, false);
+        assert!(r.columns[0].key);
+        assert!(!r.columns[1].key);
         assert_eq!(r.columns[1].type_oid, 25);
 
         let mut insert = vec![b'I'];

@@ -3,7 +3,7 @@
 //! reconnects after the server restarts or the network breaks, from the
 //! slot's confirmed position, and reports what stops it on `/readyz`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -371,10 +371,11 @@ impl Stream {
                     }
                 }
                 ReplicationEvent::Commit { end_lsn, .. } => {
-                    if let Some(tx) = transaction.take() {
-                        if !tx.rows.is_empty() && !self.send(tx.rows).await {
-                            return Ended("stopped".to_owned());
-                        }
+                    if let Some(tx) = transaction.take()
+                        && !tx.rows.is_empty()
+                        && !self.send(tx.rows).await
+                    {
+                        return Ended("stopped".to_owned());
                     }
                     server_end = server_end.max(end_lsn.0);
                     // Confirmable once every row handed out so far is done.
@@ -569,11 +570,11 @@ impl Stream {
     }
 }
 
-fn with_table<'t>(
-    tables: &'t HashMap<u32, change::Table>,
+fn with_table(
+    tables: &HashMap<u32, change::Table>,
     relation: u32,
     shape: impl FnOnce(&change::Table) -> Change,
-) -> Result<(&'t change::Table, Change), String> {
+) -> Result<(&change::Table, Change), String> {
     match tables.get(&relation) {
         Some(table) => Ok((table, shape(table))),
         None => Err(format!(
