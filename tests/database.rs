@@ -651,3 +651,77 @@ topic = "debezium-notifications"
         0.0
     );
 }
+
+/// Debezium's output on a real Kafka broker: the tombstone is a record
+/// with a null value (what Kafka Connect writes after a delete), skipped;
+/// the changes around it reach the function as change events.
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread")]
+async fn debezium_on_kafka_skips_null_tombstones() {
+    use harness::services;
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = services::tansu(dir.path());
+    let bootstrap = format!("127.0.0.1:{}", kafka.port);
+    services::create_topics(&bootstrap, &[("shop.public.orders", 2)]).await;
+    let webhook = WebhookReceiver::start().await;
+    let pipeline = dir.path().join("orders.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"
+name = "orders-from-debezium"
+[source]
+type = "topic"
+topic = "shop.public.orders"
+format = "debezium"
+[function]
+path = "{}"
+[sinks.customer]
+type = "webhook"
+url = "${{ORDER_WEBHOOK_URL}}"
+[dead_letter]
+type = "storage"
+bucket = "dead-letters"
+"#,
+            repo().join("functions/order-status").display()
+        ),
+    )
+    .unwrap();
+    let runnel = Runnel::start(
+        &dir.path().join("runnel"),
+        &[pipeline],
+        &[("ORDER_WEBHOOK_URL", &webhook.url)],
+        &format!("[broker]\ntype = \"kafka\"\nbootstrap_servers = \"{bootstrap}\"\n"),
+    )
+    .await;
+
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let key = r#"{"id":42}"#;
+    let row = |status: &str| json!({"id": 42, "customer": "ada@example.com", "status": status});
+    let placed = debezium_message("c", Value::Null, row("placed"), 26_000_000, true);
+    let deleted = debezium_message("d", row("placed"), Value::Null, 26_000_256, true);
+    let again = debezium_message("c", Value::Null, row("placed again"), 26_000_512, false);
+    // The tombstone: a record with the key and no value at all.
+    for payload in [Some(&placed), Some(&deleted), None, Some(&again)] {
+        let record = rdkafka::producer::FutureRecord::<str, str>::to("shop.public.orders").key(key);
+        let record = match payload {
+            Some(payload) => record.payload(payload.as_str()),
+            None => record,
+        };
+        producer.send(record, Duration::from_secs(10)).await.unwrap();
+    }
+
+    let texts = eventually("the two notifications", WAIT, || async {
+        let texts: Vec<String> = changes(&webhook).iter().map(|m| m["text"].as_str().unwrap().to_owned()).collect();
+        (texts.len() >= 2).then_some(texts)
+    })
+    .await;
+    assert_eq!(texts, ["Thank you! Order 42 is placed.", "Thank you! Order 42 is placed again."]);
+    let pipeline = [("pipeline", "orders-from-debezium")];
+    runnel.wait_for_metric("runnel_events_completed_total", &[("pipeline", "orders-from-debezium"), ("result", "done")], 3.0).await;
+    assert_eq!(runnel.metric("runnel_events_received_total", &pipeline).await, 3.0, "the tombstone is no event");
+    assert_eq!(runnel.metric("runnel_dead_letters_total", &pipeline).await, 0.0);
+}
