@@ -1,6 +1,6 @@
 # Sourced by scripts/test and scripts/bench: installs what is missing — the
-# pinned toolchain and the wasm32-wasip2 target, and the services the tests
-# and benchmarks run against — and exports CARGO_TARGET_DIR and PATH.
+# pinned toolchain and the wasm32-wasip2 target, the services the tests
+# and benchmarks run against, and the checkers they call (promtool) — and exports CARGO_TARGET_DIR and PATH.
 #
 # The target directory lives outside the clone so a fresh clone on a used
 # machine reuses earlier builds (override with CARGO_TARGET_DIR).
@@ -62,6 +62,11 @@ fi
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v psql >/dev/null; then
   step "installing postgresql (the database trigger's tests start their own servers)"
   apt-get update -qq && apt-get install -y -qq postgresql
+fi
+if ! command -v promtool >/dev/null; then
+  # Debian ships promtool only with the server; its service is not started.
+  step "installing promtool (checks /metrics and deploy/'s alert rules)"
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
 

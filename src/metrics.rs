@@ -20,7 +20,7 @@ pub const OUTPUTS: &str = "runnel_outputs_total";
 pub const OUTPUTS_SKIPPED: &str = "runnel_outputs_skipped_total";
 pub const OUTPUTS_DROPPED: &str = "runnel_outputs_dropped_total";
 pub const INFLIGHT: &str = "runnel_inflight_events";
-pub const BILLED_GB_SECONDS: &str = "runnel_billed_gb_seconds_total";
+pub const BILLED_BYTE_SECONDS: &str = "runnel_billed_byte_seconds_total";
 pub const EVENTS_COMPLETED: &str = "runnel_events_completed_total";
 pub const SOURCE_ERRORS: &str = "runnel_source_errors_total";
 pub const UPLOADS: &str = "runnel_uploads_total";
@@ -104,9 +104,9 @@ fn describe() {
         INFLIGHT,
         "Events being worked on (claimed, invoked, outputs being written): at most the pipeline's concurrency. Events recording their completion and being acknowledged are not counted."
     );
-    describe_gauge!(
-        BILLED_GB_SECONDS,
-        "Memory limit in GiB times invocation seconds, summed: how serverless platforms bill (a gauge only because it is fractional; it never decreases)."
+    describe_counter!(
+        BILLED_BYTE_SECONDS,
+        "Memory limit in bytes times invocation seconds, summed: how serverless platforms bill (divide by 2^30 for GiB-seconds)."
     );
     describe_counter!(
         EVENTS_COMPLETED,

@@ -155,19 +155,23 @@ async fn upload_makes_thumbnails_and_notifies() {
         m("runnel_inflight_events", &[("pipeline", "image-upload")]).await,
         0.0
     );
+    // Billed: the memory limit (512 MiB) times the invocation's seconds,
+    // rounded to a byte-second.
+    let pf = [("pipeline", "image-upload"), ("function", "thumbnail")];
+    let billed = m("runnel_billed_byte_seconds_total", &pf).await;
+    let seconds = m("runnel_invocation_duration_seconds_sum", &pf).await;
+    assert!(billed > 0.0);
     assert!(
-        m(
-            "runnel_billed_gb_seconds_total",
-            &[("pipeline", "image-upload"), ("function", "thumbnail")]
-        )
-        .await
-            > 0.0
+        (billed - 512.0 * 1024.0 * 1024.0 * seconds).abs() <= 1.0,
+        "billed {billed} byte-seconds for {seconds} s"
     );
     let text = runnel.metrics().await;
     assert!(
         text.contains("runnel_invocation_duration_seconds_bucket"),
         "histograms are exported"
     );
+    let lint = harness::promtool(&["check", "metrics"], &text);
+    assert_eq!(lint, "", "promtool check metrics finds /metrics clean");
     assert!(text.contains("runnel_instantiation_duration_seconds_count{function=\"thumbnail\"} 1"));
 
     // Where the event's time went: one sample of each stage (acknowledging

@@ -763,10 +763,10 @@ impl Handler {
         meters
             .instantiation_duration
             .record(stats.instantiation.as_secs_f64());
-        let gib = self.function.memory_limit() as f64 / (1u64 << 30) as f64;
+        let limit = self.function.memory_limit() as f64;
         meters
-            .billed_gb_seconds
-            .increment(gib * stats.duration.as_secs_f64());
+            .billed_byte_seconds
+            .increment((limit * stats.duration.as_secs_f64()).round() as u64);
         tracing::info!(
             target: "runnel::invocation",
             id = %event.id,

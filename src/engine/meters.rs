@@ -26,7 +26,7 @@ pub(super) struct Meters {
     invocations: [Counter; InvokeError::OUTCOMES.len()],
     pub invocation_duration: Histogram,
     pub instantiation_duration: Histogram,
-    pub billed_gb_seconds: Gauge,
+    pub billed_byte_seconds: Counter,
     stages: [Histogram; Stage::ALL.len()],
     sinks: BTreeMap<String, SinkMeters>,
 }
@@ -93,7 +93,7 @@ impl Meters {
             }),
             invocation_duration: histogram!(m::INVOCATION_DURATION, &pf),
             instantiation_duration: histogram!(m::INSTANTIATION_DURATION, "function" => function.to_owned()),
-            billed_gb_seconds: gauge!(m::BILLED_GB_SECONDS, &pf),
+            billed_byte_seconds: counter!(m::BILLED_BYTE_SECONDS, &pf),
             stages: Stage::ALL.map(|stage| {
                 histogram!(m::STAGE_DURATION, "pipeline" => pipeline.to_owned(), "stage" => stage.as_str())
             }),
