@@ -1,6 +1,7 @@
 # Sourced by scripts/test and scripts/bench: installs what is missing — the
 # pinned toolchain and the wasm32-wasip2 target, the services the tests
-# and benchmarks run against, and the checkers they call (promtool) — and exports CARGO_TARGET_DIR and PATH.
+# and benchmarks run against, and the checkers they call (promtool,
+# kubernetes-validate) — and exports CARGO_TARGET_DIR and PATH.
 #
 # The target directory lives outside the clone so a fresh clone on a used
 # machine reuses earlier builds (override with CARGO_TARGET_DIR).
@@ -67,6 +68,10 @@ if ! command -v promtool >/dev/null; then
   # Debian ships promtool only with the server; its service is not started.
   step "installing promtool (checks /metrics and deploy/'s alert rules)"
   apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus
+fi
+if ! command -v kubernetes-validate >/dev/null; then
+  step "installing kubernetes-validate (checks deploy/kubernetes against Kubernetes' schemas)"
+  python3 -m pip install --quiet 'kubernetes-validate==1.37.0'
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
 

@@ -711,17 +711,44 @@ bucket = "dead-letters"
             Some(payload) => record.payload(payload.as_str()),
             None => record,
         };
-        producer.send(record, Duration::from_secs(10)).await.unwrap();
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .unwrap();
     }
 
     let texts = eventually("the two notifications", WAIT, || async {
-        let texts: Vec<String> = changes(&webhook).iter().map(|m| m["text"].as_str().unwrap().to_owned()).collect();
+        let texts: Vec<String> = changes(&webhook)
+            .iter()
+            .map(|m| m["text"].as_str().unwrap().to_owned())
+            .collect();
         (texts.len() >= 2).then_some(texts)
     })
     .await;
-    assert_eq!(texts, ["Thank you! Order 42 is placed.", "Thank you! Order 42 is placed again."]);
+    assert_eq!(
+        texts,
+        [
+            "Thank you! Order 42 is placed.",
+            "Thank you! Order 42 is placed again."
+        ]
+    );
     let pipeline = [("pipeline", "orders-from-debezium")];
-    runnel.wait_for_metric("runnel_events_completed_total", &[("pipeline", "orders-from-debezium"), ("result", "done")], 3.0).await;
-    assert_eq!(runnel.metric("runnel_events_received_total", &pipeline).await, 3.0, "the tombstone is no event");
-    assert_eq!(runnel.metric("runnel_dead_letters_total", &pipeline).await, 0.0);
+    runnel
+        .wait_for_metric(
+            "runnel_events_completed_total",
+            &[("pipeline", "orders-from-debezium"), ("result", "done")],
+            3.0,
+        )
+        .await;
+    assert_eq!(
+        runnel
+            .metric("runnel_events_received_total", &pipeline)
+            .await,
+        3.0,
+        "the tombstone is no event"
+    );
+    assert_eq!(
+        runnel.metric("runnel_dead_letters_total", &pipeline).await,
+        0.0
+    );
 }
