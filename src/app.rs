@@ -242,6 +242,8 @@ pub async fn up(config: RuntimeConfig, pipelines: Vec<PipelineConfig>) -> anyhow
         tracing::warn!("second signal: exiting now");
         std::process::exit(130);
     });
+    let _exporting = crate::telemetry::start(&config.telemetry)
+        .context("exporting traces ([telemetry], OTEL_EXPORTER_OTLP_*)")?;
     let process = Process {
         config,
         pipelines,

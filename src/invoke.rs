@@ -315,6 +315,11 @@ pub fn run(
         pipeline: context.pipeline.clone(),
         function: function.name().to_owned(),
         event_id: event.id.clone(),
+        trace_id: event
+            .attributes
+            .get("trace_id")
+            .cloned()
+            .unwrap_or_default(),
     };
     let (result, stats) = function.invoke(&context, event, label);
     let mut stdout = std::io::stdout().lock();
@@ -375,6 +380,11 @@ fn answer(
         pipeline: String::new(),
         function: function.name().to_owned(),
         event_id: event.id.clone(),
+        trace_id: event
+            .attributes
+            .get("trace_id")
+            .cloned()
+            .unwrap_or_default(),
     };
     let (result, stats) = function.invoke(&Context::default(), event, label);
     let mut stdout = std::io::stdout().lock();

@@ -31,7 +31,8 @@
 //!   limits, CORS), and below them whatever triggers contribute
 //!   ([`server::Functions`]); [`health`]: the backend checks behind
 //!   `/healthz`, which also hold events in outages.
-//! - [`metrics`]: every metric name, described once.
+//! - [`metrics`]: every metric name, described once; [`telemetry`]: W3C
+//!   trace context through every hop, and spans exported over OTLP.
 //! - [`app`]: assembling and running the process (`runnel up`, in-process
 //!   for tests); [`invoke`]: `runnel invoke`; [`dlq`]: `runnel dlq list|replay`.
 
@@ -53,4 +54,5 @@ pub mod server;
 pub mod sinks;
 pub mod sqlite;
 pub mod storage;
+pub mod telemetry;
 pub mod triggers;

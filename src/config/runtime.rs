@@ -37,6 +37,8 @@ pub struct RuntimeConfig {
     /// restarted process takes its partitions and in-flight events back at
     /// once instead of waiting out its dead predecessor's session and leases.
     pub instance_id: Option<String>,
+    /// `[telemetry]`: where traces go (default nowhere).
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -260,6 +262,7 @@ impl RuntimeConfig {
             },
             shutdown_grace: Duration::from_secs(30),
             instance_id: None,
+            telemetry: Default::default(),
         }
     }
 
@@ -382,6 +385,10 @@ fn read(root: Table<'_, '_>, file: &Path, data_dir: Option<&Path>) -> RuntimeCon
         if let Some(v) = path(&t, "components_dir") {
             config.functions.components_dir = Some(v);
         }
+        t.finish();
+    }
+    if let Some(t) = root.table("telemetry") {
+        config.telemetry = crate::telemetry::TelemetryConfig::read(&t);
         t.finish();
     }
     root.finish();

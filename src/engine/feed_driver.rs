@@ -106,7 +106,8 @@ pub async fn run(
                 let work = Work::new(delivery.idempotency_key, delivery.pending);
                 let handled = handler.handle(slot, work).await;
                 event_turn.done();
-                if let Err(error) = handler.meters.timed(Stage::Ack, acks.finished(position)).await {
+                let ack = handler.meters.timed(Stage::Ack, acks.finished(position));
+                if let Err(error) = crate::telemetry::scoped(handled.span.clone(), ack).await {
                     handler.meters.source_errors.increment(1);
                     tracing::warn!(pipeline = %handler.name(), %error, "committing the source failed; the event may be redelivered");
                 }

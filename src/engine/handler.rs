@@ -32,6 +32,9 @@ use crate::retry::RetryConfig;
 use crate::runtime::http::{Reply, Stream};
 use crate::runtime::{Context, Invocation, Invoke, InvokeError, LogLabel, Output};
 use crate::sinks::{Backends, Sink, WriteId};
+use crate::telemetry;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
 /// A pipeline's handler, shared by its trigger's tasks.
 pub struct Handler {
@@ -170,6 +173,32 @@ pub struct Written {
     pub bytes: u64,
 }
 
+/// How the event ended, on its span.
+fn trace_outcome(span: &telemetry::Span, outcome: &Outcome) {
+    let (name, error) = match outcome {
+        Outcome::Skipped(_) => ("skipped", None),
+        Outcome::Done {
+            reply, attempts, ..
+        } => {
+            if let Some(reply) = reply {
+                span.attribute(KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(reply.status),
+                ));
+            }
+            span.attribute(KeyValue::new("runnel.attempts", i64::from(*attempts)));
+            ("done", None)
+        }
+        Outcome::DeadLettered { error, .. } => ("dead-lettered", Some(error.clone())),
+        Outcome::Failed { failure, .. } => ("failed", Some(failure.message.clone())),
+        Outcome::Busy => ("busy", None),
+    };
+    span.attribute(KeyValue::new("runnel.outcome", name));
+    if let Some(error) = error {
+        span.fail(error);
+    }
+}
+
 /// What is kept with an event's completion for a trigger that reports on
 /// its events ([`Handler::reporting`]).
 fn summary(outcome: &Outcome) -> Option<Vec<u8>> {
@@ -189,6 +218,9 @@ fn summary(outcome: &Outcome) -> Option<Vec<u8>> {
 /// the trigger has acknowledged the event.
 pub struct Handled {
     pub outcome: Outcome,
+    /// The event's span: exported once the last reference is dropped, so
+    /// a trigger that acknowledges afterwards records that under it too.
+    pub span: Arc<telemetry::Span>,
     _finishing: OwnedSemaphorePermit,
 }
 
@@ -316,7 +348,17 @@ impl Handler {
             lock(running).insert(work.key.clone());
         }
         let stream = work.stream.take();
-        let outcome = self.process(&work, stream).await;
+        let span = telemetry::Span::start(
+            self.name.clone(),
+            SpanKind::Consumer,
+            vec![
+                KeyValue::new("runnel.pipeline", self.name.clone()),
+                KeyValue::new("faas.name", self.function.name().to_owned()),
+                KeyValue::new("runnel.idempotency_key", work.key.clone()),
+            ],
+        );
+        let outcome = telemetry::scoped(span.clone(), self.process(&work, stream)).await;
+        trace_outcome(&span, &outcome);
         if let Some(running) = &self.running {
             lock(running).remove(&work.key);
         }
@@ -340,12 +382,14 @@ impl Handler {
             _ => None,
         };
         if let Some(how) = how {
-            self.meters
-                .timed(Stage::Complete, self.complete(&work.key, how, kept))
-                .await;
+            let complete = self
+                .meters
+                .timed(Stage::Complete, self.complete(&work.key, how, kept));
+            telemetry::scoped(span.clone(), complete).await;
         }
         Handled {
             outcome,
+            span,
             _finishing: finishing.expect("the semaphore is never closed"),
         }
     }
@@ -369,6 +413,7 @@ impl Handler {
                     .await
                     .map(|mut event| {
                         event.idempotency_key = key.to_owned();
+                        telemetry::adopt(&mut event);
                         Arc::new(event)
                     })
                     .map_err(|e| Failure {
@@ -672,13 +717,26 @@ impl Handler {
                 meters.skipped.increment(1);
                 continue;
             }
+            let traceparent = telemetry::current().map(|c| c.header());
             let write_id = WriteId {
                 id: &id,
                 event_id: &event.id,
                 event_type: &event.event_type,
+                traceparent: traceparent.as_deref(),
             };
             let write = |_| async {
-                sink.write(output, &write_id).await.map_err(|e| Failure {
+                let started = Instant::now();
+                let written = sink.write(output, &write_id).await;
+                let (kind, attributes) = sink.span(&output.sink, output);
+                let error = written.as_ref().err().map(|e| e.message.clone());
+                telemetry::record(
+                    &format!("write {}", output.sink),
+                    kind,
+                    started,
+                    attributes,
+                    error,
+                );
+                written.map_err(|e| Failure {
                     retry_after: e.retry_after,
                     stage: "write",
                     message: format!("sink {}: {}", output.sink, e.message),
@@ -742,6 +800,11 @@ impl Handler {
                         pipeline: self.name.clone(),
                         function: function.name().to_owned(),
                         event_id: event.id.clone(),
+                        trace_id: event
+                            .attributes
+                            .get("trace_id")
+                            .cloned()
+                            .unwrap_or_default(),
                     };
                     let ev = Arc::clone(event);
                     self.threads
@@ -770,6 +833,7 @@ impl Handler {
         tracing::info!(
             target: "runnel::invocation",
             id = %event.id,
+            trace_id = event.attributes.get("trace_id").map_or("", String::as_str),
             pipeline = %self.name,
             function = %self.function.name(),
             duration_us = stats.duration.as_micros() as u64,
@@ -855,10 +919,12 @@ impl Handler {
                 .into(),
         };
         let id = format!("{key}#dead-letter");
+        let traceparent = telemetry::current().map(|c| c.header());
         let write_id = WriteId {
             id: &id,
             event_id: key,
             event_type: "runnel.dead-letter",
+            traceparent: traceparent.as_deref(),
         };
         let mut delay = Duration::from_millis(100);
         let started = Instant::now();

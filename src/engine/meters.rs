@@ -127,6 +127,14 @@ impl Meters {
     /// Records how long `stage` took, from `started`.
     pub fn stage(&self, stage: Stage, started: Instant) {
         self.stages[stage as usize].record(started.elapsed().as_secs_f64());
+        // A child of the event's span, when one is current.
+        crate::telemetry::record(
+            stage.as_str(),
+            opentelemetry::trace::SpanKind::Internal,
+            started,
+            Vec::new(),
+            None,
+        );
     }
 
     /// `work`, timed as `stage`.

@@ -34,6 +34,8 @@ pub struct LogLabel {
     pub pipeline: String,
     pub function: String,
     pub event_id: String,
+    /// The event's trace (W3C trace id, hex), empty when it has none.
+    pub trace_id: String,
 }
 
 impl HostState {
@@ -96,22 +98,23 @@ impl LogHost for HostState {
             pipeline,
             function,
             event_id,
+            trace_id,
         } = &self.label;
         match level {
             Level::Trace => {
-                tracing::trace!(target: "runnel::function", %pipeline, %function, %event_id, "{message}")
+                tracing::trace!(target: "runnel::function", %pipeline, %function, %event_id, %trace_id, "{message}")
             }
             Level::Debug => {
-                tracing::debug!(target: "runnel::function", %pipeline, %function, %event_id, "{message}")
+                tracing::debug!(target: "runnel::function", %pipeline, %function, %event_id, %trace_id, "{message}")
             }
             Level::Info => {
-                tracing::info!(target: "runnel::function", %pipeline, %function, %event_id, "{message}")
+                tracing::info!(target: "runnel::function", %pipeline, %function, %event_id, %trace_id, "{message}")
             }
             Level::Warn => {
-                tracing::warn!(target: "runnel::function", %pipeline, %function, %event_id, "{message}")
+                tracing::warn!(target: "runnel::function", %pipeline, %function, %event_id, %trace_id, "{message}")
             }
             Level::Error => {
-                tracing::error!(target: "runnel::function", %pipeline, %function, %event_id, "{message}")
+                tracing::error!(target: "runnel::function", %pipeline, %function, %event_id, %trace_id, "{message}")
             }
         }
     }

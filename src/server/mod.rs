@@ -37,6 +37,7 @@ use crate::broker::{Broker, BrokerError};
 use crate::config::units;
 use crate::metrics as m;
 use crate::storage::{NewObject, ObjectStore, StorageError};
+use crate::telemetry;
 
 /// Prefix of request headers that become user metadata.
 pub const META_HEADER_PREFIX: &str = "x-runnel-meta-";
@@ -205,14 +206,18 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 fn storage_error(e: StorageError) -> Response {
-    let status = match &e {
-        StorageError::InvalidBucket(_) | StorageError::InvalidKey { .. } => StatusCode::BAD_REQUEST,
-        StorageError::NotFound { .. } | StorageError::Changed { .. } => StatusCode::NOT_FOUND,
-        StorageError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        StorageError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        StorageError::Rejected(_) => StatusCode::BAD_GATEWAY,
-    };
+    let status = StatusCode::from_u16(storage_error_status(&e)).expect("a valid status");
     error(status, e.to_string())
+}
+
+fn storage_error_status(e: &StorageError) -> u16 {
+    match e {
+        StorageError::InvalidBucket(_) | StorageError::InvalidKey { .. } => 400,
+        StorageError::NotFound { .. } | StorageError::Changed { .. } => 404,
+        StorageError::TooLarge { .. } => 413,
+        StorageError::Unavailable(_) => 503,
+        StorageError::Rejected(_) => 502,
+    }
 }
 
 /// Reads a body of at most `limit` bytes: refused by its declared length
@@ -272,6 +277,22 @@ async fn put_object(
     {
         return denied;
     }
+    // The upload's span: the first of its trace (or a child of the
+    // client's), and the parent its object's events take.
+    let span = telemetry::Span::start(
+        "PUT /v1/objects/{bucket}/{key}",
+        opentelemetry::trace::SpanKind::Server,
+        vec![
+            opentelemetry::KeyValue::new("http.request.method", "PUT"),
+            opentelemetry::KeyValue::new("http.route", "/v1/objects/{bucket}/{key}"),
+            opentelemetry::KeyValue::new("url.path", format!("/v1/objects/{bucket}/{key}")),
+            opentelemetry::KeyValue::new("runnel.bucket", bucket.clone()),
+        ],
+    );
+    let incoming = headers
+        .get(telemetry::TRACEPARENT)
+        .and_then(|v| v.to_str().ok());
+    let context = span.adopt(incoming);
     let body = match read_body(
         &headers,
         body,
@@ -303,12 +324,27 @@ async fn put_object(
             }
         }
     }
+    metadata
+        .entry(telemetry::TRACEPARENT.to_owned())
+        .or_insert_with(|| context.header());
     let object = NewObject {
         body,
         content_type,
         metadata,
     };
-    match state.store.put(&bucket, &key, object).await {
+    let stored = state.store.put(&bucket, &key, object).await;
+    let status = match &stored {
+        Ok(_) => 201,
+        Err(e) => {
+            span.fail(e.to_string());
+            storage_error_status(e)
+        }
+    };
+    span.attribute(opentelemetry::KeyValue::new(
+        "http.response.status_code",
+        i64::from(status),
+    ));
+    match stored {
         Ok(created) => {
             let label = if state.known_buckets.contains(&bucket) {
                 bucket

@@ -14,6 +14,9 @@ pub mod webhook;
 
 use std::sync::Arc;
 
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
+
 use crate::broker::Broker;
 use crate::config::reader::Table;
 use crate::retry::RetryConfig;
@@ -148,15 +151,50 @@ pub struct WriteId<'a> {
     /// The event the output came from.
     pub event_id: &'a str,
     pub event_type: &'a str,
+    /// The W3C trace context the output carries on (`traceparent`).
+    pub traceparent: Option<&'a str>,
 }
 
 impl Sink {
     pub async fn write(&self, output: &Output, id: &WriteId<'_>) -> Result<(), SinkError> {
         match self {
-            Self::Storage(s) => s.write(output).await,
+            Self::Storage(s) => s.write(output, id).await,
             Self::Topic(s) => s.write(output, id).await,
             Self::Webhook(s) => s.write(output, id).await,
         }
+    }
+
+    /// A write's span: its kind and attributes in OpenTelemetry's
+    /// conventions.
+    pub fn span(&self, name: &str, output: &Output) -> (SpanKind, Vec<KeyValue>) {
+        let mut attributes = vec![KeyValue::new("runnel.sink", name.to_owned())];
+        let kind = match self {
+            Self::Storage(s) => {
+                attributes.push(KeyValue::new("runnel.bucket", s.bucket().to_owned()));
+                if let Some(key) = &output.key {
+                    attributes.push(KeyValue::new("runnel.key", key.clone()));
+                }
+                SpanKind::Client
+            }
+            Self::Topic(s) => {
+                attributes.push(KeyValue::new("messaging.operation.type", "send"));
+                attributes.push(KeyValue::new(
+                    "messaging.destination.name",
+                    s.topic().to_owned(),
+                ));
+                SpanKind::Producer
+            }
+            Self::Webhook(s) => {
+                attributes.push(KeyValue::new("http.request.method", "POST"));
+                attributes.push(KeyValue::new("url.full", s.url().to_owned()));
+                SpanKind::Client
+            }
+        };
+        attributes.push(KeyValue::new(
+            "runnel.output.bytes",
+            output.data.len() as i64,
+        ));
+        (kind, attributes)
     }
 
     /// False for a sink switched off by configuration (a webhook whose URL

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::SinkError;
+use super::{SinkError, WriteId};
 use crate::config::reader::Table;
 use crate::runtime::Output;
 use crate::storage::{NewObject, ObjectStore, validate_bucket};
@@ -34,17 +34,28 @@ impl StorageSink {
         }
     }
 
-    pub async fn write(&self, output: &Output) -> Result<(), SinkError> {
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    pub async fn write(&self, output: &Output, id: &WriteId<'_>) -> Result<(), SinkError> {
         let key = output.key.as_deref().ok_or_else(|| {
             SinkError::permanent(format!(
                 "output to bucket {} has no key (storage outputs need one)",
                 self.bucket
             ))
         })?;
+        let mut metadata: std::collections::BTreeMap<_, _> =
+            output.attributes.iter().cloned().collect();
+        if let Some(traceparent) = id.traceparent {
+            metadata
+                .entry(crate::telemetry::TRACEPARENT.to_owned())
+                .or_insert_with(|| traceparent.to_owned());
+        }
         let object = NewObject {
             body: output.data.clone(),
             content_type: output.content_type.clone(),
-            metadata: output.attributes.iter().cloned().collect(),
+            metadata,
         };
         self.store
             .put(&self.bucket, key, object)

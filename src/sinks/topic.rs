@@ -38,6 +38,10 @@ impl TopicSink {
         }
     }
 
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
     pub async fn write(&self, output: &Output, id: &WriteId<'_>) -> Result<(), SinkError> {
         let mut headers = vec![
             ("ce_specversion".to_owned(), "1.0".to_owned()),
@@ -50,6 +54,12 @@ impl TopicSink {
         }
         if let Some(content_type) = &output.content_type {
             headers.push(("content-type".to_owned(), content_type.clone()));
+        }
+        if let Some(traceparent) = id.traceparent {
+            headers.push((
+                crate::telemetry::TRACEPARENT.to_owned(),
+                traceparent.to_owned(),
+            ));
         }
         for (name, value) in &output.attributes {
             // The function may override the CloudEvents attributes it knows better.

@@ -68,6 +68,10 @@ impl WebhookSink {
         }
     }
 
+    pub fn url(&self) -> &str {
+        &self.config.url
+    }
+
     pub fn enabled(&self) -> bool {
         !self.config.url.is_empty()
     }
@@ -92,6 +96,9 @@ impl WebhookSink {
             );
         if let Some(key) = &output.key {
             request = request.header("ce-subject", key);
+        }
+        if let Some(traceparent) = id.traceparent {
+            request = request.header(crate::telemetry::TRACEPARENT, traceparent);
         }
         for (name, value) in &self.config.headers {
             request = request.header(name, value);

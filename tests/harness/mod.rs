@@ -391,6 +391,8 @@ where
 pub struct Received {
     pub idempotency_key: String,
     pub content_type: String,
+    /// W3C trace context the sender passed on (empty without).
+    pub traceparent: String,
     pub body: String,
 }
 
@@ -429,6 +431,7 @@ impl WebhookReceiver {
                         r.lock().unwrap().push(Received {
                             idempotency_key: header("idempotency-key"),
                             content_type: header("content-type"),
+                            traceparent: header("traceparent"),
                             body,
                         });
                         "ok"
