@@ -116,6 +116,11 @@ impl opentelemetry_sdk::trace::IdGenerator for Ids {
     }
 }
 
+/// Whether spans are exported (else only context is carried).
+pub fn exporting() -> bool {
+    TRACER.get().is_some()
+}
+
 /// Exporting spans; dropping it sends what is still batched.
 pub struct Exporting(SdkTracerProvider);
 
@@ -361,7 +366,9 @@ impl Span {
             if event.event_type == crate::runtime::http::REQUEST {
                 state.kind = SpanKind::Server;
             }
-            state.attributes.extend(conventions(event));
+            if exporting() {
+                state.attributes.extend(conventions(event));
+            }
         }
         event
             .attributes
@@ -377,7 +384,9 @@ impl Span {
     }
 
     pub fn attribute(&self, attribute: KeyValue) {
-        self.state().attributes.push(attribute);
+        if exporting() {
+            self.state().attributes.push(attribute);
+        }
     }
 
     /// Marks the span failed (it ends with an error status).
@@ -394,6 +403,9 @@ impl Span {
         attributes: Vec<KeyValue>,
         error: Option<String>,
     ) {
+        if !exporting() {
+            return; // only the context matters then
+        }
         let child = Child {
             name: name.into(),
             kind,
@@ -522,6 +534,9 @@ pub fn record(
     attributes: Vec<KeyValue>,
     error: Option<String>,
 ) {
+    if !exporting() {
+        return;
+    }
     let _ = CURRENT.try_with(|span| {
         let started = SystemTime::now() - started.elapsed();
         span.child(name, kind, started, attributes, error);

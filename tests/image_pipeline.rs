@@ -157,9 +157,9 @@ async fn upload_makes_thumbnails_and_notifies() {
     );
     // Billed: the memory limit (512 MiB) times the invocation's seconds,
     // rounded to a byte-second.
-    let pf = [("pipeline", "image-upload"), ("function", "thumbnail")];
-    let billed = m("runnel_billed_byte_seconds_total", &pf).await;
-    let seconds = m("runnel_invocation_duration_seconds_sum", &pf).await;
+    const PF: &[(&str, &str)] = &[("pipeline", "image-upload"), ("function", "thumbnail")];
+    let billed = m("runnel_billed_byte_seconds_total", PF).await;
+    let seconds = m("runnel_invocation_duration_seconds_sum", PF).await;
     assert!(billed > 0.0);
     assert!(
         (billed - 512.0 * 1024.0 * 1024.0 * seconds).abs() <= 1.0,

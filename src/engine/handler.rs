@@ -348,15 +348,15 @@ impl Handler {
             lock(running).insert(work.key.clone());
         }
         let stream = work.stream.take();
-        let span = telemetry::Span::start(
-            self.name.clone(),
-            SpanKind::Consumer,
-            vec![
+        let attributes = match telemetry::exporting() {
+            true => vec![
                 KeyValue::new("runnel.pipeline", self.name.clone()),
                 KeyValue::new("faas.name", self.function.name().to_owned()),
                 KeyValue::new("runnel.idempotency_key", work.key.clone()),
             ],
-        );
+            false => Vec::new(),
+        };
+        let span = telemetry::Span::start(self.name.clone(), SpanKind::Consumer, attributes);
         let outcome = telemetry::scoped(span.clone(), self.process(&work, stream)).await;
         trace_outcome(&span, &outcome);
         if let Some(running) = &self.running {
@@ -727,15 +727,12 @@ impl Handler {
             let write = |_| async {
                 let started = Instant::now();
                 let written = sink.write(output, &write_id).await;
-                let (kind, attributes) = sink.span(&output.sink, output);
-                let error = written.as_ref().err().map(|e| e.message.clone());
-                telemetry::record(
-                    &format!("write {}", output.sink),
-                    kind,
-                    started,
-                    attributes,
-                    error,
-                );
+                if telemetry::exporting() {
+                    let (kind, attributes) = sink.span(&output.sink, output);
+                    let error = written.as_ref().err().map(|e| e.message.clone());
+                    let name = format!("write {}", output.sink);
+                    telemetry::record(&name, kind, started, attributes, error);
+                }
                 written.map_err(|e| Failure {
                     retry_after: e.retry_after,
                     stage: "write",
