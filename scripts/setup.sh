@@ -73,5 +73,9 @@ if ! command -v kubernetes-validate >/dev/null; then
   step "installing kubernetes-validate (checks deploy/kubernetes against Kubernetes' schemas)"
   python3 -m pip install --quiet 'kubernetes-validate==1.37.0'
 fi
+if ! python3 -c 'import jsonschema' 2>/dev/null; then
+  step "installing jsonschema (tests/schema.rs checks schemas/ with it)"
+  python3 -m pip install --quiet 'jsonschema==4.26.0'
+fi
 export PATH="$HOME/.cargo/bin:$PATH"
 

@@ -67,6 +67,9 @@ impl DatabaseTriggerConfig {
         let operations = match table.get("operations") {
             None => Some(vec![Op::Create, Op::Update, Op::Delete]),
             Some(field) => field.strings().and_then(|names| {
+                if names.is_empty() {
+                    field.error("list at least one operation, e.g. [\"insert\", \"update\"]");
+                }
                 let mut operations = Vec::new();
                 for name in names {
                     match [Op::Create, Op::Update, Op::Delete, Op::Truncate]
