@@ -73,6 +73,10 @@ if ! command -v kubernetes-validate >/dev/null; then
   step "installing kubernetes-validate (checks deploy/kubernetes against Kubernetes' schemas)"
   python3 -m pip install --quiet 'kubernetes-validate==1.37.0'
 fi
+if ! python3 -c 'import yaml' 2>/dev/null; then
+  step "installing PyYAML (tests/deploy.rs and tests/schema.rs read the Kubernetes manifests)"
+  python3 -m pip install --quiet 'PyYAML==6.0.3'
+fi
 if ! python3 -c 'import jsonschema' 2>/dev/null; then
   step "installing jsonschema (tests/schema.rs checks schemas/ with it)"
   python3 -m pip install --quiet 'jsonschema==4.26.0'
