@@ -232,16 +232,7 @@ pub async fn up(config: RuntimeConfig, pipelines: Vec<PipelineConfig>) -> anyhow
         functions = functions.len(),
         "runtime ready"
     );
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("stopping: finishing events in flight (a second signal exits at once)");
-        stop.cancel();
-        wait_for_signal().await;
-        tracing::warn!("second signal: exiting now");
-        std::process::exit(130);
-    });
+    let shutdown = stop_on_signals();
     let _exporting = crate::telemetry::start(&config.telemetry)
         .context("exporting traces ([telemetry], OTEL_EXPORTER_OTLP_*)")?;
     let process = Process {
@@ -254,6 +245,122 @@ pub async fn up(config: RuntimeConfig, pipelines: Vec<PipelineConfig>) -> anyhow
     drop(runtime);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A token cancelled by SIGINT or SIGTERM; a second signal exits at once.
+fn stop_on_signals() -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stopping: finishing events in flight (a second signal exits at once)");
+        stop.cancel();
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    shutdown
+}
+
+/// What `runnel up --watch` reloads from: the configs as `runnel up` reads
+/// them (`None` after printing their problems), and the paths it was given.
+pub struct Watching {
+    pub load: Box<dyn Fn() -> Option<(RuntimeConfig, Vec<PipelineConfig>)> + Send + Sync>,
+    pub paths: Vec<PathBuf>,
+    pub config_file: Option<PathBuf>,
+}
+
+/// `runnel up --watch`: runs as `up` does and, when a pipeline file, the
+/// runtime config or a function's sources change, reads and builds
+/// everything again while the old process goes on; only once that
+/// succeeded does the old one stop as on SIGTERM (no new events, those in
+/// flight finish and are acknowledged within `shutdown_grace`) and the new
+/// one start on the same address. A change that does not validate or
+/// build is reported and leaves the running pipelines as they are.
+pub async fn up_watching(
+    watching: Watching,
+    mut config: RuntimeConfig,
+    mut pipelines: Vec<PipelineConfig>,
+) -> anyhow::Result<()> {
+    let metrics = crate::metrics::install()?;
+    let signal = stop_on_signals();
+    let _exporting = crate::telemetry::start(&config.telemetry)
+        .context("exporting traces ([telemetry], OTEL_EXPORTER_OTLP_*)")?;
+    let load = |config: &RuntimeConfig, pipelines: &[PipelineConfig]| {
+        let (config, pipelines) = (config.clone(), pipelines.to_vec());
+        tokio::task::spawn_blocking(move || load_functions(&config, &pipelines))
+    };
+    let (mut runtime, mut functions) = load(&config, &pipelines).await??;
+    loop {
+        let roots =
+            crate::watch::roots(&watching.paths, watching.config_file.as_deref(), &pipelines);
+        let mut seen = tokio::task::spawn_blocking({
+            let roots = roots.clone();
+            move || crate::watch::fingerprint(&roots)
+        })
+        .await?;
+        let listener = bind_again(config.http.listen).await?;
+        tracing::info!(
+            pipelines = pipelines.len(),
+            watched = roots.len(),
+            "watching for changes"
+        );
+        let stop = signal.child_token();
+        let process = Process {
+            config: config.clone(),
+            pipelines: pipelines.clone(),
+            functions,
+            metrics: metrics.clone(),
+        };
+        let mut running = tokio::spawn(process.run(listener, stop.clone()));
+        let (next_config, next_pipelines, loaded) = loop {
+            tokio::select! {
+                ended = &mut running => {
+                    ended??;
+                    drop(runtime);
+                    tracing::info!("stopped");
+                    return Ok(());
+                }
+                now = crate::watch::changed(&roots, seen) => {
+                    seen = now;
+                    tracing::info!("a watched file changed: reading and building again");
+                    let Some((config, pipelines)) = (watching.load)() else {
+                        tracing::warn!("keeping the running pipelines until the problems above are fixed");
+                        continue;
+                    };
+                    match load(&config, &pipelines).await? {
+                        Ok(loaded) => break (config, pipelines, loaded),
+                        Err(error) => {
+                            tracing::warn!(error = %format!("{error:#}"), "keeping the running pipelines: the build failed");
+                        }
+                    }
+                }
+            }
+        };
+        tracing::info!("reloading: finishing the events in flight first");
+        stop.cancel();
+        running.await??;
+        drop(runtime);
+        (config, pipelines) = (next_config, next_pipelines);
+        (runtime, functions) = loaded;
+        tracing::info!(pipelines = pipelines.len(), "reloaded");
+    }
+}
+
+/// Binds `addr`, waiting a moment for the previous process's listener to
+/// let go of it.
+async fn bind_again(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let mut tries = 0;
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("listening on {addr} (http.listen)")),
+        }
+    }
 }
 
 /// What `runnel up` runs, assembled: the configs and a loaded function per

@@ -34,7 +34,8 @@
 //! - [`metrics`]: every metric name, described once; [`telemetry`]: W3C
 //!   trace context through every hop, and spans exported over OTLP.
 //! - [`app`]: assembling and running the process (`runnel up`, in-process
-//!   for tests); [`invoke`]: `runnel invoke`; [`dlq`]: `runnel dlq list|replay`.
+//!   for tests; `up --watch` reloading on the changes [`watch`] sees);
+//!   [`invoke`]: `runnel invoke`; [`dlq`]: `runnel dlq list|replay`.
 
 pub mod app;
 pub mod broker;
@@ -56,3 +57,4 @@ pub mod sqlite;
 pub mod storage;
 pub mod telemetry;
 pub mod triggers;
+pub mod watch;

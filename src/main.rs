@@ -14,7 +14,7 @@ use runnel::config::{self, reader::Diagnostic, runtime::RuntimeConfig};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[derive(Parser)]
+#[derive(Parser, Clone)]
 #[command(
     name = "runnel",
     version,
@@ -43,7 +43,7 @@ enum LogFormat {
     Json,
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone)]
 enum DlqCommand {
     /// Print a pipeline's dead letters: key, outcome, attempts, time, error.
     List {
@@ -64,7 +64,7 @@ enum DlqCommand {
     },
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone)]
 enum Command {
     /// Inspect and replay dead letters.
     Dlq {
@@ -78,6 +78,10 @@ enum Command {
         /// HTTP listen address [default: 127.0.0.1:8080].
         #[arg(long, env = "RUNNEL_LISTEN")]
         listen: Option<std::net::SocketAddr>,
+        /// Reload when a pipeline file, the runtime config or a function's
+        /// sources change (events in flight finish first).
+        #[arg(long, env = "RUNNEL_WATCH")]
+        watch: bool,
     },
     /// Check pipeline files and the runtime config; print every problem.
     Validate {
@@ -173,13 +177,25 @@ fn runtime_config(cli: &Cli) -> Result<RuntimeConfig, Vec<Diagnostic>> {
     Ok(config)
 }
 
-fn runtime_config_file(cli: &Cli) -> Result<RuntimeConfig, Vec<Diagnostic>> {
-    let file = cli.config.clone().or_else(|| {
+/// The runtime config file in use, if any.
+fn config_file(cli: &Cli) -> Option<PathBuf> {
+    cli.config.clone().or_else(|| {
         Path::new("runnel.toml")
             .is_file()
             .then(|| PathBuf::from("runnel.toml"))
-    });
-    match file {
+    })
+}
+
+/// The pipeline paths `up` was given.
+fn paths_of(cli: &Cli) -> &[PathBuf] {
+    match &cli.command {
+        Command::Up { paths, .. } => paths,
+        _ => &[],
+    }
+}
+
+fn runtime_config_file(cli: &Cli) -> Result<RuntimeConfig, Vec<Diagnostic>> {
+    match config_file(cli) {
         Some(file) => RuntimeConfig::load(&file, cli.data_dir.as_deref(), &config::process_env),
         None => Ok(RuntimeConfig::defaults(
             cli.data_dir.as_deref().unwrap_or(Path::new("data")),
@@ -233,14 +249,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Up { ref paths, listen } => {
+        Command::Up {
+            ref paths,
+            listen,
+            watch,
+        } => {
             let Some((mut runtime, pipelines)) = with_pipelines(runtime, paths) else {
                 return Ok(ExitCode::FAILURE);
             };
             if let Some(listen) = listen {
                 runtime.http.listen = listen;
             }
-            tokio::runtime::Runtime::new()?.block_on(runnel::app::up(runtime, pipelines))?;
+            let rt = tokio::runtime::Runtime::new()?;
+            if watch {
+                let again = cli.clone();
+                let watching = runnel::app::Watching {
+                    load: Box::new(move || {
+                        let (mut runtime, pipelines) =
+                            with_pipelines(runtime_config(&again), paths_of(&again))?;
+                        if let Some(listen) = listen {
+                            runtime.http.listen = listen;
+                        }
+                        Some((runtime, pipelines))
+                    }),
+                    paths: paths.clone(),
+                    config_file: config_file(&cli),
+                };
+                rt.block_on(runnel::app::up_watching(watching, runtime, pipelines))?;
+            } else {
+                rt.block_on(runnel::app::up(runtime, pipelines))?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { ref action } => {
