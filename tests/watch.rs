@@ -49,7 +49,7 @@ async fn a_changed_pipeline_reloads_once_the_event_in_flight_is_done() {
     let webhook = WebhookReceiver::start_with_delay(Duration::from_secs(2)).await;
     let runnel = Runnel::start(
         &dir.path().join("runnel"),
-        &[pipelines.clone()],
+        std::slice::from_ref(&pipelines),
         &[("HOOK_URL", webhook.url.as_str()), ("RUNNEL_WATCH", "true")],
         "",
     )
@@ -102,16 +102,17 @@ async fn a_changed_pipeline_reloads_once_the_event_in_flight_is_done() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let received = webhook.received.lock().unwrap();
-    let first: Vec<_> = received.iter().filter(|r| r.body == "first").collect();
-    assert_eq!(first.len(), 1, "the first event was delivered once");
-    assert_eq!(
-        received.len(),
-        4,
-        "one call, then three: {:?}",
-        received.iter().map(|r| &r.body).collect::<Vec<_>>()
-    );
-    drop(received);
+    {
+        let received = webhook.received.lock().unwrap();
+        let first: Vec<_> = received.iter().filter(|r| r.body == "first").collect();
+        assert_eq!(first.len(), 1, "the first event was delivered once");
+        assert_eq!(
+            received.len(),
+            4,
+            "one call, then three: {:?}",
+            received.iter().map(|r| &r.body).collect::<Vec<_>>()
+        );
+    }
 
     // A broken edit is reported and the running pipeline stays.
     std::fs::write(&file, "name = \"watched\"\n[source]\ntype = \"storage\"\n").unwrap();
