@@ -102,13 +102,24 @@ fn key(change: &Value) -> String {
 }
 
 async fn wait_for_slot(pg: &Postgres) {
+    wait_for_slot_named(pg, SLOT).await;
+}
+
+async fn wait_for_slot_named(pg: &Postgres, slot: &str) {
+    let query = format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'");
     eventually("the slot to exist", WAIT, || async {
-        (pg.sql(&format!(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{SLOT}'"
-        )) == "1")
-            .then_some(())
+        (pg.sql(&query) == "1").then_some(())
     })
     .await;
+}
+
+/// Once the shipped pipeline's slot exists: order 42 placed, then shipped.
+async fn place_and_ship_order_42(pg: &Postgres) {
+    wait_for_slot_named(pg, "runnel_order_changed").await;
+    pg.sql(
+        "INSERT INTO orders VALUES (42, 'ada@example.com', 'placed');
+         UPDATE orders SET status = 'shipped' WHERE id = 42;",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -492,17 +503,7 @@ async fn the_shipped_order_changed_pipeline_tells_the_customer() {
         &pg.database_toml("main"),
     )
     .await;
-    eventually("the slot to exist", WAIT, || async {
-        (pg.sql(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'runnel_order_changed'",
-        ) == "1")
-            .then_some(())
-    })
-    .await;
-    pg.sql(
-        "INSERT INTO orders VALUES (42, 'ada@example.com', 'placed');
-         UPDATE orders SET status = 'shipped' WHERE id = 42;",
-    );
+    place_and_ship_order_42(&pg).await;
     let texts = eventually("two notifications", WAIT, || async {
         let texts: Vec<String> = changes(&webhook)
             .iter()
@@ -584,17 +585,7 @@ topic = "debezium-notifications"
         &pg.database_toml("main"),
     )
     .await;
-    eventually("the slot to exist", WAIT, || async {
-        (pg.sql(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'runnel_order_changed'",
-        ) == "1")
-            .then_some(())
-    })
-    .await;
-    pg.sql(
-        "INSERT INTO orders VALUES (42, 'ada@example.com', 'placed');
-         UPDATE orders SET status = 'shipped' WHERE id = 42;",
-    );
+    place_and_ship_order_42(&pg).await;
 
     let row = |status: &str| json!({"id": 42, "customer": "ada@example.com", "status": status});
     let key = json!({"schema": {"type": "struct"}, "payload": {"id": 42}}).to_string();

@@ -119,6 +119,15 @@ fn text(value: Option<&Any>) -> String {
     }
 }
 
+/// The `traceparent` of the webhook's first call, once it came.
+async fn notification_traceparent(webhook: &WebhookReceiver) -> String {
+    eventually("the notification", Duration::from_secs(60), || async {
+        let received = webhook.received.lock().unwrap();
+        received.first().map(|r| r.traceparent.clone())
+    })
+    .await
+}
+
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
@@ -152,11 +161,7 @@ async fn an_upload_is_one_trace_through_both_pipelines_to_the_webhook() {
     assert_eq!(response.status(), 201);
 
     // The webhook's call carries the trace on.
-    let traceparent = eventually("the notification", Duration::from_secs(60), || async {
-        let received = webhook.received.lock().unwrap();
-        received.first().map(|r| r.traceparent.clone())
-    })
-    .await;
+    let traceparent = notification_traceparent(&webhook).await;
     let parts: Vec<&str> = traceparent.split('-').collect();
     assert_eq!((parts.len(), parts[1]), (4, TRACE), "{traceparent}");
 
@@ -281,11 +286,7 @@ async fn context_flows_without_an_exporter_and_a_trace_starts_at_the_upload() {
         )
         .await;
     assert_eq!(response.status(), 201);
-    let traceparent = eventually("the notification", Duration::from_secs(60), || async {
-        let received = webhook.received.lock().unwrap();
-        received.first().map(|r| r.traceparent.clone())
-    })
-    .await;
+    let traceparent = notification_traceparent(&webhook).await;
     let parts: Vec<&str> = traceparent.split('-').collect();
     assert_eq!(parts.len(), 4, "{traceparent:?}");
     assert!(
