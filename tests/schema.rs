@@ -562,7 +562,7 @@ topic = "out"
         r#"[source]
 type = "http"
 routes = ["/x", "/x/"]
-cors = { origins = ["https://app.example.com/"], max_age = 600 }
+cors = { origins = ["https://app.example.com/", "https://app.example.com/path"], max_age = 600 }
 rate_limit = { per_second = 0 }
 [function]
 path = "HTTP_FUNCTION"
@@ -843,6 +843,25 @@ url = "postgres://x/y"
             "databases.b.tls",
             "databases.c.ca_file",
         ],
+    ),
+    (
+        // Without a url, its siblings are still read, not "unknown".
+        "runtime-database-without-url",
+        r#"[databases.main]
+tls = "require"
+ca_file = "ca.pem"
+"#,
+        &["databases.main.url"],
+    ),
+    (
+        "runtime-events-topic-name",
+        r#"[storage]
+type = "s3"
+[storage.events]
+type = "topic"
+topic = "no spaces allowed"
+"#,
+        &["storage.events.topic"],
     ),
 ];
 

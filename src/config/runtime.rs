@@ -466,12 +466,15 @@ fn read_s3(t: &Table<'_, '_>, data_dir: &Path) -> Option<crate::storage::s3::S3C
                     })
                 }
                 Some("topic") => e
-                    .required_string("topic")
+                    .required_name("topic", crate::broker::validate_topic)
                     .map(|topic| S3Events::Topic { topic }),
-                Some("webhook") => e.required_string("topic").map(|topic| S3Events::Webhook {
-                    topic,
-                    auth_token: e.string("auth_token").filter(|t| !t.is_empty()),
-                }),
+                Some("webhook") => {
+                    e.required_name("topic", crate::broker::validate_topic)
+                        .map(|topic| S3Events::Webhook {
+                            topic,
+                            auth_token: e.string("auth_token").filter(|t| !t.is_empty()),
+                        })
+                }
                 Some("poll") => Some(S3Events::Poll {
                     interval: e.duration("interval").unwrap_or(Duration::from_secs(10)),
                     checkpoint: data_dir.join("s3-poll.db"),
@@ -504,26 +507,29 @@ fn read_database(
     t: &Table<'_, '_>,
     path: &dyn Fn(&Table<'_, '_>, &str) -> Option<PathBuf>,
 ) -> Option<DatabaseConfig> {
-    let field = t.required("url")?;
-    let text = field.string()?;
-    let mut config = match DatabaseConfig::from_url(&text) {
-        Ok(config) => config,
-        Err(problem) => {
-            field.error(format!("database url: {problem}"));
-            return None;
-        }
-    };
-    if let Some(field) = t.get("tls")
-        && let Some(text) = field.string()
-    {
-        match DatabaseTls::parse(&text) {
-            Some(tls) => config.tls = tls,
-            None => field.error(format!(
+    // Every field is read (and so known) whatever the url's fate.
+    let url = t.required("url").and_then(|field| {
+        let text = field.string()?;
+        DatabaseConfig::from_url(&text)
+            .map_err(|problem| field.error(format!("database url: {problem}")))
+            .ok()
+    });
+    let tls = t.get("tls").and_then(|field| {
+        let text = field.string()?;
+        let tls = DatabaseTls::parse(&text);
+        if tls.is_none() {
+            field.error(format!(
                 "unknown tls {text:?}; expected \"disable\", \"prefer\", \"require\", \"verify-ca\" or \"verify-full\""
-            )),
+            ));
         }
+        tls
+    });
+    let ca_file = path(t, "ca_file");
+    let mut config = url?;
+    if let Some(tls) = tls {
+        config.tls = tls;
     }
-    if let Some(ca) = path(t, "ca_file") {
+    if let Some(ca) = ca_file {
         config.ca_file = Some(ca);
     }
     Some(config)

@@ -32,7 +32,11 @@ impl CorsConfig {
         let origins = table.required("origins").and_then(|f| {
             let origins = f.strings()?;
             let bad: Vec<_> = (origins.iter())
-                .filter(|o| *o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/'))
+                .filter(|o| {
+                    // An origin is scheme://host[:port]: nothing after it.
+                    let rest = o.strip_prefix("http://").or_else(|| o.strip_prefix("https://"));
+                    *o != "*" && rest.is_none_or(|rest| rest.is_empty() || rest.contains('/'))
+                })
                 .collect();
             if origins.is_empty() || !bad.is_empty() {
                 f.error(format!(
