@@ -69,6 +69,10 @@ if ! command -v promtool >/dev/null; then
   step "installing promtool (checks /metrics and deploy/'s alert rules)"
   apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus
 fi
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  step "installing chromium and chromium-driver (tests/dashboard.rs drives the dashboard in a browser)"
+  apt-get update -qq && apt-get install -y -qq chromium chromium-driver
+fi
 if ! command -v kubernetes-validate >/dev/null; then
   step "installing kubernetes-validate (checks deploy/kubernetes against Kubernetes' schemas)"
   python3 -m pip install --quiet 'kubernetes-validate==1.37.0'

@@ -424,6 +424,8 @@ impl Process {
         let mut gateway = Gateway::new(auth.clone(), jwt.clone());
         // Pipelines whose routes have a listener of their own (`listen`).
         let mut own: BTreeMap<SocketAddr, Gateway> = BTreeMap::new();
+        // What the dashboard shows and replays through.
+        let mut handlers = Vec::new();
         for (pipeline, function) in pipelines.iter().zip(functions) {
             let opened_trigger = pipeline
                 .source
@@ -449,6 +451,7 @@ impl Process {
                 Trigger::Queued { .. } => Arc::new(handler.reporting()),
                 _ => Arc::new(handler),
             };
+            handlers.push((pipeline.clone(), handler.clone()));
             match opened_trigger {
                 Trigger::Pulled(trigger) => {
                     running.spawn(feed_driver::run(
@@ -490,6 +493,16 @@ impl Process {
             tokio::spawn(prune(broker, opened.retention, shutdown.clone()));
         }
 
+        let dashboard = config.http.dashboard.then(|| {
+            Arc::new(crate::dashboard::Dashboard {
+                pipelines: handlers,
+                backends: opened.backends.clone(),
+                health: health.clone(),
+                auth: auth.clone(),
+                metrics: metrics.clone(),
+                stop: shutdown.clone(),
+            })
+        });
         let state = ApiState {
             store: opened.backends.store.clone(),
             broker: opened.backends.broker.clone(),
@@ -520,8 +533,14 @@ impl Process {
             tracing::info!(listen = %addr, "serving HTTP functions' routes");
             servers.push(serve(listener, routes, shutdown.clone()));
         }
-        tracing::info!(listen = %listener.local_addr()?, pipelines = pipelines.len(), "runnel is up");
-        servers.push(serve(listener, router(state), shutdown.clone()));
+        let addr = listener.local_addr()?;
+        let mut routes = router(state);
+        if let Some(dashboard) = dashboard {
+            routes = routes.merge(crate::dashboard::router(dashboard));
+            tracing::info!(url = %format!("http://{addr}/"), "dashboard");
+        }
+        tracing::info!(listen = %addr, pipelines = pipelines.len(), "runnel is up");
+        servers.push(serve(listener, routes, shutdown.clone()));
         shutdown.cancelled().await;
         // New connections are refused now; requests in flight and pulled
         // events get the same grace.

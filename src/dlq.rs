@@ -146,7 +146,6 @@ pub async fn replay(
     idempotency: Arc<dyn IdempotencyStore>,
     ids: &[String],
 ) -> anyhow::Result<Vec<(Entry, Replayed)>> {
-    let entries = list(pipeline, backends).await?;
     let handler = Handler::new(
         pipeline,
         function,
@@ -160,6 +159,18 @@ pub async fn replay(
             pipeline.name
         )
     })?;
+    replay_through(&handler, pipeline, backends, ids).await
+}
+
+/// Replays through `handler`, the pipeline's own (a running process's,
+/// for the dashboard), so a replay shares its permits and its order.
+pub async fn replay_through(
+    handler: &Handler,
+    pipeline: &PipelineConfig,
+    backends: &Backends,
+    ids: &[String],
+) -> anyhow::Result<Vec<(Entry, Replayed)>> {
+    let entries = list(pipeline, backends).await?;
     let mut results = Vec::new();
     for entry in entries {
         if !ids.is_empty() && !ids.iter().any(|id| id == entry.key()) {

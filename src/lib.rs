@@ -40,6 +40,7 @@
 pub mod app;
 pub mod broker;
 pub mod config;
+pub mod dashboard;
 pub mod dlq;
 pub mod engine;
 pub mod event;

@@ -138,21 +138,27 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let colour = colours(
         std::io::IsTerminal::is_terminal(&std::io::stderr()),
         std::env::var_os("NO_COLOR"),
     );
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let printed = tracing_subscriber::fmt::layer()
         .with_ansi(colour)
         .with_writer(std::io::stderr);
-    if format == LogFormat::Json {
-        builder.json().init();
+    let printed = if format == LogFormat::Json {
+        printed.json().boxed()
     } else {
-        builder.init();
-    }
+        printed.boxed()
+    };
+    // The dashboard's last invocations read the log with a filter of their
+    // own, whatever RUST_LOG prints.
+    tracing_subscriber::registry()
+        .with(printed.with_filter(filter))
+        .with(runnel::dashboard::activity::Layer.with_filter(runnel::dashboard::activity::filter()))
+        .init();
 }
 
 /// Colours only for a terminal (a log file or journald gets plain text),

@@ -131,33 +131,43 @@ pub fn load_pipelines(
     }
 }
 
-/// What the pipelines name that the runtime config must bind and does
-/// not: a database source's `database`.
+/// What the pipelines ask of the runtime config that it does not give: a
+/// database source's `database` it does not bind, a route at `/` where it
+/// serves the dashboard.
 pub fn unbound_names(
     runtime: &runtime::RuntimeConfig,
     pipelines: &[PipelineConfig],
 ) -> Vec<Diagnostic> {
-    pipelines
-        .iter()
-        .filter_map(|p| match &p.source {
+    let problem = |p: &PipelineConfig, path: &str, message: String| Diagnostic {
+        file: p.file.clone(),
+        line: 1,
+        column: 1,
+        path: path.to_owned(),
+        message,
+    };
+    let mut problems = Vec::new();
+    for p in pipelines {
+        match &p.source {
             crate::triggers::TriggerConfig::Database(source)
                 if !runtime.databases.contains_key(&source.database) =>
             {
                 let known: Vec<&str> = runtime.databases.keys().map(String::as_str).collect();
-                Some(Diagnostic {
-                    file: p.file.clone(),
-                    line: 1,
-                    column: 1,
-                    path: "source.database".to_owned(),
-                    message: format!(
-                        "database {:?} is not in the runtime config (it has {}): add [databases.{}] url = \"postgres://…\" to runnel.toml",
-                        source.database,
-                        if known.is_empty() { "none".to_owned() } else { known.join(", ") },
-                        source.database
-                    ),
-                })
+                problems.push(problem(p, "source.database", format!(
+                    "database {:?} is not in the runtime config (it has {}): add [databases.{}] url = \"postgres://…\" to runnel.toml",
+                    source.database,
+                    if known.is_empty() { "none".to_owned() } else { known.join(", ") },
+                    source.database
+                )));
             }
-            _ => None,
-        })
-        .collect()
+            crate::triggers::TriggerConfig::Http(source)
+                if runtime.http.dashboard
+                    && source.listen.is_none()
+                    && source.routes.iter().any(|r| r.pattern == "/") =>
+            {
+                problems.push(problem(p, "source.routes", "route \"/\" is where runnel serves its dashboard: set http.dashboard = false in runnel.toml to give it to this function, or give the pipeline a listener of its own (source.listen)".to_owned()));
+            }
+            _ => {}
+        }
+    }
+    problems
 }

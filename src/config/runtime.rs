@@ -50,6 +50,8 @@ pub struct HttpConfig {
     /// Largest body of every other request (default 1 MiB): S3
     /// notifications by webhook. Larger ones get 413 before they are read.
     pub max_body_size: u64,
+    /// Serve the live dashboard at `/` (default true).
+    pub dashboard: bool,
     /// `[http.auth]`: API keys and their scopes (default none: anyone who
     /// reaches the port, allowed on loopback only).
     pub auth: crate::server::auth::AuthConfig,
@@ -235,6 +237,7 @@ impl RuntimeConfig {
                 listen: "127.0.0.1:8080".parse().expect("valid address"),
                 max_upload_size: 64 << 20,
                 max_body_size: 1 << 20,
+                dashboard: true,
                 auth: Default::default(),
             },
             storage: StorageConfig::Local {
@@ -333,6 +336,9 @@ fn read(root: Table<'_, '_>, file: &Path, data_dir: Option<&Path>) -> RuntimeCon
         }
         if let Some(size) = t.size("max_body_size") {
             config.http.max_body_size = size;
+        }
+        if let Some(on) = t.boolean("dashboard") {
+            config.http.dashboard = on;
         }
         if let Some(auth) = t.table("auth")
             && let Some(auth) = crate::server::auth::AuthConfig::read(auth)

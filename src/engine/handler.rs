@@ -303,6 +303,11 @@ impl Handler {
         &self.name
     }
 
+    /// The function's name, as metrics and logs give it.
+    pub fn function_name(&self) -> &str {
+        self.function.name()
+    }
+
     /// For a trigger that reports on its events: keeps track of the keys
     /// being handled ([`is_running`](Self::is_running)), and keeps a
     /// summary with each completion ([`kept_reply`](Self::kept_reply)):

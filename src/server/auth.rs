@@ -14,7 +14,12 @@
 //! | `invoke:<pipeline>` | call an HTTP function's routes (`auth = "token"`) |
 //! | `metrics` | scrape `/metrics` |
 //! | `events:s3` | send S3 notifications (`POST /v1/events/s3`) |
+//! | `dashboard` | see the dashboard (`GET /`) and its live feed |
+//! | `replay:<pipeline>` | replay a pipeline's dead letters from the dashboard |
 //!
+//! A browser cannot put a bearer token on a page load, so the token is
+//! also taken as the password of HTTP Basic credentials (any user name):
+//! the browser asks for it once and sends it with the page's requests.
 //! `*` in place of a name covers every name. Without keys runnel serves
 //! anyone who reaches it, which is refused on a non-loopback address unless
 //! `allow_anonymous = true` says it is meant. The probes (`/healthz`,
@@ -29,7 +34,7 @@ use subtle::ConstantTimeEq;
 use super::rate_limit::{RateLimitConfig, TokenBucket, retry_after};
 use crate::config::reader::{Field, Table};
 
-/// The kinds of scope, each with a name after it (`metrics` alone).
+/// The kinds of scope, each with a name after it ([`BARE`] alone).
 const KINDS: [&str; 7] = [
     "objects:read",
     "objects:write",
@@ -37,8 +42,14 @@ const KINDS: [&str; 7] = [
     "topics:write",
     "invoke",
     "events",
-    "metrics",
+    "replay",
 ];
+
+/// The scopes without a name.
+const BARE: [&str; 2] = ["metrics", "dashboard"];
+
+/// What a key's `scopes` may hold, for the error that names a bad one.
+pub const EXPECTED_SCOPES: &str = "expected objects:read:<bucket>, objects:write:<bucket>, topics:read:<topic>, topics:write:<topic>, invoke:<pipeline>, replay:<pipeline>, events:s3, metrics or dashboard (a name may be *)";
 
 #[derive(Clone, Debug, Default)]
 pub struct AuthConfig {
@@ -122,26 +133,7 @@ impl AuthConfig {
         if !self.required() {
             return Ok(None);
         }
-        let Some(token) = bearer(headers) else {
-            return Err(denied(
-                StatusCode::UNAUTHORIZED,
-                format!(
-                    "this route needs an API key with scope {scope}: send Authorization: Bearer <token>"
-                ),
-            ));
-        };
-        let digest: [u8; 32] = Sha256::digest(token).into();
-        // Every key is compared, so the time taken does not say which
-        // matched or how much of a hash did.
-        let mut found = None;
-        for key in &self.keys {
-            if bool::from(key.sha256.ct_eq(&digest)) {
-                found = Some(key);
-            }
-        }
-        let Some(key) = found else {
-            return Err(denied(StatusCode::UNAUTHORIZED, "unknown API key"));
-        };
+        let key = self.presented_key(headers, scope)?;
         if key.scopes.iter().any(|granted| covers(granted, scope)) {
             if let Some(Err(wait)) = key.bucket.as_ref().map(|b| b.take()) {
                 let mut response = denied(
@@ -161,6 +153,41 @@ impl AuthConfig {
             ))
         }
     }
+
+    /// Whether the request's key has `scope` (always without keys), for
+    /// showing what a caller may do; takes nothing from its rate limit.
+    pub fn grants(&self, headers: &HeaderMap, scope: &str) -> bool {
+        !self.required()
+            || self
+                .presented_key(headers, scope)
+                .is_ok_and(|key| key.scopes.iter().any(|granted| covers(granted, scope)))
+    }
+
+    /// The configured key the request presents, else the 401.
+    #[allow(
+        clippy::result_large_err,
+        reason = "every caller answers with the response"
+    )]
+    fn presented_key(&self, headers: &HeaderMap, scope: &str) -> Result<&ApiKey, Response> {
+        let Some(token) = presented(headers) else {
+            return Err(denied(
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "this route needs an API key with scope {scope}: send Authorization: Bearer <token>"
+                ),
+            ));
+        };
+        let digest: [u8; 32] = Sha256::digest(&token).into();
+        // Every key is compared, so the time taken does not say which
+        // matched or how much of a hash did.
+        let mut found = None;
+        for key in &self.keys {
+            if bool::from(key.sha256.ct_eq(&digest)) {
+                found = Some(key);
+            }
+        }
+        found.ok_or_else(|| denied(StatusCode::UNAUTHORIZED, "unknown API key"))
+    }
 }
 
 /// Whether a granted scope covers a needed one (`objects:read:*` covers
@@ -176,10 +203,22 @@ fn covers(granted: &str, needed: &str) -> bool {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+/// The token in `Authorization`: a bearer token, or the password of Basic
+/// credentials (what a browser sends after asking for it).
+fn presented(headers: &HeaderMap) -> Option<Vec<u8>> {
+    use base64::Engine as _;
     let value = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if scheme.eq_ignore_ascii_case(b"basic ") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim_ascii())
+            .ok()?;
+        let colon = decoded.iter().position(|&b| b == b':')?;
+        let token = decoded[colon + 1..].to_vec();
+        return (!token.is_empty()).then_some(token);
+    }
     let (scheme, token) = value.split_at_checked(7)?;
-    (scheme.eq_ignore_ascii_case(b"bearer ") && !token.is_empty()).then_some(token)
+    (scheme.eq_ignore_ascii_case(b"bearer ") && !token.is_empty()).then(|| token.to_vec())
 }
 
 fn denied(status: StatusCode, message: impl Into<String>) -> Response {
@@ -234,7 +273,7 @@ fn read_key(name: &str, table: Table<'_, '_>) -> Option<ApiKey> {
         let bad: Vec<_> = scopes.iter().filter(|s| !valid_scope(s)).collect();
         if !bad.is_empty() {
             field.error(format!(
-                "unknown scope(s) {bad:?}; expected objects:read:<bucket>, objects:write:<bucket>, topics:read:<topic>, topics:write:<topic>, invoke:<pipeline>, events:s3 or metrics (a name may be *)"
+                "unknown scope(s) {bad:?}; {EXPECTED_SCOPES}"
             ));
             return None;
         }
@@ -265,13 +304,13 @@ fn token_digest(field: &Field<'_, '_>, token: &[u8]) -> Option<[u8; 32]> {
 }
 
 fn valid_scope(scope: &str) -> bool {
-    if scope == "metrics" {
+    if BARE.contains(&scope) {
         return true;
     }
     let Some((kind, name)) = scope.rsplit_once(':') else {
         return false;
     };
-    KINDS.contains(&kind) && kind != "metrics" && !name.is_empty()
+    KINDS.contains(&kind) && !name.is_empty()
 }
 
 #[cfg(test)]
@@ -333,5 +372,34 @@ mod tests {
         assert!(valid_scope("events:s3"));
         assert!(!valid_scope("objects:delete:x"));
         assert!(!valid_scope("metrics:x"));
+        assert!(valid_scope("dashboard"));
+        assert!(valid_scope("replay:*"));
+        assert!(!valid_scope("replay"));
+    }
+
+    /// A browser's Basic credentials carry the token as their password;
+    /// `grants` answers without taking from the key's rate limit.
+    #[test]
+    fn basic_credentials_carry_the_token() {
+        use base64::Engine as _;
+        let auth = config(&["dashboard", "replay:thumbnails"]);
+        let basic = |userpass: &str| {
+            let mut headers = HeaderMap::new();
+            let encoded = base64::engine::general_purpose::STANDARD.encode(userpass);
+            headers.insert(
+                header::AUTHORIZATION,
+                format!("Basic {encoded}").parse().unwrap(),
+            );
+            headers
+        };
+        assert!(auth.authorize(&basic("anyone:0123456789abcdef"), "dashboard").is_ok());
+        assert!(auth.authorize(&basic(":0123456789abcdef"), "dashboard").is_ok());
+        let wrong = auth.authorize(&basic("0123456789abcdef:"), "dashboard");
+        assert_eq!(wrong.unwrap_err().status(), StatusCode::UNAUTHORIZED);
+        let good = basic("x:0123456789abcdef");
+        assert!(auth.grants(&good, "replay:thumbnails"));
+        assert!(!auth.grants(&good, "replay:notify"));
+        assert!(!auth.grants(&HeaderMap::new(), "dashboard"));
+        assert!(AuthConfig::default().grants(&HeaderMap::new(), "replay:x"));
     }
 }

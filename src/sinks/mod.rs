@@ -38,6 +38,22 @@ pub enum SinkConfig {
 }
 
 impl SinkConfig {
+    /// Its kind and where it writes, for people (the dashboard).
+    pub fn describe(&self) -> (&'static str, String) {
+        match self {
+            Self::Storage(c) => ("storage", c.bucket.clone()),
+            Self::Topic(c) => ("topic", c.topic.clone()),
+            // The URL's host only: a path or query may hold a secret.
+            Self::Webhook(c) => (
+                "webhook",
+                reqwest::Url::parse(&c.url)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_owned))
+                    .unwrap_or_else(|| "(off)".to_owned()),
+            ),
+        }
+    }
+
     /// Reads a sink table (the dead-letter sink's: it has no retry policy
     /// of its own, it retries until written).
     pub fn read(table: Table<'_, '_>) -> Option<Self> {

@@ -97,6 +97,35 @@ impl TriggerConfig {
         }
     }
 
+    /// Its kind and what it reads, for people (the dashboard):
+    /// `("storage", "uploads/*.png")`.
+    pub fn describe(&self) -> (&'static str, String) {
+        match self {
+            Self::Storage(c) => {
+                let mut what = c.bucket.clone();
+                if let Some(prefix) = &c.prefix {
+                    what.push('/');
+                    what.push_str(prefix);
+                }
+                if !c.suffixes.is_empty() {
+                    what.push_str(&format!(" *{}", c.suffixes.join("|*")));
+                }
+                ("storage", what)
+            }
+            Self::Topic(c) => ("topic", c.topic.clone()),
+            Self::Http(c) => {
+                let methods: Vec<_> = c.methods.iter().map(|m| m.as_str()).collect();
+                let routes: Vec<_> = c.routes.iter().map(|r| r.pattern.as_str()).collect();
+                ("http", format!("{} {}", methods.join("|"), routes.join(" ")))
+            }
+            Self::Schedule(c) => ("schedule", c.describe()),
+            Self::Database(c) => {
+                let tables: Vec<_> = c.tables.iter().map(|(s, t)| format!("{s}.{t}")).collect();
+                ("database", format!("{} {}", c.database, tables.join(" ")))
+            }
+        }
+    }
+
     /// The bucket the trigger reads, if it reads one.
     pub fn bucket(&self) -> Option<&str> {
         match self {
