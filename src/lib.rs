@@ -31,6 +31,8 @@
 //!   limits, CORS), and below them whatever triggers contribute
 //!   ([`server::Functions`]); [`health`]: the backend checks behind
 //!   `/healthz`, which also hold events in outages.
+//! - [`dashboard`]: the live page at `/`, fed by the metrics registry and
+//!   the log, replaying dead letters through the pipelines' handlers.
 //! - [`metrics`]: every metric name, described once; [`telemetry`]: W3C
 //!   trace context through every hop, and spans exported over OTLP.
 //! - [`app`]: assembling and running the process (`runnel up`, in-process

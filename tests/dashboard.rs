@@ -86,7 +86,10 @@ async fn until(page: &Client, what: &str, expression: &str) -> Value {
                 .execute("return document.body.innerText", vec![])
                 .await
                 .unwrap();
-            panic!("the page never showed {what}; it shows:\n{}", body.as_str().unwrap_or(""));
+            panic!(
+                "the page never showed {what}; it shows:\n{}",
+                body.as_str().unwrap_or("")
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -141,7 +144,12 @@ async fn an_operator_watches_an_upload_and_replays_its_dead_letter() {
     let driver = start_driver().await;
     let page = browser(&driver).await;
     page.goto(&runnel.url("/")).await.unwrap();
-    until(&page, "the live feed", "document.getElementById('connection').className === 'live'").await;
+    until(
+        &page,
+        "the live feed",
+        "document.getElementById('connection').className === 'live'",
+    )
+    .await;
     let names = until(
         &page,
         "both pipelines",
@@ -150,7 +158,9 @@ async fn an_operator_watches_an_upload_and_replays_its_dead_letter() {
     .await;
     assert_eq!(names, "image-upload,notify");
     let flow = page
-        .find(Locator::Css("#pipelines tr[data-pipeline='image-upload'] .flow"))
+        .find(Locator::Css(
+            "#pipelines tr[data-pipeline='image-upload'] .flow",
+        ))
         .await
         .unwrap()
         .text()
@@ -158,11 +168,21 @@ async fn an_operator_watches_an_upload_and_replays_its_dead_letter() {
         .unwrap();
     assert!(flow.contains("storage uploads"), "{flow}");
     assert!(flow.contains("thumbnail"), "{flow}");
-    until(&page, "the backends' health", "document.querySelectorAll('#health .pill.ok').length >= 3").await;
+    until(
+        &page,
+        "the backends' health",
+        "document.querySelectorAll('#health .pill.ok').length >= 3",
+    )
+    .await;
     screenshot(&page, "1-idle.png").await;
 
     let upload = runnel
-        .upload("uploads", "photos/cat.jpg", photo_jpeg(1200, 800), Some("alice"))
+        .upload(
+            "uploads",
+            "photos/cat.jpg",
+            photo_jpeg(1200, 800),
+            Some("alice"),
+        )
         .await;
     assert_eq!(upload.status(), 201);
 
@@ -181,7 +201,10 @@ async fn an_operator_watches_an_upload_and_replays_its_dead_letter() {
     .await;
     assert_eq!(
         runnel
-            .metric("runnel_events_completed_total", &[("pipeline", "image-upload"), ("result", "done")])
+            .metric(
+                "runnel_events_completed_total",
+                &[("pipeline", "image-upload"), ("result", "done")]
+            )
             .await,
         1.0
     );
@@ -195,7 +218,9 @@ async fn an_operator_watches_an_upload_and_replays_its_dead_letter() {
     .await;
     eprintln!("invocations shown: {outcomes}");
     let p50 = page
-        .find(Locator::Css("#pipelines tr[data-pipeline='image-upload'] [data-field=p50]"))
+        .find(Locator::Css(
+            "#pipelines tr[data-pipeline='image-upload'] [data-field=p50]",
+        ))
         .await
         .unwrap()
         .text()
@@ -204,12 +229,14 @@ async fn an_operator_watches_an_upload_and_replays_its_dead_letter() {
     assert!(p50.ends_with("ms") || p50.ends_with("µs"), "p50 {p50}");
 
     // An invocation opens onto the log lines its function wrote.
-    page.find(Locator::Css("#invocations tbody tr.row[data-pipeline='image-upload']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    page.find(Locator::Css(
+        "#invocations tbody tr.row[data-pipeline='image-upload']",
+    ))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
     let logs = until(
         &page,
         "the thumbnail function's log line",
@@ -220,12 +247,14 @@ async fn an_operator_watches_an_upload_and_replays_its_dead_letter() {
     screenshot(&page, "2-after-upload.png").await;
 
     // The dead letter: its error, and a replay once the webhook is back.
-    page.find(Locator::Css("#pipelines tr[data-pipeline='notify'] button.dead-letters"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    page.find(Locator::Css(
+        "#pipelines tr[data-pipeline='notify'] button.dead-letters",
+    ))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
     let error = until(
         &page,
         "the dead letter",
@@ -299,14 +328,28 @@ async fn the_dashboard_is_closed_without_its_scopes() {
         .iter()
         .map(|v| v.to_str().unwrap().to_owned())
         .collect();
-    assert!(challenges.iter().any(|c| c.starts_with("Basic realm=\"runnel\"")), "{challenges:?}");
-    assert_eq!(get("/", Some("scraper-token-0123456789")).await.unwrap().status(), 403);
-    assert_eq!(get("/v1/dashboard/live", None).await.unwrap().status(), 401);
+    assert!(
+        challenges
+            .iter()
+            .any(|c| c.starts_with("Basic realm=\"runnel\"")),
+        "{challenges:?}"
+    );
     assert_eq!(
-        get("/v1/dashboard/pipelines/notify/dead-letters", Some("scraper-token-0123456789"))
+        get("/", Some("scraper-token-0123456789"))
             .await
             .unwrap()
             .status(),
+        403
+    );
+    assert_eq!(get("/v1/dashboard/live", None).await.unwrap().status(), 401);
+    assert_eq!(
+        get(
+            "/v1/dashboard/pipelines/notify/dead-letters",
+            Some("scraper-token-0123456789")
+        )
+        .await
+        .unwrap()
+        .status(),
         403
     );
 
@@ -318,12 +361,19 @@ async fn the_dashboard_is_closed_without_its_scopes() {
         .await
         .unwrap();
     assert_eq!(page.status(), 200);
-    assert!(page.headers()["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"));
+    assert!(
+        page.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
     assert!(page.text().await.unwrap().contains("<title>runnel</title>"));
 
     // The feed says which pipelines the caller may replay.
     let can_replay = |token: &'static str| {
-        let request = client.get(runnel.url("/v1/dashboard/live")).bearer_auth(token);
+        let request = client
+            .get(runnel.url("/v1/dashboard/live"))
+            .bearer_auth(token);
         async move {
             let mut response = request.send().await.unwrap();
             assert_eq!(response.status(), 200);
@@ -342,17 +392,28 @@ async fn the_dashboard_is_closed_without_its_scopes() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|p| (p["name"].as_str().unwrap().to_owned(), p["can_replay"].as_bool().unwrap()))
+                .map(|p| {
+                    (
+                        p["name"].as_str().unwrap().to_owned(),
+                        p["can_replay"].as_bool().unwrap(),
+                    )
+                })
                 .collect::<Vec<_>>()
         }
     };
     assert_eq!(
         can_replay("operator-token-0123456789").await,
-        [("image-upload".to_owned(), false), ("notify".to_owned(), true)]
+        [
+            ("image-upload".to_owned(), false),
+            ("notify".to_owned(), true)
+        ]
     );
     assert_eq!(
         can_replay("viewer-token-0123456789").await,
-        [("image-upload".to_owned(), false), ("notify".to_owned(), false)]
+        [
+            ("image-upload".to_owned(), false),
+            ("notify".to_owned(), false)
+        ]
     );
 
     let replay = |token: &str, content_type: &str, origin: Option<String>| {
@@ -367,22 +428,45 @@ async fn the_dashboard_is_closed_without_its_scopes() {
         async move { request.send().await.unwrap().status().as_u16() }
     };
     let own = Some(format!("http://{}", runnel.addr));
-    assert_eq!(replay("viewer-token-0123456789", "application/json", own.clone()).await, 403);
-    assert_eq!(replay("scraper-token-0123456789", "application/json", own.clone()).await, 403);
     assert_eq!(
-        replay("operator-token-0123456789", "application/json", Some("http://evil.example".into())).await,
+        replay("viewer-token-0123456789", "application/json", own.clone()).await,
         403
     );
-    assert_eq!(replay("operator-token-0123456789", "text/plain", own.clone()).await, 415);
+    assert_eq!(
+        replay("scraper-token-0123456789", "application/json", own.clone()).await,
+        403
+    );
+    assert_eq!(
+        replay(
+            "operator-token-0123456789",
+            "application/json",
+            Some("http://evil.example".into())
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        replay("operator-token-0123456789", "text/plain", own.clone()).await,
+        415
+    );
     // Allowed, and nothing to replay under that key.
-    assert_eq!(replay("operator-token-0123456789", "application/json", own).await, 404);
+    assert_eq!(
+        replay("operator-token-0123456789", "application/json", own).await,
+        404
+    );
 }
 
 /// `http.dashboard = false` frees `/` (404 there) and the feed's routes.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_can_be_switched_off() {
     let dir = tempfile::tempdir().unwrap();
-    let runnel = Runnel::start(dir.path(), &harness::pipelines(), &[], "dashboard = false\n").await;
+    let runnel = Runnel::start(
+        dir.path(),
+        &harness::pipelines(),
+        &[],
+        "dashboard = false\n",
+    )
+    .await;
     for path in ["/", "/v1/dashboard/live"] {
         let response = runnel.client.get(runnel.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 404, "{path}");

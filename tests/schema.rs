@@ -653,13 +653,14 @@ instance_id = "runnel-0"
 listen = "[::1]:8080"
 max_upload_size = "1GiB"
 max_body_size = "512KiB"
+dashboard = false
 [http.auth.keys.a]
 token = "0123456789abcdef"
 scopes = "metrics"
 rate_limit = { per_second = 2, burst = 4 }
 [http.auth.keys.b]
 token_file = "TOKEN_FILE"
-scopes = ["invoke:*", "events:s3"]
+scopes = ["invoke:*", "events:s3", "dashboard", "replay:notify"]
 [http.auth.keys.c]
 token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 scopes = ["objects:read:thumbnails", "topics:write:t", "objects:write:*", "topics:read:*"]

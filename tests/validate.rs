@@ -56,6 +56,45 @@ fn shipped_database_pipelines_are_valid_with_their_database_bound() {
     assert!(stdout.contains("pipeline order-changed ok"), "{stdout}");
 }
 
+/// A route at `/` on the API's listener would be hidden by the dashboard:
+/// refused, naming the way out, and accepted once the dashboard is off.
+#[test]
+fn a_route_at_the_root_needs_the_dashboard_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("site.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name = \"site\"\n[source]\ntype = \"http\"\nroutes = [\"/\", \"/about\"]\n[function]\npath = {:?}\n",
+            harness::repo().join("functions/hello-http")
+        ),
+    )
+    .unwrap();
+    let run = |config: &str| {
+        let file = dir.path().join("runnel.toml");
+        std::fs::write(&file, config).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .arg("validate")
+            .arg("--config")
+            .arg(&file)
+            .arg(&pipeline)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8(output.stderr).unwrap(),
+        )
+    };
+    let (ok, stderr) = run("");
+    assert!(!ok);
+    assert!(
+        stderr.contains("source.routes: route \"/\" is where runnel serves its dashboard: set http.dashboard = false"),
+        "{stderr}"
+    );
+    let (ok, stderr) = run("[http]\ndashboard = false\n");
+    assert!(ok, "{stderr}");
+}
+
 /// Each broken fixture reports exactly its `.expected` lines, exit code 1.
 #[test]
 fn broken_pipelines_report_every_problem_with_its_location() {

@@ -245,10 +245,13 @@ mod tests {
     fn the_ring_is_bounded() {
         let activity = Activity::default();
         for i in 0..(PENDING + 10) {
-            activity.log(format!("orphan{i}"), LogLine {
-                level: "info".into(),
-                message: "x".into(),
-            });
+            activity.log(
+                format!("orphan{i}"),
+                LogLine {
+                    level: "info".into(),
+                    message: "x".into(),
+                },
+            );
         }
         for i in 0..(KEPT + 10) {
             activity.invoked(invocation(&format!("e{i}")));

@@ -19,6 +19,11 @@
 //! JSON body, which a cross-site form cannot send, and refuses an `Origin`
 //! other than its own.
 
+#![allow(
+    clippy::result_large_err,
+    reason = "an Err is the response each route answers with"
+)]
+
 pub mod activity;
 pub mod figures;
 
@@ -86,22 +91,22 @@ pub fn router(dashboard: Arc<Dashboard>) -> Router {
         .with_state(dashboard)
 }
 
-#[allow(
-    clippy::result_large_err,
-    reason = "the caller answers with the response"
-)]
 fn allowed(dashboard: &Dashboard, headers: &HeaderMap, scope: &str) -> Result<(), Response> {
-    dashboard.auth.authorize(headers, scope).map(drop).map_err(|mut denied| {
-        // Let a browser ask for the key (any user name, the token as the
-        // password); a bearer client ignores the extra challenge.
-        if denied.status() == StatusCode::UNAUTHORIZED {
-            denied.headers_mut().append(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"runnel\", charset=\"UTF-8\""),
-            );
-        }
-        denied
-    })
+    dashboard
+        .auth
+        .authorize(headers, scope)
+        .map(drop)
+        .map_err(|mut denied| {
+            // Let a browser ask for the key (any user name, the token as the
+            // password); a bearer client ignores the extra challenge.
+            if denied.status() == StatusCode::UNAUTHORIZED {
+                denied.headers_mut().append(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"runnel\", charset=\"UTF-8\""),
+                );
+            }
+            denied
+        })
 }
 
 async fn page(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap) -> Response {
@@ -133,7 +138,11 @@ async fn live(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap) -> Re
     let can_replay: Vec<bool> = dashboard
         .pipelines
         .iter()
-        .map(|(p, _)| dashboard.auth.grants(&headers, &format!("replay:{}", p.name)))
+        .map(|(p, _)| {
+            dashboard
+                .auth
+                .grants(&headers, &format!("replay:{}", p.name))
+        })
         .collect();
     let feed = Feed {
         dashboard: dashboard.clone(),
@@ -159,7 +168,9 @@ async fn live(State(dashboard): State<Arc<Dashboard>>, headers: HeaderMap) -> Re
             }
         }
         let snapshot = feed.snapshot();
-        let event = SseEvent::default().event("snapshot").data(snapshot.to_string());
+        let event = SseEvent::default()
+            .event("snapshot")
+            .data(snapshot.to_string());
         Some((Ok::<_, std::convert::Infallible>(event), feed))
     });
     (
@@ -182,10 +193,8 @@ struct Feed {
 impl Feed {
     fn snapshot(&mut self) -> Value {
         let d = &self.dashboard;
-        self.history.push(
-            Instant::now(),
-            figures::Sample::parse(&d.metrics.render()),
-        );
+        self.history
+            .push(Instant::now(), figures::Sample::parse(&d.metrics.render()));
         let invocations = activity::recent().since(self.last_seq, INVOCATIONS);
         if let Some(last) = invocations.last() {
             self.last_seq = last.seq;
@@ -377,7 +386,10 @@ async fn replay(
     let Some((_, outcome)) = results.last() else {
         return error(
             StatusCode::NOT_FOUND,
-            format!("pipeline {name} has no dead letter with key {:?}", request.key),
+            format!(
+                "pipeline {name} has no dead letter with key {:?}",
+                request.key
+            ),
         );
     };
     tracing::info!(pipeline = %name, key = %request.key, "dead letter replayed from the dashboard");
@@ -399,10 +411,6 @@ async fn replay(
 }
 
 /// Refuses a request whose `Origin` is another site's.
-#[allow(
-    clippy::result_large_err,
-    reason = "the caller answers with the response"
-)]
 fn same_origin(headers: &HeaderMap) -> Result<(), Response> {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());

@@ -272,9 +272,7 @@ fn read_key(name: &str, table: Table<'_, '_>) -> Option<ApiKey> {
         let scopes = field.strings()?;
         let bad: Vec<_> = scopes.iter().filter(|s| !valid_scope(s)).collect();
         if !bad.is_empty() {
-            field.error(format!(
-                "unknown scope(s) {bad:?}; {EXPECTED_SCOPES}"
-            ));
+            field.error(format!("unknown scope(s) {bad:?}; {EXPECTED_SCOPES}"));
             return None;
         }
         Some(scopes)
@@ -392,8 +390,14 @@ mod tests {
             );
             headers
         };
-        assert!(auth.authorize(&basic("anyone:0123456789abcdef"), "dashboard").is_ok());
-        assert!(auth.authorize(&basic(":0123456789abcdef"), "dashboard").is_ok());
+        assert!(
+            auth.authorize(&basic("anyone:0123456789abcdef"), "dashboard")
+                .is_ok()
+        );
+        assert!(
+            auth.authorize(&basic(":0123456789abcdef"), "dashboard")
+                .is_ok()
+        );
         let wrong = auth.authorize(&basic("0123456789abcdef:"), "dashboard");
         assert_eq!(wrong.unwrap_err().status(), StatusCode::UNAUTHORIZED);
         let good = basic("x:0123456789abcdef");

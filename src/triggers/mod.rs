@@ -116,7 +116,10 @@ impl TriggerConfig {
             Self::Http(c) => {
                 let methods: Vec<_> = c.methods.iter().map(|m| m.as_str()).collect();
                 let routes: Vec<_> = c.routes.iter().map(|r| r.pattern.as_str()).collect();
-                ("http", format!("{} {}", methods.join("|"), routes.join(" ")))
+                (
+                    "http",
+                    format!("{} {}", methods.join("|"), routes.join(" ")),
+                )
             }
             Self::Schedule(c) => ("schedule", c.describe()),
             Self::Database(c) => {
