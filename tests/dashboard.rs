@@ -217,6 +217,13 @@ async fn an_operator_watches_an_upload_and_replays_its_dead_letter() {
     )
     .await;
     eprintln!("invocations shown: {outcomes}");
+    // The notification that ran out of attempts is listed as such.
+    until(
+        &page,
+        "notify's dead-lettered entry",
+        "[...document.querySelectorAll(\"#invocations tbody tr.row[data-pipeline='notify'] .outcome\")].some(o => o.textContent === 'dead-lettered')",
+    )
+    .await;
     let p50 = page
         .find(Locator::Css(
             "#pipelines tr[data-pipeline='image-upload'] [data-field=p50]",

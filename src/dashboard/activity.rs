@@ -2,8 +2,9 @@
 //! dashboard lists under "last invocations".
 //!
 //! They are taken from the log itself, the `runnel::invocation` line the
-//! handler writes after every attempt and the `runnel::function` lines a
-//! guest writes while it runs, by a [`tracing`] layer with a filter of its
+//! handler writes after every attempt, the `runnel::function` lines a
+//! guest writes while it runs, and the `runnel::dead_letter` line of an
+//! event that ran out of attempts (listed as an entry of its own), by a [`tracing`] layer with a filter of its
 //! own (so `RUST_LOG=warn` hides them from the terminal, not from the
 //! dashboard). The engine does nothing extra per event for it; the layer
 //! keeps a bounded ring, so memory does not grow with traffic.
@@ -35,9 +36,11 @@ pub struct Invocation {
     pub event_id: String,
     pub trace_id: String,
     pub attempt: u64,
-    /// ok, error, trap, timeout, oom.
+    /// ok, error, trap, timeout, oom; `dead-lettered` for the entry of an
+    /// event sent to the dead-letter sink (its `event_id` is then the
+    /// idempotency key, its error the last failure's, with its stage).
     pub outcome: String,
-    pub duration_us: u64,
+    pub duration_us: Option<u64>,
     pub error: Option<String>,
     pub logs: Vec<LogLine>,
 }
@@ -105,11 +108,20 @@ impl Activity {
     }
 
     fn invoked(&self, mut invocation: Invocation) {
+        let lines = {
+            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let lines = inner.pending.remove(&invocation.event_id);
+            if lines.is_some() {
+                inner.order.retain(|id| *id != invocation.event_id);
+            }
+            lines
+        };
+        invocation.logs = lines.unwrap_or_default();
+        self.add(invocation);
+    }
+
+    fn add(&self, mut invocation: Invocation) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(lines) = inner.pending.remove(&invocation.event_id) {
-            inner.order.retain(|id| *id != invocation.event_id);
-            invocation.logs = lines;
-        }
         inner.seq += 1;
         invocation.seq = inner.seq;
         if inner.invocations.len() >= KEPT {
@@ -129,6 +141,7 @@ pub fn filter() -> tracing_subscriber::filter::Targets {
     tracing_subscriber::filter::Targets::new()
         .with_target("runnel::invocation", tracing::Level::INFO)
         .with_target("runnel::function", tracing::Level::DEBUG)
+        .with_target("runnel::dead_letter", tracing::Level::WARN)
 }
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Layer {
@@ -153,9 +166,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Layer {
                 let mut text = |name: &str| fields.text.remove(name).unwrap_or_default();
                 let invocation = Invocation {
                     seq: 0,
-                    at_ms: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64),
+                    at_ms: now_ms(),
                     pipeline: text("pipeline"),
                     function: text("function"),
                     event_id: text("id"),
@@ -163,14 +174,38 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Layer {
                     outcome: text("outcome"),
                     error: fields.text.remove("error"),
                     attempt: fields.numbers.get("attempt").copied().unwrap_or(1),
-                    duration_us: fields.numbers.get("duration_us").copied().unwrap_or(0),
+                    duration_us: fields.numbers.get("duration_us").copied(),
                     logs: Vec::new(),
                 };
                 recent().invoked(invocation);
             }
+            "runnel::dead_letter" => {
+                let mut text = |name: &str| fields.text.remove(name).unwrap_or_default();
+                let (stage, error) = (text("stage"), text("error"));
+                let entry = Invocation {
+                    seq: 0,
+                    at_ms: now_ms(),
+                    pipeline: text("pipeline"),
+                    function: text("function"),
+                    event_id: text("key"),
+                    trace_id: String::new(),
+                    outcome: "dead-lettered".to_owned(),
+                    error: Some(format!("{stage}: {error}")),
+                    attempt: fields.numbers.get("attempts").copied().unwrap_or(0),
+                    duration_us: None,
+                    logs: Vec::new(),
+                };
+                recent().add(entry);
+            }
             _ => {}
         }
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[derive(Default)]
@@ -211,7 +246,7 @@ mod tests {
             trace_id: String::new(),
             attempt: 1,
             outcome: "ok".into(),
-            duration_us: 5,
+            duration_us: Some(5),
             error: None,
             logs: Vec::new(),
         }

@@ -37,8 +37,11 @@ impl Sample {
                 Some((name, rest)) => (name, labels(rest.trim_end_matches('}'))),
                 None => (series, BTreeMap::new()),
             };
-            let Some(pipeline) = labels.get("pipeline") else {
-                continue;
+            // Kafka's lag is labelled by consumer group, not pipeline.
+            let pipeline = match (labels.get("pipeline"), labels.get("group")) {
+                (Some(pipeline), _) => pipeline.clone(),
+                (None, Some(group)) if name == m::SOURCE_LAG => format!("group:{group}"),
+                _ => continue,
             };
             let label = |key: &str| labels.get(key).map_or("", String::as_str);
             let short = match name {
@@ -59,7 +62,7 @@ impl Sample {
             // partition) add up.
             *sample
                 .pipelines
-                .entry(pipeline.clone())
+                .entry(pipeline)
                 .or_default()
                 .entry(short)
                 .or_default() += value;
@@ -174,7 +177,8 @@ impl History {
             .or(self.samples.front())
     }
 
-    pub fn figures(&self, pipeline: &str) -> Figures {
+    /// `group`: the pipeline's Kafka consumer group, whose lag is its own.
+    pub fn figures(&self, pipeline: &str, group: Option<&str>) -> Figures {
         let empty = Sample::default();
         let (now_at, now) = self
             .samples
@@ -222,11 +226,8 @@ impl History {
             }
         }
         let count = |name: &str| now.get(pipeline, name).max(0.0) as u64;
-        let lag = now
-            .pipelines
-            .get(pipeline)
-            .and_then(|s| s.get("lag"))
-            .copied();
+        let lag_of = |key: &str| now.pipelines.get(key).and_then(|s| s.get("lag")).copied();
+        let lag = lag_of(pipeline).or_else(|| lag_of(&format!("group:{}", group?)));
         Figures {
             events_per_second,
             p50: quantile(&window, 0.5),
@@ -288,8 +289,9 @@ mod tests {
              runnel_invocation_duration_seconds_bucket{{pipeline=\"p\",function=\"f\",le=\"0.01\"}} {}\n\
              runnel_invocation_duration_seconds_bucket{{pipeline=\"p\",function=\"f\",le=\"+Inf\"}} {}\n\
              runnel_inflight_events{{pipeline=\"p\"}} 3\n\
-             runnel_source_lag{{pipeline=\"p\",topic=\"t\",partition=\"0\"}} 5\n\
-             runnel_source_lag{{pipeline=\"p\",topic=\"t\",partition=\"1\"}} 7\n\
+             runnel_source_lag{{topic=\"t\",group=\"g\",partition=\"0\"}} 5\n\
+             runnel_source_lag{{topic=\"t\",group=\"g\",partition=\"1\"}} 7\n\
+             runnel_source_lag{{pipeline=\"d\",slot=\"s\"}} 4096\n\
              runnel_uploads_total{{bucket=\"uploads\"}} 9\n",
             fast + slow,
             fast + slow
@@ -309,7 +311,7 @@ mod tests {
             start + Duration::from_secs(10),
             Sample::parse(&text(150, 100, 50)),
         );
-        let f = history.figures("p");
+        let f = history.figures("p", Some("g"));
         assert_eq!(f.events_per_second, 5.0);
         let p50 = f.p50.unwrap();
         assert!((0.001..=0.01).contains(&p50), "{p50}");
@@ -318,7 +320,9 @@ mod tests {
         assert_eq!(f.invocations["ok"], 150);
         assert_eq!(f.in_flight, 3);
         assert_eq!(f.lag, Some(12.0));
-        assert_eq!(history.figures("other").p50, None);
+        assert_eq!(history.figures("other", None).p50, None);
+        assert_eq!(history.figures("other", None).lag, None);
+        assert_eq!(history.figures("d", None).lag, Some(4096.0));
     }
 
     /// Quantiles interpolate inside the bucket that holds the rank.

@@ -220,7 +220,7 @@ impl Feed {
                     "concurrency": p.concurrency,
                     "sinks": p.sinks.iter().map(|(n, s)| sink((n, s))).collect::<Vec<_>>(),
                     "dead_letter": sink(("dead-letter", &p.dead_letter)),
-                    "figures": self.history.figures(&p.name),
+                    "figures": self.history.figures(&p.name, kafka_group(p)),
                     "can_replay": can_replay,
                 })
             })
@@ -243,6 +243,14 @@ impl Feed {
             "pipelines": pipelines,
             "invocations": invocations,
         })
+    }
+}
+
+/// The consumer group a topic source reads with: its lag series' label.
+fn kafka_group(p: &PipelineConfig) -> Option<&str> {
+    match &p.source {
+        crate::triggers::TriggerConfig::Topic(t) => Some(t.group.as_deref().unwrap_or(&p.name)),
+        _ => None,
     }
 }
 

@@ -897,7 +897,8 @@ impl Handler {
         attempts: u32,
         first_attempt_at: SystemTime,
     ) {
-        tracing::warn!(pipeline = %self.name, key, stage = failure.stage, error = %failure.message, attempts, "sending event to the dead-letter sink");
+        // Its own target, which the dashboard's activity reads.
+        tracing::warn!(target: "runnel::dead_letter", pipeline = %self.name, function = %self.function.name(), key, stage = failure.stage, error = %failure.message, attempts, "sending event to the dead-letter sink");
         let record = DeadLetter {
             pipeline: &self.name,
             function: self.function.name(),
