@@ -95,6 +95,24 @@ async fn until(page: &Client, what: &str, expression: &str) -> Value {
     }
 }
 
+async fn click(page: &Client, css: &str) {
+    page.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn text(page: &Client, css: &str) -> String {
+    page.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 fn artifacts() -> PathBuf {
     let dir = repo().join("target/test-artifacts/dashboard");
     std::fs::create_dir_all(&dir).unwrap();
@@ -157,15 +175,7 @@ async fn an_operator_watches_an_upload_and_replays_its_dead_letter() {
     )
     .await;
     assert_eq!(names, "image-upload,notify");
-    let flow = page
-        .find(Locator::Css(
-            "#pipelines tr[data-pipeline='image-upload'] .flow",
-        ))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let flow = text(&page, "#pipelines tr[data-pipeline='image-upload'] .flow").await;
     assert!(flow.contains("storage uploads"), "{flow}");
     assert!(flow.contains("thumbnail"), "{flow}");
     until(
@@ -224,26 +234,19 @@ async fn an_operator_watches_an_upload_and_replays_its_dead_letter() {
         "[...document.querySelectorAll(\"#invocations tbody tr.row[data-pipeline='notify'] .outcome\")].some(o => o.textContent === 'dead-lettered')",
     )
     .await;
-    let p50 = page
-        .find(Locator::Css(
-            "#pipelines tr[data-pipeline='image-upload'] [data-field=p50]",
-        ))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let p50 = text(
+        &page,
+        "#pipelines tr[data-pipeline='image-upload'] [data-field=p50]",
+    )
+    .await;
     assert!(p50.ends_with("ms") || p50.ends_with("µs"), "p50 {p50}");
 
     // An invocation opens onto the log lines its function wrote.
-    page.find(Locator::Css(
+    click(
+        &page,
         "#invocations tbody tr.row[data-pipeline='image-upload']",
-    ))
-    .await
-    .unwrap()
-    .click()
-    .await
-    .unwrap();
+    )
+    .await;
     let logs = until(
         &page,
         "the thumbnail function's log line",
@@ -254,14 +257,11 @@ async fn an_operator_watches_an_upload_and_replays_its_dead_letter() {
     screenshot(&page, "2-after-upload.png").await;
 
     // The dead letter: its error, and a replay once the webhook is back.
-    page.find(Locator::Css(
+    click(
+        &page,
         "#pipelines tr[data-pipeline='notify'] button.dead-letters",
-    ))
-    .await
-    .unwrap()
-    .click()
-    .await
-    .unwrap();
+    )
+    .await;
     let error = until(
         &page,
         "the dead letter",
@@ -269,21 +269,11 @@ async fn an_operator_watches_an_upload_and_replays_its_dead_letter() {
     )
     .await;
     assert!(error.as_str().unwrap().contains("webhook"), "{error}");
-    page.find(Locator::Css("#dead-letters .dl summary"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "#dead-letters .dl summary").await;
     screenshot(&page, "3-dead-letter.png").await;
     assert_eq!(webhook.count(), 0);
     proxy.set_up(true);
-    page.find(Locator::Css("#dead-letters button.replay"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, "#dead-letters button.replay").await;
     let result = until(
         &page,
         "the replay's result",
