@@ -494,6 +494,7 @@ impl Process {
         }
 
         let dashboard = config.http.dashboard.then(|| {
+            crate::dashboard::activity::enable();
             Arc::new(crate::dashboard::Dashboard {
                 pipelines: handlers,
                 backends: opened.backends.clone(),

@@ -6,10 +6,12 @@
 //! guest writes while it runs, and the `runnel::dead_letter` line of an
 //! event that ran out of attempts (listed as an entry of its own), by a [`tracing`] layer with a filter of its
 //! own (so `RUST_LOG=warn` hides them from the terminal, not from the
-//! dashboard). The engine does nothing extra per event for it; the layer
-//! keeps a bounded ring, so memory does not grow with traffic.
+//! dashboard). The engine does nothing extra per event for it, and the
+//! layer reads nothing until a process serving the dashboard [`enable`]s
+//! it; it keeps a bounded ring, so memory does not grow with traffic.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use serde::Serialize;
@@ -64,6 +66,13 @@ struct Inner {
     pending: HashMap<String, Vec<LogLine>>,
     /// The pending ids, oldest first, for evicting.
     order: VecDeque<String>,
+}
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Starts keeping invocations (a process with the dashboard on).
+pub fn enable() {
+    ENABLED.store(true, Ordering::Relaxed);
 }
 
 /// The process's activity, which the layer installed at start-up fills.
@@ -146,6 +155,9 @@ pub fn filter() -> tracing_subscriber::filter::Targets {
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Layer {
     fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        if !ENABLED.load(Ordering::Relaxed) {
+            return;
+        }
         let mut fields = Fields::default();
         event.record(&mut fields);
         match event.metadata().target() {
