@@ -1,7 +1,7 @@
 # Sourced by scripts/test and scripts/bench: installs what is missing — the
-# pinned toolchain and the wasm32-wasip2 target, the services the tests
-# and benchmarks run against, and the checkers they call (promtool,
-# kubernetes-validate) — and exports CARGO_TARGET_DIR and PATH.
+# pinned toolchain and the wasm32-wasip2 target, componentize-py, the
+# services the tests and benchmarks run against, and the checkers they call
+# (promtool, kubernetes-validate) — and exports CARGO_TARGET_DIR and PATH.
 #
 # The target directory lives outside the clone so a fresh clone on a used
 # machine reuses earlier builds (override with CARGO_TARGET_DIR).
@@ -55,6 +55,14 @@ fi
 if [ "${RUNNEL_SETUP_BENCH:-}" = 1 ] && [ ! -x "$HOME/.cargo/bin/oha" ]; then
   step "installing oha 1 (benchmark #8's load generator)"
   CARGO_TARGET_DIR="$HOME/.cache/runnel/oha-target" cargo install "oha@^1" --locked
+fi
+# Python functions are built with componentize-py (runnel's build reads its
+# version; src/runtime/build/python.rs). JavaScript functions bring jco in
+# their own package.json (functions/notify-js), installed by npm from the
+# lockfile; Node.js and npm come with the machine.
+if ! command -v componentize-py >/dev/null || ! componentize-py --version | grep -q ' 0\.25\.1$'; then
+  step "installing componentize-py 0.25.1 (builds Python functions)"
+  python3 -m pip install --quiet 'componentize-py==0.25.1'
 fi
 if ! command -v redis-server >/dev/null; then
   step "installing redis-server (the shared idempotency store's tests)"

@@ -125,15 +125,16 @@ pub async fn open_backends(config: &RuntimeConfig) -> anyhow::Result<Opened> {
     })
 }
 
-/// The component file of a function: for a crate, the prebuilt component in
-/// `functions.components_dir` when that is set, else the crate built now.
+/// The component file of a function: for a project, the prebuilt
+/// component in `functions.components_dir` when that is set, else the
+/// project built now (when its sources changed).
 pub fn component_path(
     function: &FunctionConfig,
     config: &FunctionsConfig,
 ) -> anyhow::Result<PathBuf> {
     match &function.location {
         FunctionLocation::Component(path) => Ok(path.clone()),
-        FunctionLocation::Crate(dir) => {
+        FunctionLocation::Project { dir, language } => {
             if let Some(components) = &config.components_dir {
                 let name = dir
                     .file_name()
@@ -150,12 +151,13 @@ pub fn component_path(
             }
             anyhow::ensure!(
                 config.build,
-                "function {} is a crate ({}) and functions.build is off; set functions.components_dir or point `path` at a .wasm component",
+                "function {} is a {} project ({}) and functions.build is off; set functions.components_dir or point `path` at a .wasm component",
                 function.name,
+                language.name(),
                 dir.display()
             );
-            tracing::info!(function = %function.name, crate_dir = %dir.display(), "building function");
-            Ok(build::build_crate(dir)?)
+            tracing::info!(function = %function.name, function_dir = %dir.display(), language = language.name(), "building function");
+            Ok(build::build(dir, *language, &config.cache_dir)?)
         }
     }
 }
@@ -169,7 +171,7 @@ pub fn load_functions(
     let mut components = Vec::new();
     for pipeline in pipelines {
         let key = match &pipeline.function.location {
-            FunctionLocation::Crate(p) | FunctionLocation::Component(p) => p.clone(),
+            FunctionLocation::Project { dir: p, .. } | FunctionLocation::Component(p) => p.clone(),
         };
         let path = match built.get(&key) {
             Some(path) => path.clone(),

@@ -61,11 +61,14 @@ impl Target {
 pub fn bare_function(path: &Path) -> anyhow::Result<FunctionConfig> {
     let location = if path.extension().is_some_and(|e| e == "wasm") {
         FunctionLocation::Component(path.to_owned())
-    } else if path.join("Cargo.toml").is_file() {
-        FunctionLocation::Crate(path.to_owned())
+    } else if path.is_dir() {
+        FunctionLocation::Project {
+            dir: path.to_owned(),
+            language: crate::runtime::build::Language::detect(path).map_err(anyhow::Error::msg)?,
+        }
     } else {
         bail!(
-            "{} is not a pipeline file, a .wasm component or a crate directory",
+            "{} is not a pipeline file, a .wasm component or a function project",
             path.display()
         );
     };

@@ -19,7 +19,8 @@
 //!   [`journal`] and [`sqlite`]: the durable SQLite log the embedded ones
 //!   are built on. [`idempotency`]: which events are already done.
 //! - [`runtime`]: wasmtime: one engine, pre-linked components, a fresh
-//!   instance per event with memory and time limits; building function crates.
+//!   instance per event with memory and time limits; building function
+//!   projects (Rust, Python, JavaScript).
 //! - [`sinks`]: where outputs go (storage, topic, webhook).
 //! - [`engine`]: the one event handler (claim → invoke → deliver → complete
 //!   or dead-letter) and the feed driver that runs pulled triggers through

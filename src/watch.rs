@@ -1,8 +1,8 @@
 //! `runnel up --watch`: what to watch, and when it changed.
 //!
 //! The pipeline files (and the directories given, for files added), the
-//! runtime config, and each function's sources (a crate's directory
-//! without its `target/`, or the component file). A poll of their sizes
+//! runtime config, and each function's sources (a project's directory
+//! without its build output and dependencies, or the component file). A poll of their sizes
 //! and modification times every half second: no file-system notification
 //! API to differ between platforms or to miss an editor's rename-over, and
 //! a few hundred `stat`s are nothing next to a build.
@@ -29,7 +29,7 @@ pub fn roots(
     for pipeline in pipelines {
         roots.insert(pipeline.file.clone());
         match &pipeline.function.location {
-            FunctionLocation::Crate(dir) | FunctionLocation::Component(dir) => {
+            FunctionLocation::Project { dir, .. } | FunctionLocation::Component(dir) => {
                 roots.insert(dir.clone());
             }
         }
@@ -38,7 +38,8 @@ pub fn roots(
 }
 
 /// A digest of every file under `roots`: its path, size and modification
-/// time. Build output (`target/`) and hidden entries are left out.
+/// time. Build output (`target/`), installed dependencies
+/// (`node_modules/`), caches and hidden entries are left out.
 pub fn fingerprint(roots: &[PathBuf]) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
     for root in roots {
@@ -61,7 +62,7 @@ fn visit(path: &Path, hasher: &mut impl Hasher) {
             .filter(|e| {
                 let name = e.file_name();
                 let name = name.to_string_lossy();
-                !name.starts_with('.') && name != "target"
+                !crate::runtime::build::is_build_output(&name)
             })
             .map(|e| e.path())
             .collect();

@@ -14,6 +14,7 @@
 //! back classified as [`InvokeError`].
 
 pub mod build;
+mod capabilities;
 mod host;
 pub mod http;
 mod limits;
@@ -53,8 +54,12 @@ const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Where a function comes from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum FunctionLocation {
-    /// A Rust crate, built for `wasm32-wasip2` when stale.
-    Crate(PathBuf),
+    /// A project (a Rust crate, a Python or a JavaScript project), built
+    /// when its sources changed.
+    Project {
+        dir: PathBuf,
+        language: build::Language,
+    },
     /// A component file, used as it is.
     Component(PathBuf),
 }
@@ -62,7 +67,8 @@ pub enum FunctionLocation {
 /// A pipeline's `[function]` table.
 #[derive(Clone, Debug)]
 pub struct FunctionConfig {
-    /// Name in metrics and logs (default: the crate or file name).
+    /// Name in metrics and logs (default: the project's directory or the
+    /// file's name).
     pub name: String,
     pub location: FunctionLocation,
     /// Linear memory an invocation may use (default 128 MiB).
@@ -90,14 +96,17 @@ impl FunctionConfig {
                     return None;
                 }
                 Some(FunctionLocation::Component(path))
-            } else if path.join("Cargo.toml").is_file() {
-                Some(FunctionLocation::Crate(path))
             } else {
-                f.error(format!(
-                    "{} is neither a .wasm component nor a directory with a Cargo.toml",
-                    path.display()
-                ));
-                None
+                match build::Language::detect(&path) {
+                    Ok(language) => Some(FunctionLocation::Project {
+                        dir: path,
+                        language,
+                    }),
+                    Err(reason) => {
+                        f.error(reason);
+                        None
+                    }
+                }
             }
         });
         let name = table.string("name");
@@ -139,7 +148,7 @@ impl FunctionConfig {
         table.finish();
         let location = location?;
         let name = name.unwrap_or_else(|| match &location {
-            FunctionLocation::Crate(dir) => dir
+            FunctionLocation::Project { dir, .. } => dir
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
@@ -286,9 +295,12 @@ impl Runtime {
     ) -> anyhow::Result<P> {
         let started = Instant::now();
         let (component, cached) = self.compile(wasm)?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .map_err(|e| anyhow::anyhow!("{}: {e:#}", wasm.display()))?;
+        let pre = linker.instantiate_pre(&component).map_err(|e| {
+            match capabilities::unlinked_import(&self.engine, &component, &e) {
+                Some(why) => anyhow::anyhow!("function {} ({}): {why}", config.name, wasm.display()),
+                None => anyhow::anyhow!("{}: {e:#}", wasm.display()),
+            }
+        })?;
         let pre = typed(pre)
             .map_err(|e| anyhow::anyhow!("{} does not export {export}: {e:#}", wasm.display()))?;
         tracing::info!(
@@ -333,9 +345,29 @@ impl Runtime {
         Ok((component, false))
     }
 
+    /// Compiles with Cranelift: a fraction of a second for a Rust function,
+    /// 10-30 s on two cores for a Python or JavaScript one (an interpreter
+    /// in 12-35 MB of Wasm), so a long compile says that it is still going.
     fn compile_bytes(&self, wasm: &Path, bytes: &[u8]) -> anyhow::Result<Component> {
-        Component::new(&self.engine, bytes)
-            .map_err(|e| anyhow::anyhow!("compiling {}: {e:#}", wasm.display()))
+        const PROGRESS: Duration = Duration::from_secs(5);
+        let component = wasm.display().to_string();
+        tracing::info!(%component, size_mib = bytes.len() >> 20, "compiling (once: cached after)");
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let mut waited = PROGRESS;
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    finished.recv_timeout(PROGRESS)
+                {
+                    tracing::info!(%component, elapsed_s = waited.as_secs(), "still compiling");
+                    waited += PROGRESS;
+                }
+            });
+            let compiled = Component::new(&self.engine, bytes)
+                .map_err(|e| anyhow::anyhow!("compiling {component}: {e:#}"));
+            drop(done);
+            compiled
+        })
     }
 
     fn cache_key(&self, bytes: &[u8]) -> String {

@@ -14,30 +14,9 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-pub const TARGET: &str = "wasm32-wasip2";
+use super::{BuildError, find_on_path};
 
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    #[error("running cargo to build {crate_dir}: {source} (is cargo installed and on PATH?)")]
-    Spawn {
-        crate_dir: String,
-        source: std::io::Error,
-    },
-    #[error(
-        "building {crate_dir} failed ({status}); cargo's messages are above. Is the {TARGET} target installed? (`rustup target add {TARGET}`)"
-    )]
-    Failed { crate_dir: String, status: String },
-    #[error("cargo built {crate_dir} but produced no .wasm component (is it a `cdylib` crate?)")]
-    NoComponent { crate_dir: String },
-    #[error(
-        "the Rust toolchain at {sysroot} has no {TARGET} target, needed to build {crate_dir}: {reason}"
-    )]
-    MissingTarget {
-        crate_dir: String,
-        sysroot: String,
-        reason: String,
-    },
-}
+pub const TARGET: &str = "wasm32-wasip2";
 
 /// Builds the crate in `crate_dir` (release, `wasm32-wasip2`) and returns
 /// the path of its component. Cargo's progress goes to our stderr.
@@ -47,7 +26,8 @@ pub fn build_crate(crate_dir: &Path) -> Result<PathBuf, BuildError> {
     let crate_dir = &crate_dir
         .canonicalize()
         .map_err(|source| BuildError::Spawn {
-            crate_dir: display.clone(),
+            tool: "cargo".into(),
+            dir: display.clone(),
             source,
         })?;
     let manifest = crate_dir.join("Cargo.toml");
@@ -68,7 +48,8 @@ pub fn build_crate(crate_dir: &Path) -> Result<PathBuf, BuildError> {
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|source| BuildError::Spawn {
-            crate_dir: display.clone(),
+            tool: "cargo".into(),
+            dir: display.clone(),
             source,
         })?;
     let manifest = manifest.canonicalize().unwrap_or(manifest);
@@ -80,13 +61,16 @@ pub fn build_crate(crate_dir: &Path) -> Result<PathBuf, BuildError> {
         }
     }
     let status = child.wait().map_err(|source| BuildError::Spawn {
-        crate_dir: display.clone(),
+        tool: "cargo".into(),
+        dir: display.clone(),
         source,
     })?;
     if !status.success() {
         return Err(BuildError::Failed {
-            crate_dir: display,
+            tool: "cargo",
+            dir: display,
             status: status.to_string(),
+            hint: format!(" (is the {TARGET} target installed? `rustup target add {TARGET}`)"),
         });
     }
     component.ok_or(BuildError::NoComponent { crate_dir: display })
@@ -104,7 +88,8 @@ fn ensure_target(crate_dir: &Path, cargo: &Path, display: &str) -> Result<(), Bu
         .stderr(Stdio::inherit())
         .output()
         .map_err(|source| BuildError::Spawn {
-            crate_dir: display.to_owned(),
+            tool: "rustc".into(),
+            dir: display.to_owned(),
             source,
         })?;
     let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
@@ -152,7 +137,8 @@ fn ensure_target(crate_dir: &Path, cargo: &Path, display: &str) -> Result<(), Bu
         add.args(["--toolchain", toolchain]);
     }
     let status = add.status().map_err(|source| BuildError::Spawn {
-        crate_dir: display.to_owned(),
+        tool: "rustup".into(),
+        dir: display.to_owned(),
         source,
     })?;
     drop(lock);
@@ -177,12 +163,6 @@ fn rustc_beside(cargo: &Path) -> PathBuf {
     } else {
         PathBuf::from("rustc")
     }
-}
-
-fn find_on_path(program: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(program))
-        .find(|path| path.is_file())
 }
 
 /// The `.wasm` file of a `compiler-artifact` message for our package.

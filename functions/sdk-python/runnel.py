@@ -1,0 +1,207 @@
+"""runnel's Python SDK: the types a Python function is written with.
+
+A Python function is a project directory with an ``app.py`` that defines::
+
+    import runnel
+
+    def handle(ctx: runnel.Context, event: runnel.Event) -> list[runnel.Output]:
+        report = event.json()
+        runnel.log.info(f"{event.subject}: {len(report)} fields")
+        return [runnel.Output("notifications", data=b"...", key=event.subject)]
+
+runnel builds it with componentize-py against its WIT (``runnel:function``)
+and this module, which it adds to the build itself: a project needs no copy
+(keep one beside ``app.py`` for an editor or for tests run with plain
+CPython, where ``runnel.log`` prints to standard error).
+
+- ``ctx.config`` is the pipeline's ``[function.config]`` as a dict: strings
+  as they are, other TOML values JSON-encoded (``ctx.config_value`` decodes
+  them); ``ctx.sinks`` maps each declared sink's name to its ``Sink``.
+- ``event.attributes`` is a dict; ``event.data`` is ``bytes``
+  (``event.text()``, ``event.json()``).
+- Return a list of ``Output``; ``data`` may be ``bytes`` or ``str`` (UTF-8).
+- ``raise runnel.Reject(message)`` for an event that can never succeed (it
+  goes to the dead-letter sink at once), ``raise runnel.Retry(message)`` for
+  a transient failure (retried with backoff). Any other exception is a bug:
+  the event fails without retries (the same event would fail the same way)
+  and its dead letter carries the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+__all__ = ["Context", "Event", "Output", "Reject", "Retry", "Sink", "log"]
+
+
+class Reject(Exception):
+    """The event can never succeed: dead-lettered without retries."""
+
+
+class Retry(Exception):
+    """A transient failure: the event is tried again, with backoff."""
+
+
+@dataclass(frozen=True)
+class Sink:
+    """A sink the pipeline declares."""
+
+    name: str
+    #: ``storage``, ``topic`` or ``webhook``.
+    kind: str
+    #: The bucket, the topic or the URL.
+    target: str
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a function knows about the invocation besides the event."""
+
+    pipeline: str
+    config: dict[str, str]
+    sinks: dict[str, Sink]
+    #: 1 on the first attempt, 2 on the first retry, ...
+    attempt: int
+
+    def config_value(self, key: str, default: Any = None) -> Any:
+        """``[function.config]``'s ``key`` as the TOML value it was: a
+        string as it is, a number, boolean, array or table decoded."""
+        if key not in self.config:
+            return default
+        text = self.config[key]
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event, shaped after CloudEvents."""
+
+    id: str
+    #: e.g. ``storage://uploads`` or ``topic://image-processed``.
+    source: str
+    #: e.g. ``runnel.object.created`` or ``runnel.message``.
+    type: str
+    subject: Optional[str]
+    content_type: Optional[str]
+    attributes: dict[str, str]
+    data: bytes
+
+    def text(self) -> str:
+        """The payload as UTF-8 text."""
+        return self.data.decode("utf-8")
+
+    def json(self) -> Any:
+        """The payload decoded as JSON."""
+        return json.loads(self.data)
+
+
+@dataclass
+class Output:
+    """One thing to write to a declared sink."""
+
+    sink: str
+    data: Union[bytes, str] = b""
+    #: The object key (required for storage sinks) or the message key.
+    key: Optional[str] = None
+    content_type: Optional[str] = None
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+class _Log:
+    """Lines in runnel's log, tagged with the pipeline, function and event."""
+
+    _LEVELS = ("trace", "debug", "info", "warn", "error")
+
+    def __init__(self) -> None:
+        try:
+            from wit_world.imports import log as wit_log  # type: ignore
+        except ImportError:  # plain CPython: tests, an editor
+            wit_log = None
+        self._wit = wit_log
+
+    def _write(self, level: str, message: str) -> None:
+        if self._wit is None:
+            print(f"{level}: {message}", file=sys.stderr)
+        else:
+            self._wit.log(getattr(self._wit.Level, level.upper()), str(message))
+
+    def trace(self, message: str) -> None:
+        self._write("trace", message)
+
+    def debug(self, message: str) -> None:
+        self._write("debug", message)
+
+    def info(self, message: str) -> None:
+        self._write("info", message)
+
+    def warn(self, message: str) -> None:
+        self._write("warn", message)
+
+    def error(self, message: str) -> None:
+        self._write("error", message)
+
+
+log = _Log()
+
+
+def _handle(handle: Any, ctx: Any, event: Any) -> list[Any]:
+    """The glue runnel's build puts between the WIT export and ``handle``:
+    the WIT records in, runnel's types to the function, outputs lowered."""
+    from componentize_py_types import Err  # type: ignore
+    from wit_world.imports import types  # type: ignore
+
+    context = Context(
+        pipeline=ctx.pipeline,
+        config=dict(ctx.config),
+        sinks={s.name: Sink(s.name, s.kind, s.target) for s in ctx.sinks},
+        attempt=ctx.attempt,
+    )
+    received = Event(
+        id=event.id,
+        source=event.source,
+        type=event.event_type,
+        subject=event.subject,
+        content_type=event.content_type,
+        attributes=dict(event.attributes),
+        data=bytes(event.data),
+    )
+    try:
+        outputs = handle(context, received)
+    except Reject as error:
+        raise Err(types.Error(message=str(error), retryable=False))
+    except Retry as error:
+        raise Err(types.Error(message=str(error), retryable=True))
+    except Exception:
+        raise Err(types.Error(message=_traceback(), retryable=False))
+    if outputs is None:
+        return []
+    lowered = []
+    for i, output in enumerate(outputs):
+        if not isinstance(output, Output):
+            message = f"handle returned {type(output).__name__} as output #{i}, not runnel.Output"
+            raise Err(types.Error(message=message, retryable=False))
+        data = output.data.encode("utf-8") if isinstance(output.data, str) else bytes(output.data)
+        lowered.append(
+            types.Output(
+                sink=output.sink,
+                key=output.key,
+                content_type=output.content_type,
+                attributes=[(str(k), str(v)) for k, v in output.attributes.items()],
+                data=data,
+            )
+        )
+    return lowered
+
+
+def _traceback() -> str:
+    """The exception being handled, as Python prints it, at most 4 KiB
+    (its last lines, where the cause is)."""
+    text = traceback.format_exc().strip()
+    return text if len(text) <= 4096 else "...\n" + text[-4000:]

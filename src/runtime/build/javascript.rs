@@ -1,0 +1,189 @@
+//! Building JavaScript functions with jco componentize (ComponentizeJS,
+//! StarlingMonkey): a project directory with a `package.json` whose `main`
+//! module (default `index.js`) exports `handle(ctx, event)`.
+//!
+//! jco comes from the project's own `node_modules` (installed by npm from
+//! its lockfile the first time, as cargo fetches a crate's dependencies),
+//! else from PATH. runnel writes its WIT, its SDK (`runnel.js`) and an entry
+//! module into a scratch directory; jco bundles the entry with the project's
+//! module and npm dependencies (`runnel` resolved to runnel's SDK) and
+//! snapshots the engine after the modules ran. WASI is disabled (`--disable
+//! all`): a component built with jco's defaults imports `wasi:http`, which a
+//! function is not granted.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::{BuildError, Scratch, cached_build, find_on_path, run_with_progress, version_of};
+
+/// The versions runnel is built and tested with; jco 1.35.0 fails to read
+/// WIT files (its `componentize` reports a parse error for every package).
+pub const JCO_VERSION: &str = "1.34.0";
+pub const COMPONENTIZE_JS_VERSION: &str = "0.22.0";
+
+const SDK: &str = include_str!("../../../functions/sdk-js/runnel.js");
+
+/// The module jco builds: the WIT export, handed to the project's `handle`.
+/// `MAIN` is replaced by the main module's path as a JS string.
+const ENTRY: &str = r#"import { log } from "runnel:function/log@0.1.0";
+import { _handle, _useLog } from "runnel";
+import * as app from MAIN;
+
+_useLog(log);
+if (typeof app.handle !== "function") {
+  throw new Error(`${MAIN} exports no handle(ctx, event) function`);
+}
+
+export function handle(ctx, event) {
+  return _handle(app.handle, ctx, event);
+}
+"#;
+
+pub fn build(dir: &Path, cache_dir: &Path) -> Result<PathBuf, BuildError> {
+    let main = main_module(dir)?;
+    let jco = find_jco(dir)?;
+    let version = version_of(&jco).unwrap_or_default();
+    if version != JCO_VERSION {
+        tracing::warn!(
+            function_dir = %dir.display(),
+            tool = %jco.display(),
+            %version,
+            "runnel is tested with jco {JCO_VERSION}"
+        );
+    }
+    let output = cached_build(dir, cache_dir, &[version.as_bytes(), SDK.as_bytes(), ENTRY.as_bytes()])?;
+    if output.is_file() {
+        return Ok(output);
+    }
+    let scratch = Scratch::new(&output, dir)?;
+    let sdk = scratch.dir.join("runnel.js");
+    let main_literal = serde_json::to_string(&main.to_string_lossy()).expect("a string");
+    let bundle_config = format!(
+        "export default {{ resolve: {{ alias: {{ runnel: {} }} }} }};\n",
+        serde_json::to_string(&sdk.to_string_lossy()).expect("a string")
+    );
+    scratch.write(
+        &[
+            ("function.wit", super::WIT),
+            ("runnel.js", SDK),
+            ("entry.js", &ENTRY.replace("MAIN", &main_literal)),
+            ("bundle.config.mjs", &bundle_config),
+        ],
+        dir,
+    )?;
+    let built = scratch.dir.join("function.wasm");
+    let mut command = Command::new(&jco);
+    command
+        .arg("componentize")
+        .arg(scratch.dir.join("entry.js"))
+        .arg("--wit")
+        .arg(scratch.dir.join("function.wit"))
+        .args(["--world-name", "function", "--disable", "all", "--bundle"])
+        .arg("--bundle-config")
+        .arg(scratch.dir.join("bundle.config.mjs"))
+        .arg("--out")
+        .arg(&built)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let hint = if version == JCO_VERSION {
+        String::new()
+    } else {
+        format!(" (runnel is tested with jco {JCO_VERSION}; this is {version:?})")
+    };
+    run_with_progress(
+        command,
+        "jco",
+        dir,
+        "building a JavaScript function with jco componentize (10-20 s; cached after)",
+        &hint,
+    )?;
+    scratch.finish(&built, &output, dir)
+}
+
+/// The project's main module: package.json's `main`, else `index.js`.
+fn main_module(dir: &Path) -> Result<PathBuf, BuildError> {
+    let project = |reason: String| BuildError::Project {
+        dir: dir.display().to_string(),
+        reason,
+    };
+    let manifest = std::fs::read(dir.join("package.json"))
+        .map_err(|e| project(format!("reading package.json: {e}")))?;
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest)
+        .map_err(|e| project(format!("package.json is not JSON: {e}")))?;
+    let main = match &manifest["main"] {
+        serde_json::Value::Null => "index.js",
+        serde_json::Value::String(main) => main,
+        other => return Err(project(format!("package.json's `main` is {other}, not a path"))),
+    };
+    let path = dir.join(main);
+    if !path.is_file() {
+        return Err(project(format!(
+            "package.json's main module {main} does not exist (it exports the function's handle(ctx, event))"
+        )));
+    }
+    path.canonicalize()
+        .map_err(|e| project(format!("reading {main}: {e}")))
+}
+
+/// jco from the project's `node_modules` (installing the project's
+/// dependencies first when it declares jco and they are missing), else
+/// from PATH.
+fn find_jco(dir: &Path) -> Result<PathBuf, BuildError> {
+    let local = dir.join("node_modules/.bin/jco");
+    if local.is_file() {
+        return Ok(local);
+    }
+    let manifest = std::fs::read_to_string(dir.join("package.json")).unwrap_or_default();
+    if manifest.contains("\"@bytecodealliance/jco\"") {
+        // Processes starting at once take turns: two npms installing into
+        // one node_modules collide.
+        let lock = std::fs::File::create(std::env::temp_dir().join("runnel-npm-install.lock"))
+            .and_then(|file| file.lock().map(|()| file));
+        if !local.is_file() {
+            install_dependencies(dir)?;
+        }
+        drop(lock);
+        if local.is_file() {
+            return Ok(local);
+        }
+    }
+    find_on_path("jco").ok_or_else(|| BuildError::MissingTool {
+        language: "JavaScript",
+        dir: dir.display().to_string(),
+        tool: "jco",
+        install: format!(
+            "add it to the project with `npm install --save-dev @bytecodealliance/jco@{JCO_VERSION} @bytecodealliance/componentize-js@{COMPONENTIZE_JS_VERSION}`"
+        ),
+    })
+}
+
+/// `npm ci` (or `npm install` without a lockfile) in the project.
+fn install_dependencies(dir: &Path) -> Result<(), BuildError> {
+    let Some(npm) = find_on_path("npm") else {
+        return Err(BuildError::MissingTool {
+            language: "JavaScript",
+            dir: dir.display().to_string(),
+            tool: "npm",
+            install: "install Node.js 18 or later, with npm, to install the project's dependencies (jco among them)".into(),
+        });
+    };
+    let verb = if dir.join("package-lock.json").is_file() {
+        "ci"
+    } else {
+        "install"
+    };
+    let mut command = Command::new(npm);
+    command
+        .args([verb, "--no-audit", "--no-fund"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    run_with_progress(
+        command,
+        "npm",
+        dir,
+        &format!("installing the JavaScript function's dependencies (npm {verb}; once)"),
+        "",
+    )
+}

@@ -1,0 +1,354 @@
+//! Building functions from their sources, so `runnel up` and `runnel
+//! invoke` need no hand step: a pipeline's `function.path` may name a Rust
+//! crate, a Python project or a JavaScript project, and each start builds
+//! it when its sources changed.
+//!
+//! - Rust (`Cargo.toml`): cargo, which knows itself what is stale ([`rust`]).
+//! - Python (`app.py`): componentize-py ([`python`]).
+//! - JavaScript (`package.json`): jco componentize ([`javascript`]).
+//!
+//! Python and JavaScript builds are cached under the functions' cache
+//! directory by a digest of everything they are built from (the project's
+//! files, runnel's WIT and language SDK, the tool's version), so an
+//! unchanged project is not rebuilt, and a project copied elsewhere reuses
+//! its build. Their tools write progress of their own only at the end, so
+//! runnel says what it is building and, every few seconds, that it still is.
+
+mod javascript;
+mod python;
+mod rust;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub use rust::TARGET;
+
+/// runnel's WIT, the contract every guest is built against; written next
+/// to a Python or JavaScript build, so a project needs no copy of it.
+pub const WIT: &str = include_str!("../../../functions/wit/function.wit");
+
+/// The language a function's project is written in, told by its manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Language {
+    /// A crate: `Cargo.toml`.
+    Rust,
+    /// `app.py`, whose `handle(ctx, event)` is the function.
+    Python,
+    /// `package.json`, whose `main` module exports `handle(ctx, event)`.
+    JavaScript,
+}
+
+impl Language {
+    /// The file that marks a project of each language.
+    const MARKERS: [(&'static str, Language); 3] = [
+        ("Cargo.toml", Language::Rust),
+        ("app.py", Language::Python),
+        ("package.json", Language::JavaScript),
+    ];
+
+    /// The language of the project in `dir`; an error names what was
+    /// looked for, or the markers of more than one language.
+    pub fn detect(dir: &Path) -> Result<Language, String> {
+        let found: Vec<_> = Self::MARKERS
+            .iter()
+            .filter(|(marker, _)| dir.join(marker).is_file())
+            .collect();
+        match found.as_slice() {
+            [(_, language)] => Ok(*language),
+            [] => Err(format!(
+                "{} is neither a .wasm component nor a function project (a directory with a Cargo.toml, an app.py or a package.json)",
+                dir.display()
+            )),
+            several => Err(format!(
+                "{} holds the projects of more than one language ({}); keep one per directory",
+                dir.display(),
+                several
+                    .iter()
+                    .map(|(marker, _)| *marker)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Language::Rust => "Rust",
+            Language::Python => "Python",
+            Language::JavaScript => "JavaScript",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("running {tool} to build {dir}: {source}")]
+    Spawn {
+        tool: String,
+        dir: String,
+        source: std::io::Error,
+    },
+    #[error("building the {language} function at {dir} needs {tool}, which was not found: {install}")]
+    MissingTool {
+        language: &'static str,
+        dir: String,
+        tool: &'static str,
+        install: String,
+    },
+    #[error("{tool} failed to build {dir} ({status}); its messages are above{hint}")]
+    Failed {
+        tool: &'static str,
+        dir: String,
+        status: String,
+        hint: String,
+    },
+    #[error("{dir}: {reason}")]
+    Project { dir: String, reason: String },
+    #[error("cargo built {crate_dir} but produced no .wasm component (is it a `cdylib` crate?)")]
+    NoComponent { crate_dir: String },
+    #[error(
+        "the Rust toolchain at {sysroot} has no {TARGET} target, needed to build {crate_dir}: {reason}"
+    )]
+    MissingTarget {
+        crate_dir: String,
+        sysroot: String,
+        reason: String,
+    },
+    #[error("writing the build of {dir} under {cache}: {source}")]
+    Cache {
+        dir: String,
+        cache: String,
+        source: std::io::Error,
+    },
+}
+
+/// Builds the project in `dir` and returns the path of its component.
+/// Python and JavaScript builds are kept under `cache_dir/builds`.
+pub fn build(dir: &Path, language: Language, cache_dir: &Path) -> Result<PathBuf, BuildError> {
+    match language {
+        Language::Rust => rust::build_crate(dir),
+        Language::Python => python::build(dir, cache_dir),
+        Language::JavaScript => javascript::build(dir, cache_dir),
+    }
+}
+
+/// Where a cached build of `dir` goes, named by the project and a digest
+/// of everything the build reads (`inputs`: the tool's version, the glue).
+/// `None` when `dir` cannot be read.
+fn cached_build(
+    dir: &Path,
+    cache_dir: &Path,
+    inputs: &[&[u8]],
+) -> Result<PathBuf, BuildError> {
+    use md5::Digest as _;
+    let mut digest = md5::Md5::new();
+    digest.update(WIT);
+    for input in inputs {
+        digest.update((input.len() as u64).to_le_bytes());
+        digest.update(input);
+    }
+    hash_tree(dir, dir, &mut digest).map_err(|source| BuildError::Project {
+        dir: dir.display().to_string(),
+        reason: format!("reading its files: {source}"),
+    })?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "function".into());
+    Ok(cache_dir
+        .join("builds")
+        .join(format!("{name}-{}.wasm", &hex::encode(digest.finalize())[..16])))
+}
+
+/// Entries a build never reads as sources: installed dependencies (their
+/// lockfile is read instead), caches, build output, hidden files.
+pub fn is_build_output(name: &str) -> bool {
+    name.starts_with('.') || matches!(name, "target" | "node_modules" | "__pycache__")
+}
+
+/// Feeds every file under `dir` (its path relative to `root`, its bytes)
+/// to `digest`, in a stable order.
+fn hash_tree(root: &Path, dir: &Path, digest: &mut md5::Md5) -> std::io::Result<()> {
+    use md5::Digest as _;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter(|e| !is_build_output(&e.file_name().to_string_lossy()))
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            hash_tree(root, &path, digest)?;
+        } else {
+            let relative = path.strip_prefix(root).unwrap_or(&path);
+            let bytes = std::fs::read(&path)?;
+            digest.update(relative.to_string_lossy().as_bytes());
+            digest.update((bytes.len() as u64).to_le_bytes());
+            digest.update(&bytes);
+        }
+    }
+    Ok(())
+}
+
+/// A build's scratch directory beside its cached result, renamed into
+/// place only when the build succeeded, so a failed or interrupted build
+/// (or two processes building at once) never leaves a partial component.
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn new(output: &Path, project: &Path) -> Result<Self, BuildError> {
+        let dir = output.with_extension(format!("build-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|source| BuildError::Cache {
+            dir: project.display().to_string(),
+            cache: dir.display().to_string(),
+            source,
+        })?;
+        Ok(Self { dir })
+    }
+
+    /// Writes `files` (name, text) into the scratch directory.
+    fn write(&self, files: &[(&str, &str)], project: &Path) -> Result<(), BuildError> {
+        for (name, text) in files {
+            std::fs::write(self.dir.join(name), text).map_err(|source| BuildError::Cache {
+                dir: project.display().to_string(),
+                cache: self.dir.display().to_string(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Moves the component the tool wrote to `built` into place as `output`.
+    fn finish(self, built: &Path, output: &Path, project: &Path) -> Result<PathBuf, BuildError> {
+        std::fs::rename(built, output).map_err(|source| BuildError::Cache {
+            dir: project.display().to_string(),
+            cache: output.display().to_string(),
+            source,
+        })?;
+        Ok(output.to_owned())
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `command` (the tool's output on our stderr), saying what is built
+/// before and, every `PROGRESS` while it runs, how long it has taken.
+fn run_with_progress(
+    mut command: Command,
+    tool: &'static str,
+    dir: &Path,
+    what: &str,
+    hint: &str,
+) -> Result<(), BuildError> {
+    const PROGRESS: Duration = Duration::from_secs(5);
+    let display = dir.display().to_string();
+    tracing::info!(function_dir = %display, "{what}");
+    let started = Instant::now();
+    let mut child = command.spawn().map_err(|source| BuildError::Spawn {
+        tool: tool.into(),
+        dir: display.clone(),
+        source,
+    })?;
+    let mut next = PROGRESS;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(source) => {
+                return Err(BuildError::Spawn {
+                    tool: tool.into(),
+                    dir: display,
+                    source,
+                });
+            }
+        }
+        if started.elapsed() >= next {
+            tracing::info!(function_dir = %display, elapsed_s = next.as_secs(), "still building with {tool}");
+            next += PROGRESS;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if !status.success() {
+        return Err(BuildError::Failed {
+            tool,
+            dir: display,
+            status: status.to_string(),
+            hint: hint.to_owned(),
+        });
+    }
+    tracing::info!(
+        function_dir = %display,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "built with {tool}"
+    );
+    Ok(())
+}
+
+/// What `program --version` prints, trimmed; `None` when it cannot run.
+fn version_of(program: &Path) -> Option<String> {
+    let output = Command::new(program).arg("--version").output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_project_is_told_by_its_one_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Language::detect(dir.path()).unwrap_err();
+        assert!(err.contains("a Cargo.toml, an app.py or a package.json"), "{err}");
+        std::fs::write(dir.path().join("app.py"), "").unwrap();
+        assert_eq!(Language::detect(dir.path()), Ok(Language::Python));
+        std::fs::write(dir.path().join("package.json"), "{}").unwrap();
+        let err = Language::detect(dir.path()).unwrap_err();
+        assert!(err.contains("more than one language (app.py, package.json)"), "{err}");
+    }
+
+    /// The digest follows the sources' bytes, not installed dependencies
+    /// or caches, nor where the project lives.
+    #[test]
+    fn a_build_is_named_by_its_sources() {
+        let (a, b, cache) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            Path::new("/cache"),
+        );
+        for dir in [a.path(), b.path()] {
+            std::fs::create_dir_all(dir.join("fn/lib")).unwrap();
+            std::fs::write(dir.join("fn/app.py"), "x = 1").unwrap();
+            std::fs::write(dir.join("fn/lib/util.py"), "y = 2").unwrap();
+        }
+        let named = |dir: &Path| cached_build(&dir.join("fn"), cache, &[b"tool 1"]).unwrap();
+        let first = named(a.path());
+        assert!(first.starts_with("/cache/builds"), "{}", first.display());
+        assert_eq!(first, named(b.path()), "the same sources elsewhere");
+        std::fs::create_dir_all(a.path().join("fn/__pycache__")).unwrap();
+        std::fs::write(a.path().join("fn/__pycache__/app.pyc"), "cache").unwrap();
+        std::fs::create_dir_all(a.path().join("fn/node_modules/x")).unwrap();
+        std::fs::write(a.path().join("fn/node_modules/x/i.js"), "dep").unwrap();
+        assert_eq!(first, named(a.path()), "caches and dependencies are not sources");
+        std::fs::write(a.path().join("fn/lib/util.py"), "y = 3").unwrap();
+        assert_ne!(first, named(a.path()), "a changed source");
+        let other_tool = cached_build(&b.path().join("fn"), cache, &[b"tool 2"]).unwrap();
+        assert_ne!(named(b.path()), other_tool, "another tool version");
+    }
+}

@@ -1,0 +1,57 @@
+//! What a function may import, and the error when it imports more.
+//!
+//! Every function is linked with runnel's own interfaces and WASI 0.2's
+//! cli, clocks, filesystem, io, random and sockets interfaces, all empty of
+//! authority (no directories, environment, sockets or real clocks); an HTTP
+//! function gets `wasi:http`'s incoming side too. Anything else a component
+//! imports is refused when it is loaded, naming the interface and what
+//! would grant it, instead of the linker's generic message.
+
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// The interfaces a grant of runnel's would provide, by name prefix.
+const GRANTS: [(&str, &str); 4] = [
+    (
+        "wasi:http/",
+        "outbound HTTP, a capability runnel does not grant yet. A JavaScript component built by jco with its default features imports it without using it: build with `--disable all` (runnel's own build of a JavaScript project does)",
+    ),
+    (
+        "wasi:keyvalue/",
+        "key-value state, a capability runnel does not grant yet",
+    ),
+    (
+        "wasi:config/",
+        "configuration; runnel hands a function its [function.config] in the context of each event instead",
+    ),
+    (
+        "runnel:",
+        "an interface of a newer runnel than this one",
+    ),
+];
+
+/// The import `error` (from linking `component`) names, explained; `None`
+/// when the error is not about a missing import.
+pub fn unlinked_import(
+    engine: &Engine,
+    component: &Component,
+    error: &wasmtime::Error,
+) -> Option<String> {
+    let text = format!("{error:#}");
+    if !text.contains("matching implementation was not found") {
+        return None;
+    }
+    let import = component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_owned())
+        .find(|name| text.contains(&format!("`{name}`")))?;
+    let grant = GRANTS
+        .iter()
+        .find(|(prefix, _)| import.starts_with(prefix))
+        .map(|(_, grant)| *grant)
+        .unwrap_or(
+            "runnel grants nothing that provides it (a function may import runnel:function/log and WASI 0.2's cli, clocks, filesystem, io, random and sockets interfaces, all empty of authority)",
+        );
+    Some(format!("it imports `{import}`, which is not granted: {grant}"))
+}
