@@ -38,7 +38,8 @@
 //!   trace context through every hop, and spans exported over OTLP.
 //! - [`app`]: assembling and running the process (`runnel up`, in-process
 //!   for tests; `up --watch` reloading on the changes [`watch`] sees);
-//!   [`invoke`]: `runnel invoke`; [`dlq`]: `runnel dlq list|replay`.
+//!   [`invoke`]: `runnel invoke`; [`dlq`]: `runnel dlq list|replay`;
+//!   [`scaffold`]: `runnel new`.
 
 pub mod app;
 pub mod broker;
@@ -55,6 +56,7 @@ pub mod journal;
 pub mod metrics;
 pub mod retry;
 pub mod runtime;
+pub mod scaffold;
 pub mod server;
 pub mod sinks;
 pub mod sqlite;

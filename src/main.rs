@@ -88,9 +88,24 @@ enum Command {
         #[arg(default_value = "pipelines")]
         paths: Vec<PathBuf>,
     },
+    /// Create a function and a pipeline for it, with a sample event.
+    New {
+        /// The function's language.
+        #[arg(value_enum)]
+        language: runnel::scaffold::Language,
+        /// Its name: the function's directory (functions/<name>), the
+        /// pipeline's name and file (pipelines/<name>.toml).
+        name: String,
+        /// What the pipeline takes events from.
+        #[arg(long, value_enum, default_value_t = runnel::scaffold::Source::Storage)]
+        source: runnel::scaffold::Source,
+        /// The directory holding functions/ and pipelines/.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Run one function on one event locally and print its outputs.
     Invoke {
-        /// A pipeline file, a function crate directory or a .wasm component.
+        /// A pipeline file, a function project directory or a .wasm component.
         target: PathBuf,
         /// The event: a JSON event file, or any file as the payload (for an
         /// HTTP pipeline, the request's body; a schedule pipeline without
@@ -233,6 +248,28 @@ fn with_pipelines(
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = runtime_config(&cli);
     match cli.command {
+        Command::New {
+            language,
+            ref name,
+            source,
+            ref dir,
+        } => {
+            let created = runnel::scaffold::create(dir, language, name, source)?;
+            println!(
+                "created {} and {} (a sample event: {})\n\ntry it, from {}:\n{}",
+                created.function.display(),
+                created.pipeline.display(),
+                created.sample.display(),
+                dir.display(),
+                created
+                    .next
+                    .lines()
+                    .map(|l| format!("  {l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Validate { ref paths } => {
             let pipelines = config::load_pipelines(paths, &config::process_env);
             let unbound = match (&runtime, &pipelines) {

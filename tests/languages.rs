@@ -55,10 +55,15 @@ async fn notify_writes_the_same_bytes_in_rust_python_and_javascript() {
     let runnel = Runnel::start(&dir.path().join("runnel"), &pipelines, &[], "").await;
 
     for (key, user) in [("photos/a.jpg", Some("alice")), ("photos/ü b.jpg", None)] {
-        let response = runnel.upload("uploads", key, photo_jpeg(640, 480), user).await;
+        let response = runnel
+            .upload("uploads", key, photo_jpeg(640, 480), user)
+            .await;
         assert_eq!(response.status(), 201, "{key}");
     }
-    for bad in [&b"{not json"[..], br#"{"source":{"key":"k"},"thumbnails":"x"}"#] {
+    for bad in [
+        &b"{not json"[..],
+        br#"{"source":{"key":"k"},"thumbnails":"x"}"#,
+    ] {
         let response = runnel
             .client
             .post(runnel.url("/v1/topics/image-processed"))
@@ -96,9 +101,11 @@ async fn notify_writes_the_same_bytes_in_rust_python_and_javascript() {
             );
         }
     }
-    eventually("two notifications from each language", Duration::from_secs(120), || async {
-        webhooks.iter().all(|w| w.count() == 2).then_some(())
-    })
+    eventually(
+        "two notifications from each language",
+        Duration::from_secs(120),
+        || async { webhooks.iter().all(|w| w.count() == 2).then_some(()) },
+    )
     .await;
 
     // What each language wrote: the webhook's bodies and content types,
@@ -120,7 +127,7 @@ async fn notify_writes_the_same_bytes_in_rust_python_and_javascript() {
             .map(|m| {
                 (
                     m["key"].as_str().unwrap().to_owned(),
-                    m["headers"]["content-type"].clone(),
+                    m["headers"]["content-type"].to_string(),
                     m["payload"].as_str().unwrap().to_owned(),
                 )
             })
@@ -131,7 +138,10 @@ async fn notify_writes_the_same_bytes_in_rust_python_and_javascript() {
     }
     let (_, rust_calls, rust_messages) = &written[0];
     let alice: serde_json::Value = serde_json::from_str(&rust_messages[0].2).unwrap();
-    assert_eq!(alice["message"], "photos/a.jpg for alice: 3 thumbnails ready");
+    assert_eq!(
+        alice["message"],
+        "photos/a.jpg for alice: 3 thumbnails ready"
+    );
     assert_eq!(
         rust_messages[1].2.split(',').next().unwrap(),
         r#"{"message":"photos/ü b.jpg: 3 thumbnails ready""#,
@@ -139,8 +149,14 @@ async fn notify_writes_the_same_bytes_in_rust_python_and_javascript() {
     );
     assert_eq!(rust_calls[0].0, "application/json");
     for (language, calls, messages) in &written[1..] {
-        assert_eq!(calls, rust_calls, "{language}'s webhook calls differ from Rust's");
-        assert_eq!(messages, rust_messages, "{language}'s messages differ from Rust's");
+        assert_eq!(
+            calls, rust_calls,
+            "{language}'s webhook calls differ from Rust's"
+        );
+        assert_eq!(
+            messages, rust_messages,
+            "{language}'s messages differ from Rust's"
+        );
     }
     for (language, _) in NOTIFY {
         let pipeline = format!("notify-{language}");
@@ -149,7 +165,10 @@ async fn notify_writes_the_same_bytes_in_rust_python_and_javascript() {
                 "runnel_invocations_total",
                 &[
                     ("pipeline", &pipeline),
-                    ("function", NOTIFY.iter().find(|n| n.0 == language).unwrap().1),
+                    (
+                        "function",
+                        NOTIFY.iter().find(|n| n.0 == language).unwrap().1,
+                    ),
                     ("outcome", "ok"),
                 ],
             )
@@ -195,18 +214,36 @@ fn a_python_function_is_built_once_and_rebuilt_when_its_sources_change() {
 
     let (stdout, stderr, first) = invoke();
     assert!(stdout.contains("hello dora"), "{stdout}");
-    assert!(stderr.contains("building a Python function with componentize-py"), "{stderr}");
+    assert!(
+        stderr.contains("building a Python function with componentize-py"),
+        "{stderr}"
+    );
     assert!(stderr.contains("built with componentize-py"), "{stderr}");
-    assert!(stderr.contains("compiling (once: cached after)"), "{stderr}");
+    assert!(
+        stderr.contains("compiling (once: cached after)"),
+        "{stderr}"
+    );
     if first > Duration::from_secs(12) {
-        assert!(stderr.contains("still "), "a long first start says it is still going: {stderr}");
+        assert!(
+            stderr.contains("still "),
+            "a long first start says it is still going: {stderr}"
+        );
     }
-    assert!(stderr.contains("saying it"), "the function's log line: {stderr}");
+    assert!(
+        stderr.contains("saying it"),
+        "the function's log line: {stderr}"
+    );
 
     let (stdout, stderr, second) = invoke();
     assert!(stdout.contains("hello dora"), "{stdout}");
-    assert!(!stderr.contains("componentize-py"), "not built again: {stderr}");
-    assert!(!stderr.contains("compiling"), "not compiled again: {stderr}");
+    assert!(
+        !stderr.contains("componentize-py"),
+        "not built again: {stderr}"
+    );
+    assert!(
+        !stderr.contains("compiling"),
+        "not compiled again: {stderr}"
+    );
     assert!(
         second < first / 3,
         "the second start ({second:?}) is far quicker than the first ({first:?})"
@@ -249,7 +286,10 @@ fn a_missing_tool_or_a_broken_project_is_named() {
         project
     };
 
-    let python = project("py", &[("app.py", "def handle(ctx, event):\n    return []\n")]);
+    let python = project(
+        "py",
+        &[("app.py", "def handle(ctx, event):\n    return []\n")],
+    );
     let stderr = invoke(&python, Some("/usr/bin:/bin"));
     assert!(
         stderr.contains("building the Python function at")
@@ -258,7 +298,13 @@ fn a_missing_tool_or_a_broken_project_is_named() {
         "{stderr}"
     );
 
-    let js = project("js", &[("package.json", r#"{"type":"module","main":"f.js"}"#), ("f.js", "")]);
+    let js = project(
+        "js",
+        &[
+            ("package.json", r#"{"type":"module","main":"f.js"}"#),
+            ("f.js", ""),
+        ],
+    );
     let stderr = invoke(&js, Some("/usr/bin:/bin"));
     assert!(
         stderr.contains("needs jco, which was not found")
@@ -267,16 +313,28 @@ fn a_missing_tool_or_a_broken_project_is_named() {
     );
     let no_main = project("js-no-main", &[("package.json", r#"{"main":"gone.js"}"#)]);
     let stderr = invoke(&no_main, None);
-    assert!(stderr.contains("package.json's main module gone.js does not exist"), "{stderr}");
+    assert!(
+        stderr.contains("package.json's main module gone.js does not exist"),
+        "{stderr}"
+    );
 
     let both = project("both", &[("app.py", ""), ("package.json", "{}")]);
     let stderr = invoke(&both, None);
-    assert!(stderr.contains("more than one language (app.py, package.json)"), "{stderr}");
+    assert!(
+        stderr.contains("more than one language (app.py, package.json)"),
+        "{stderr}"
+    );
 
     let no_handle = project("no-handle", &[("app.py", "x = 1\n")]);
     let stderr = invoke(&no_handle, None);
-    assert!(stderr.contains("app.py defines no handle(ctx, event) function"), "{stderr}");
-    assert!(stderr.contains("componentize-py failed to build"), "{stderr}");
+    assert!(
+        stderr.contains("app.py defines no handle(ctx, event) function"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("componentize-py failed to build"),
+        "{stderr}"
+    );
 }
 
 /// A component built by jco with its default features imports `wasi:http`,
@@ -286,7 +344,10 @@ fn a_missing_tool_or_a_broken_project_is_named() {
 fn an_ungranted_import_is_named_with_what_would_grant_it() {
     let dir = tempfile::tempdir().unwrap();
     let jco = repo().join("functions/notify-js/node_modules/.bin/jco");
-    assert!(jco.is_file(), "scripts/test installs functions/notify-js's dependencies");
+    assert!(
+        jco.is_file(),
+        "scripts/test installs functions/notify-js's dependencies"
+    );
     std::fs::write(
         dir.path().join("f.js"),
         "export function handle(ctx, event) { return []; }\n",
@@ -302,7 +363,11 @@ fn an_ungranted_import_is_named_with_what_would_grant_it() {
         .arg(&wasm)
         .output()
         .unwrap();
-    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
 
     let event = dir.path().join("event.txt");
     std::fs::write(&event, "x").unwrap();
@@ -318,7 +383,13 @@ fn an_ungranted_import_is_named_with_what_would_grant_it() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("it imports `wasi:http/"), "{stderr}");
-    assert!(stderr.contains("which is not granted: outbound HTTP"), "{stderr}");
+    assert!(
+        stderr.contains("which is not granted: outbound HTTP"),
+        "{stderr}"
+    );
     assert!(stderr.contains("--disable all"), "{stderr}");
-    assert!(!stderr.contains("matching implementation was not found"), "{stderr}");
+    assert!(
+        !stderr.contains("matching implementation was not found"),
+        "{stderr}"
+    );
 }

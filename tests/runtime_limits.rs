@@ -46,7 +46,10 @@ fn limits_stop_runaway_functions_and_are_classified() {
     let wasm = build::build_crate(&crate_dir).expect("probe builds");
     let config = FunctionConfig {
         name: "probe".into(),
-        location: FunctionLocation::Crate(crate_dir),
+        location: FunctionLocation::Project {
+            dir: crate_dir,
+            language: build::Language::Rust,
+        },
         memory_limit: 32 << 20,
         timeout: Duration::from_millis(300),
         config: vec![],

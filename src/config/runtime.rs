@@ -215,16 +215,16 @@ pub struct FunctionsConfig {
     pub pooling: bool,
     /// Cache compiled components under `<data_dir>/cache` (default true).
     pub cache: bool,
-    /// Build functions given as crates before starting (default true).
+    /// Build functions given as projects before starting (default true).
     pub build: bool,
     /// Where compiled components are cached (default `<data_dir>/cache`).
     pub cache_dir: PathBuf,
     /// Bytes of each pooled instance slot's memory kept resident between
     /// events (default [`DEFAULT_KEEP_RESIDENT`]).
     pub keep_resident: u64,
-    /// Where prebuilt components of crate functions are, as `<crate
-    /// directory name>.wasm` (`-` as `_`); when set, crates are not built
-    /// (a container image without a Rust toolchain).
+    /// Where prebuilt components of project functions are, as `<project
+    /// directory name>.wasm` (`-` as `_`); when set, projects are not built
+    /// (a container image without the build tools).
     pub components_dir: Option<PathBuf>,
 }
 

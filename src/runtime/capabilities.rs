@@ -24,10 +24,7 @@ const GRANTS: [(&str, &str); 4] = [
         "wasi:config/",
         "configuration; runnel hands a function its [function.config] in the context of each event instead",
     ),
-    (
-        "runnel:",
-        "an interface of a newer runnel than this one",
-    ),
+    ("runnel:", "an interface of a newer runnel than this one"),
 ];
 
 /// The import `error` (from linking `component`) names, explained; `None`
@@ -53,5 +50,7 @@ pub fn unlinked_import(
         .unwrap_or(
             "runnel grants nothing that provides it (a function may import runnel:function/log and WASI 0.2's cli, clocks, filesystem, io, random and sockets interfaces, all empty of authority)",
         );
-    Some(format!("it imports `{import}`, which is not granted: {grant}"))
+    Some(format!(
+        "it imports `{import}`, which is not granted: {grant}"
+    ))
 }

@@ -295,12 +295,17 @@ impl Runtime {
     ) -> anyhow::Result<P> {
         let started = Instant::now();
         let (component, cached) = self.compile(wasm)?;
-        let pre = linker.instantiate_pre(&component).map_err(|e| {
-            match capabilities::unlinked_import(&self.engine, &component, &e) {
-                Some(why) => anyhow::anyhow!("function {} ({}): {why}", config.name, wasm.display()),
-                None => anyhow::anyhow!("{}: {e:#}", wasm.display()),
-            }
-        })?;
+        let pre =
+            linker
+                .instantiate_pre(&component)
+                .map_err(
+                    |e| match capabilities::unlinked_import(&self.engine, &component, &e) {
+                        Some(why) => {
+                            anyhow::anyhow!("function {} ({}): {why}", config.name, wasm.display())
+                        }
+                        None => anyhow::anyhow!("{}: {e:#}", wasm.display()),
+                    },
+                )?;
         let pre = typed(pre)
             .map_err(|e| anyhow::anyhow!("{} does not export {export}: {e:#}", wasm.display()))?;
         tracing::info!(
@@ -354,12 +359,13 @@ impl Runtime {
         tracing::info!(%component, size_mib = bytes.len() >> 20, "compiling (once: cached after)");
         let (done, finished) = std::sync::mpsc::channel::<()>();
         std::thread::scope(|scope| {
-            scope.spawn(|| {
+            let shown = &component;
+            scope.spawn(move || {
                 let mut waited = PROGRESS;
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     finished.recv_timeout(PROGRESS)
                 {
-                    tracing::info!(%component, elapsed_s = waited.as_secs(), "still compiling");
+                    tracing::info!(component = %shown, elapsed_s = waited.as_secs(), "still compiling");
                     waited += PROGRESS;
                 }
             });

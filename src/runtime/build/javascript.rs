@@ -51,7 +51,11 @@ pub fn build(dir: &Path, cache_dir: &Path) -> Result<PathBuf, BuildError> {
             "runnel is tested with jco {JCO_VERSION}"
         );
     }
-    let output = cached_build(dir, cache_dir, &[version.as_bytes(), SDK.as_bytes(), ENTRY.as_bytes()])?;
+    let output = cached_build(
+        dir,
+        cache_dir,
+        &[version.as_bytes(), SDK.as_bytes(), ENTRY.as_bytes()],
+    )?;
     if output.is_file() {
         return Ok(output);
     }
@@ -114,7 +118,11 @@ fn main_module(dir: &Path) -> Result<PathBuf, BuildError> {
     let main = match &manifest["main"] {
         serde_json::Value::Null => "index.js",
         serde_json::Value::String(main) => main,
-        other => return Err(project(format!("package.json's `main` is {other}, not a path"))),
+        other => {
+            return Err(project(format!(
+                "package.json's `main` is {other}, not a path"
+            )));
+        }
     };
     let path = dir.join(main);
     if !path.is_file() {

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-pub use rust::TARGET;
+pub use rust::{TARGET, build_crate};
 
 /// runnel's WIT, the contract every guest is built against; written next
 /// to a Python or JavaScript build, so a project needs no copy of it.
@@ -89,7 +89,9 @@ pub enum BuildError {
         dir: String,
         source: std::io::Error,
     },
-    #[error("building the {language} function at {dir} needs {tool}, which was not found: {install}")]
+    #[error(
+        "building the {language} function at {dir} needs {tool}, which was not found: {install}"
+    )]
     MissingTool {
         language: &'static str,
         dir: String,
@@ -135,12 +137,7 @@ pub fn build(dir: &Path, language: Language, cache_dir: &Path) -> Result<PathBuf
 
 /// Where a cached build of `dir` goes, named by the project and a digest
 /// of everything the build reads (`inputs`: the tool's version, the glue).
-/// `None` when `dir` cannot be read.
-fn cached_build(
-    dir: &Path,
-    cache_dir: &Path,
-    inputs: &[&[u8]],
-) -> Result<PathBuf, BuildError> {
+fn cached_build(dir: &Path, cache_dir: &Path, inputs: &[&[u8]]) -> Result<PathBuf, BuildError> {
     use md5::Digest as _;
     let mut digest = md5::Md5::new();
     digest.update(WIT);
@@ -156,9 +153,10 @@ fn cached_build(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "function".into());
-    Ok(cache_dir
-        .join("builds")
-        .join(format!("{name}-{}.wasm", &hex::encode(digest.finalize())[..16])))
+    Ok(cache_dir.join("builds").join(format!(
+        "{name}-{}.wasm",
+        &hex::encode(digest.finalize())[..16]
+    )))
 }
 
 /// Entries a build never reads as sources: installed dependencies (their
@@ -249,12 +247,12 @@ fn run_with_progress(
     hint: &str,
 ) -> Result<(), BuildError> {
     const PROGRESS: Duration = Duration::from_secs(5);
-    let display = dir.display().to_string();
-    tracing::info!(function_dir = %display, "{what}");
+    let shown = dir.display().to_string();
+    tracing::info!(function_dir = %shown, "{what}");
     let started = Instant::now();
     let mut child = command.spawn().map_err(|source| BuildError::Spawn {
         tool: tool.into(),
-        dir: display.clone(),
+        dir: shown.clone(),
         source,
     })?;
     let mut next = PROGRESS;
@@ -265,13 +263,13 @@ fn run_with_progress(
             Err(source) => {
                 return Err(BuildError::Spawn {
                     tool: tool.into(),
-                    dir: display,
+                    dir: shown,
                     source,
                 });
             }
         }
         if started.elapsed() >= next {
-            tracing::info!(function_dir = %display, elapsed_s = next.as_secs(), "still building with {tool}");
+            tracing::info!(function_dir = %shown, elapsed_s = next.as_secs(), "still building with {tool}");
             next += PROGRESS;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -279,13 +277,13 @@ fn run_with_progress(
     if !status.success() {
         return Err(BuildError::Failed {
             tool,
-            dir: display,
+            dir: shown,
             status: status.to_string(),
             hint: hint.to_owned(),
         });
     }
     tracing::info!(
-        function_dir = %display,
+        function_dir = %shown,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "built with {tool}"
     );
@@ -315,12 +313,18 @@ mod tests {
     fn a_project_is_told_by_its_one_marker() {
         let dir = tempfile::tempdir().unwrap();
         let err = Language::detect(dir.path()).unwrap_err();
-        assert!(err.contains("a Cargo.toml, an app.py or a package.json"), "{err}");
+        assert!(
+            err.contains("a Cargo.toml, an app.py or a package.json"),
+            "{err}"
+        );
         std::fs::write(dir.path().join("app.py"), "").unwrap();
         assert_eq!(Language::detect(dir.path()), Ok(Language::Python));
         std::fs::write(dir.path().join("package.json"), "{}").unwrap();
         let err = Language::detect(dir.path()).unwrap_err();
-        assert!(err.contains("more than one language (app.py, package.json)"), "{err}");
+        assert!(
+            err.contains("more than one language (app.py, package.json)"),
+            "{err}"
+        );
     }
 
     /// The digest follows the sources' bytes, not installed dependencies
@@ -345,7 +349,11 @@ mod tests {
         std::fs::write(a.path().join("fn/__pycache__/app.pyc"), "cache").unwrap();
         std::fs::create_dir_all(a.path().join("fn/node_modules/x")).unwrap();
         std::fs::write(a.path().join("fn/node_modules/x/i.js"), "dep").unwrap();
-        assert_eq!(first, named(a.path()), "caches and dependencies are not sources");
+        assert_eq!(
+            first,
+            named(a.path()),
+            "caches and dependencies are not sources"
+        );
         std::fs::write(a.path().join("fn/lib/util.py"), "y = 3").unwrap();
         assert_ne!(first, named(a.path()), "a changed source");
         let other_tool = cached_build(&b.path().join("fn"), cache, &[b"tool 2"]).unwrap();

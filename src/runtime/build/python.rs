@@ -43,7 +43,11 @@ pub fn build(dir: &Path, cache_dir: &Path) -> Result<PathBuf, BuildError> {
             "runnel is tested with componentize-py {TOOL_VERSION}"
         );
     }
-    let output = cached_build(dir, cache_dir, &[version.as_bytes(), SDK.as_bytes(), ENTRY.as_bytes()])?;
+    let output = cached_build(
+        dir,
+        cache_dir,
+        &[version.as_bytes(), SDK.as_bytes(), ENTRY.as_bytes()],
+    )?;
     if output.is_file() {
         return Ok(output);
     }
