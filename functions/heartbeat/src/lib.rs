@@ -9,34 +9,27 @@
 
 mod beat;
 
-wit_bindgen::generate!({ path: "../wit", world: "function" });
+use runnel_sdk::{Context, Error, Event, Guest, Output};
 
 struct Heartbeat;
 
-export!(Heartbeat);
+runnel_sdk::export!(Heartbeat);
 
 impl Guest for Heartbeat {
     fn handle(ctx: Context, event: Event) -> Result<Vec<Output>, Error> {
-        let beat = beat::Beat::for_tick(&ctx.pipeline, &event.data).map_err(|message| Error {
-            message: format!("event {}: {message}", event.id),
-            // A payload that is not a tick never becomes one.
-            retryable: false,
-        })?;
-        let body = serde_json::to_vec(&beat).expect("a beat is plain data");
-        runnel::function::log::log(
-            runnel::function::log::Level::Info,
-            &format!("beat for {} to {} sinks", beat.scheduled, ctx.sinks.len()),
-        );
-        Ok(ctx
-            .sinks
+        // A payload that is not a tick never becomes one: not retried.
+        let beat = beat::Beat::for_tick(&ctx.pipeline, &event.data)
+            .map_err(|message| Error::reject(format!("event {}: {message}", event.id)))?;
+        runnel_sdk::log::info(&format!(
+            "beat for {} to {} sinks",
+            beat.scheduled,
+            ctx.sinks.len()
+        ));
+        ctx.sinks
             .iter()
-            .map(|sink| Output {
-                sink: sink.name.clone(),
-                key: Some(beat.scheduled.clone()),
-                content_type: Some("application/json".into()),
-                attributes: Vec::new(),
-                data: body.clone(),
+            .map(|sink| {
+                Ok(Output::json(sink.name.as_str(), &beat)?.with_key(Some(beat.scheduled.clone())))
             })
-            .collect())
+            .collect()
     }
 }

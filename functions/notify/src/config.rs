@@ -4,6 +4,8 @@
 //! non-string TOML values as JSON); `sinks = "notifications, webhook"`
 //! arrives as the plain string. Both are accepted.
 
+use runnel_sdk::{Context, Error};
+
 /// Where notifications go when `sinks` is not configured.
 const DEFAULT_SINKS: [&str; 2] = ["notifications", "webhook"];
 
@@ -14,49 +16,42 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads the pipeline's config pairs; keys this function does not know are
+    /// Reads the pipeline's config; keys this function does not know are
     /// ignored. The error names the key.
-    pub fn from_pairs(pairs: &[(String, String)]) -> Result<Config, String> {
-        let mut sinks: Vec<String> = DEFAULT_SINKS.iter().map(|s| s.to_string()).collect();
-        for (key, value) in pairs {
-            if key == "sinks" {
-                sinks = parse_names(value)
-                    .map_err(|reason| format!("config `sinks` = {value:?}: {reason}"))?;
-            }
-        }
+    pub fn from_context(ctx: &Context) -> Result<Config, Error> {
+        let sinks = ctx
+            .config_names("sinks")?
+            .unwrap_or_else(|| DEFAULT_SINKS.iter().map(|s| s.to_string()).collect());
         Ok(Config { sinks })
     }
-}
-
-fn parse_names(value: &str) -> Result<Vec<String>, String> {
-    let trimmed = value.trim();
-    let names: Vec<String> = if trimmed.starts_with('[') {
-        serde_json::from_str(trimmed).map_err(|e| format!("not a list of sink names ({e})"))?
-    } else {
-        trimmed.split(',').map(|s| s.trim().to_owned()).collect()
-    };
-    let names: Vec<String> = names.into_iter().filter(|n| !n.is_empty()).collect();
-    if names.is_empty() {
-        return Err("no sinks given".into());
-    }
-    Ok(names)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, Error> {
+        Config::from_context(&Context {
+            pipeline: "notify".into(),
+            config: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            sinks: Vec::new(),
+            attempt: 1,
+        })
+    }
+
     fn sinks(value: &str) -> Result<Vec<String>, String> {
-        Config::from_pairs(&[("sinks".into(), value.into())]).map(|c| c.sinks)
+        config(&[("sinks", value)])
+            .map(|c| c.sinks)
+            .map_err(|e| e.message)
     }
 
     /// Without config, both the notifications topic and the webhook are tried.
     #[test]
     fn default_sinks() {
-        assert_eq!(
-            Config::from_pairs(&[]).unwrap().sinks,
-            ["notifications", "webhook"]
-        );
+        assert_eq!(config(&[]).unwrap().sinks, ["notifications", "webhook"]);
     }
 
     /// A JSON array, a comma list and a single name all work.

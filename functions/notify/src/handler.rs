@@ -8,7 +8,7 @@
 
 use crate::config::Config;
 use crate::notification::{Notification, Processed};
-use crate::{Context, Error, Event, Output};
+use runnel_sdk::{Context, Error, Event, Output};
 
 /// What handling an event produced: the outputs, and a line for the log.
 pub struct Handled {
@@ -17,43 +17,32 @@ pub struct Handled {
 }
 
 pub fn handle(ctx: &Context, event: &Event) -> Result<Handled, Error> {
-    let config = Config::from_pairs(&ctx.config).map_err(reject)?;
+    let config = Config::from_context(ctx)?;
     let sinks: Vec<&String> = config
         .sinks
         .iter()
         .filter(|name| ctx.sinks.iter().any(|s| &s.name == *name))
         .collect();
     if sinks.is_empty() {
-        return Err(reject(format!(
+        return Err(Error::reject(format!(
             "none of the sinks in config `sinks` ({}) is declared by pipeline `{}` (it has: {})",
             config.sinks.join(", "),
             ctx.pipeline,
-            ctx.sinks
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            ctx.sink_names().join(", "),
         )));
     }
 
-    let report: Processed = serde_json::from_slice(&event.data).map_err(|e| {
-        reject(format!(
-            "{}: not an image-processed report ({e})",
-            describe(event)
-        ))
-    })?;
+    let report: Processed = event.json_as("an image-processed report")?;
     let key = report.source.key.clone();
     let notification = Notification::for_report(report);
     let data = serde_json::to_vec(&notification).expect("the notification is plain data");
 
     let outputs = sinks
         .iter()
-        .map(|sink| Output {
-            sink: sink.to_string(),
-            key: Some(key.clone()),
-            content_type: Some("application/json".into()),
-            attributes: Vec::new(),
-            data: data.clone(),
+        .map(|sink| {
+            Output::new(sink.as_str(), data.clone())
+                .with_key(Some(key.clone()))
+                .with_content_type("application/json")
         })
         .collect();
     let summary = format!(
@@ -68,25 +57,10 @@ pub fn handle(ctx: &Context, event: &Event) -> Result<Handled, Error> {
     Ok(Handled { outputs, summary })
 }
 
-/// Names the event for an error: its subject when it has one, and its id.
-fn describe(event: &Event) -> String {
-    match &event.subject {
-        Some(subject) => format!("event {} (subject {subject})", event.id),
-        None => format!("event {}", event.id),
-    }
-}
-
-fn reject(message: String) -> Error {
-    Error {
-        message,
-        retryable: false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runnel::function::types::Sink;
+    use runnel_sdk::Sink;
 
     fn context(sinks: &[&str], config: &[(&str, &str)]) -> Context {
         Context {

@@ -14,16 +14,16 @@ mod config;
 mod handler;
 mod notification;
 
-wit_bindgen::generate!({ path: "../wit", world: "function" });
+use runnel_sdk::{Context, Error, Event, Guest, Output};
 
 struct Notify;
 
-export!(Notify);
+runnel_sdk::export!(Notify);
 
 impl Guest for Notify {
     fn handle(ctx: Context, event: Event) -> Result<Vec<Output>, Error> {
         let handled = handler::handle(&ctx, &event)?;
-        runnel::function::log::log(runnel::function::log::Level::Info, &handled.summary);
+        runnel_sdk::log::info(&handled.summary);
         Ok(handled.outputs)
     }
 }

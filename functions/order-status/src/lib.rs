@@ -7,35 +7,25 @@
 //! alike. An update that leaves the status as it was (seen when the table
 //! has `REPLICA IDENTITY FULL`, so `before` is the whole row) tells nobody.
 
-wit_bindgen::generate!({ path: "../wit", world: "function" });
-
+use runnel_sdk::{Context, Error, Event, Guest, Output};
 use serde_json::{Value, json};
 
 struct OrderStatus;
 
-export!(OrderStatus);
+runnel_sdk::export!(OrderStatus);
 
 impl Guest for OrderStatus {
     fn handle(ctx: Context, event: Event) -> Result<Vec<Output>, Error> {
-        let change: Value = serde_json::from_slice(&event.data).map_err(|e| Error {
-            message: format!("event {}: not a JSON change event: {e}", event.id),
-            retryable: false,
-        })?;
+        let change: Value = event.json_as("a JSON change event")?;
         let Some(message) = notification(&change) else {
             return Ok(Vec::new());
         };
-        let body = message.to_string();
-        Ok(ctx
-            .sinks
+        ctx.sinks
             .iter()
-            .map(|sink| Output {
-                sink: sink.name.clone(),
-                key: event.subject.clone(),
-                content_type: Some("application/json".into()),
-                attributes: Vec::new(),
-                data: body.clone().into_bytes(),
+            .map(|sink| {
+                Ok(Output::json(sink.name.as_str(), &message)?.with_key(event.subject.clone()))
             })
-            .collect())
+            .collect()
     }
 }
 

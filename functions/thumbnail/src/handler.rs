@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::key::thumbnail_key;
 use crate::report::{Report, SourceObject, ThumbnailEntry, user_metadata};
 use crate::thumbnails;
-use crate::{Context, Error, Event, Output};
+use runnel_sdk::{Context, Error, Event, Output};
 
 /// What handling an event produced: the outputs, and a line for the log.
 pub struct Handled {
@@ -88,31 +88,24 @@ pub fn handle(ctx: &Context, event: &Event) -> Result<Handled, Error> {
 /// The target (bucket, topic, URL) of the sink a config key names; naming a
 /// sink the pipeline does not declare is a config error.
 fn sink_target(ctx: &Context, config_key: &str, name: &str) -> Result<String, Error> {
-    match ctx.sinks.iter().find(|s| s.name == name) {
+    match ctx.sink(name) {
         Some(sink) => Ok(sink.target.clone()),
-        None => Err(reject(format!(
+        None => Err(Error::reject(format!(
             "config `{config_key}` names sink `{name}`, which pipeline `{}` does not declare (it has: {})",
             ctx.pipeline,
-            ctx.sinks
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            ctx.sink_names().join(", "),
         ))),
     }
 }
 
 fn reject(message: String) -> Error {
-    Error {
-        message,
-        retryable: false,
-    }
+    Error::reject(message)
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::runnel::function::types::Sink;
+    use runnel_sdk::Sink;
 
     pub fn context(config: &[(&str, &str)]) -> Context {
         let sink = |name: &str, kind: &str, target: &str| Sink {

@@ -32,16 +32,16 @@ mod ycbcr;
 #[cfg(test)]
 mod fixtures;
 
-wit_bindgen::generate!({ path: "../wit", world: "function" });
+use runnel_sdk::{Context, Error, Event, Guest, Output};
 
 struct ThumbnailFunction;
 
-export!(ThumbnailFunction);
+runnel_sdk::export!(ThumbnailFunction);
 
 impl Guest for ThumbnailFunction {
     fn handle(ctx: Context, event: Event) -> Result<Vec<Output>, Error> {
         let handled = handler::handle(&ctx, &event)?;
-        runnel::function::log::log(runnel::function::log::Level::Info, &handled.summary);
+        runnel_sdk::log::info(&handled.summary);
         Ok(handled.outputs)
     }
 }

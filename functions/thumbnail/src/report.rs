@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::Event;
+use runnel_sdk::Event;
 
 /// `{"source": .., "metadata": .., "thumbnails": [..]}`.
 #[derive(Debug, Serialize)]
