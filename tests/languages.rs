@@ -140,11 +140,11 @@ async fn notify_writes_the_same_bytes_in_rust_python_and_javascript() {
     let alice: serde_json::Value = serde_json::from_str(&rust_messages[0].2).unwrap();
     assert_eq!(
         alice["message"],
-        "photos/a.jpg for alice: 3 thumbnails ready"
+        "photos/a.jpg for alice: 2 thumbnails ready"
     );
     assert_eq!(
         rust_messages[1].2.split(',').next().unwrap(),
-        r#"{"message":"photos/ü b.jpg: 3 thumbnails ready""#,
+        r#"{"message":"photos/ü b.jpg: 2 thumbnails ready""#,
         "raw UTF-8, compact"
     );
     assert_eq!(rust_calls[0].0, "application/json");

@@ -128,6 +128,15 @@ pub enum BuildError {
 /// Builds the project in `dir` and returns the path of its component.
 /// Python and JavaScript builds are kept under `cache_dir/builds`.
 pub fn build(dir: &Path, language: Language, cache_dir: &Path) -> Result<PathBuf, BuildError> {
+    // Absolute, because the tools run in the project's directory.
+    let absolute = |path: &Path| {
+        std::path::absolute(path).map_err(|source| BuildError::Cache {
+            dir: dir.display().to_string(),
+            cache: path.display().to_string(),
+            source,
+        })
+    };
+    let (dir, cache_dir) = (&absolute(dir)?, &absolute(cache_dir)?);
     match language {
         Language::Rust => rust::build_crate(dir),
         Language::Python => python::build(dir, cache_dir),
