@@ -40,6 +40,11 @@ impl bare::runnel::function::types::Host for BareState {}
 impl bare::runnel::function::log::Host for BareState {
     fn log(&mut self, _: bare::runnel::function::log::Level, _: String) {}
 }
+impl bare::runnel::function::variables::Host for BareState {
+    fn get(&mut self, _: String) -> Option<String> {
+        None
+    }
+}
 
 const ROUNDS: usize = 15;
 const PER_ROUND: usize = 2000;
@@ -64,6 +69,7 @@ fn main() {
         config: vec![("mode".into(), "noop".into())],
         max_outputs: runnel::runtime::DEFAULT_MAX_OUTPUTS,
         max_output_bytes: runnel::runtime::DEFAULT_MAX_OUTPUT_BYTES,
+        variables: Default::default(),
     };
     let runtime = Runtime::new(&RuntimeSettings {
         pooling: true,

@@ -62,6 +62,7 @@ fn load(
         config,
         max_outputs: runnel::runtime::DEFAULT_MAX_OUTPUTS,
         max_output_bytes: runnel::runtime::DEFAULT_MAX_OUTPUT_BYTES,
+        variables: Default::default(),
     };
     runtime.load(&config, &wasm).unwrap()
 }
@@ -79,14 +80,27 @@ fn event(data: &[u8]) -> Event {
     }
 }
 
+/// The process's minor page faults so far (`/proc/self/stat`, field 10).
+fn minor_faults() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The command name may hold spaces: count fields after its ')'.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    after
+        .split_whitespace()
+        .nth(7)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Per-event wall time and instantiation time of `rounds` × `per_round`
-/// invocations of each subject, the subjects alternating round by round.
+/// invocations of each subject, the subjects alternating round by round,
+/// and the minor page faults per event.
 fn measure(
     subjects: &[Subject],
     rounds: usize,
     per_round: usize,
-) -> Vec<(Vec<Duration>, Vec<Duration>)> {
-    let mut times = vec![(Vec::new(), Vec::new()); subjects.len()];
+) -> Vec<(Vec<Duration>, Vec<Duration>, f64)> {
+    let mut times = vec![(Vec::new(), Vec::new(), 0.0); subjects.len()];
     for subject in subjects {
         for _ in 0..50 {
             let (result, _) =
@@ -101,6 +115,7 @@ fn measure(
         order.rotate_left(round % subjects.len());
         for i in order {
             let subject = &subjects[i];
+            let faults = minor_faults();
             for _ in 0..per_round {
                 let started = Instant::now();
                 let (result, stats) =
@@ -111,9 +126,10 @@ fn measure(
                 times[i].0.push(started.elapsed());
                 times[i].1.push(stats.instantiation);
             }
+            times[i].2 += (minor_faults() - faults) as f64 / (rounds * per_round) as f64;
         }
     }
-    for (total, instantiation) in &mut times {
+    for (total, instantiation, _) in &mut times {
         total.sort();
         instantiation.sort();
     }
@@ -208,7 +224,7 @@ fn main() {
     let overhead = measure(&noops, ROUNDS, PER_ROUND);
     let mut json = serde_json::Map::new();
     let rust_p50 = us(percentile(&overhead[0].0, 0.5));
-    for (subject, (total, instantiation)) in noops.iter().zip(&overhead) {
+    for (subject, (total, instantiation, faults)) in noops.iter().zip(&overhead) {
         let (p50, p99) = (us(percentile(total, 0.5)), us(percentile(total, 0.99)));
         let (i50, i99) = (
             us(percentile(instantiation, 0.5)),
@@ -225,18 +241,18 @@ fn main() {
             ),
         };
         println!(
-            "| 9 | per-event overhead of a no-op {} function (fresh instance + call + drop), p50 / p99 | {p50:.1} / {p99:.1} µs (instantiation {i50:.1} / {i99:.1} µs) | Rust's no-op: {rust_p50:.1} µs p50 | {:.1}× Rust | {goal} | {met} |",
+            "| 9 | per-event overhead of a no-op {} function (fresh instance + call + drop), p50 / p99 | {p50:.1} / {p99:.1} µs (instantiation {i50:.1} / {i99:.1} µs; {faults:.0} page faults per event) | Rust's no-op: {rust_p50:.1} µs p50 | {:.1}× Rust | {goal} | {met} |",
             subject.language,
             p50 / rust_p50,
         );
         json.insert(
             format!("noop_{}", subject.language),
-            serde_json::json!({"p50_us": p50, "p99_us": p99, "instantiation_p50_us": i50, "instantiation_p99_us": i99}),
+            serde_json::json!({"p50_us": p50, "p99_us": p99, "instantiation_p50_us": i50, "instantiation_p99_us": i99, "minor_faults_per_event": faults}),
         );
     }
     let throughput = measure(&notifies, ROUNDS / 2, PER_ROUND / 2);
     let rust_rate = 1e6 / us(percentile(&throughput[0].0, 0.5));
-    for (subject, (total, _)) in notifies.iter().zip(&throughput) {
+    for (subject, (total, _, _)) in notifies.iter().zip(&throughput) {
         let mean = total.iter().sum::<Duration>() / total.len() as u32;
         let rate = 1.0 / mean.as_secs_f64();
         let (p50, p99) = (us(percentile(total, 0.5)), us(percentile(total, 0.99)));

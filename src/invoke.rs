@@ -83,6 +83,7 @@ pub fn bare_function(path: &Path) -> anyhow::Result<FunctionConfig> {
         config: Vec::new(),
         max_outputs: crate::runtime::DEFAULT_MAX_OUTPUTS,
         max_output_bytes: crate::runtime::DEFAULT_MAX_OUTPUT_BYTES,
+        variables: Default::default(),
     })
 }
 

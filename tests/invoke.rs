@@ -209,3 +209,71 @@ fn invoke_reads_a_debezium_change_event_for_a_database_pipeline() {
     assert!(!ok);
     assert!(stderr.contains("tombstone"), "{stderr}");
 }
+
+/// A function reads its pipeline's `[function.variables]` (a `${NAME}` of
+/// runnel's environment expanded when the pipeline is read) through the
+/// `variables` import, and nothing of the process environment: a name the
+/// pipeline does not set is unset even when the environment has it. A
+/// bad name or a value that is not a string is refused with its place.
+#[test]
+fn a_function_reads_its_pipelines_variables_and_not_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = |name: &str, variable: &str, variables: &str| {
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "name = \"{name}\"\n[source]\ntype = \"topic\"\ntopic = \"in\"\n[function]\npath = \"{}\"\n[function.config]\nmode = \"variable\"\nvariable = \"{variable}\"\n[function.variables]\n{variables}\n[sinks.out]\ntype = \"topic\"\ntopic = \"out\"\n",
+                repo().join("functions/testing/probe").display()
+            ),
+        )
+        .unwrap();
+        file
+    };
+    let event = dir.path().join("event.txt");
+    std::fs::write(&event, "x").unwrap();
+    let run = |file: &std::path::Path| {
+        let output = Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("invoke")
+            .arg(file)
+            .arg("--event")
+            .arg(&event)
+            .env("RUNNEL_TEST_GREETING", "hej då")
+            .env("RUNNEL_TEST_SECRET", "s3cr3t")
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+
+    let (ok, stdout, stderr) = run(&pipeline(
+        "greeting",
+        "greeting",
+        "greeting = \"${RUNNEL_TEST_GREETING}\"\nother = \"plain\"",
+    ));
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("hej då"), "{stdout}");
+
+    let (ok, stdout, _) = run(&pipeline("env", "RUNNEL_TEST_SECRET", "other = \"plain\""));
+    assert!(ok);
+    assert!(
+        stdout.contains("<unset>"),
+        "the environment is not visible: {stdout}"
+    );
+    assert!(!stdout.contains("s3cr3t"), "{stdout}");
+
+    let (ok, _, stderr) = run(&pipeline("bad", "x", "\"not-a-name\" = \"v\"\nnumber = 7"));
+    assert!(!ok);
+    assert!(
+        stderr.contains("function.variables.\"not-a-name\"") || stderr.contains("not-a-name"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("letters, digits and `_`"), "{stderr}");
+    assert!(stderr.contains("number"), "{stderr}");
+}

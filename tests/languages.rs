@@ -393,3 +393,43 @@ fn an_ungranted_import_is_named_with_what_would_grant_it() {
         "{stderr}"
     );
 }
+
+/// A Python function reads `[function.variables]` with `runnel.variable`;
+/// a name the pipeline does not set is None, whatever the environment
+/// holds.
+#[test]
+fn a_python_function_reads_its_pipelines_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("regional");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(
+        project.join("app.py"),
+        "import runnel\n\ndef handle(ctx, event):\n    found = [f'{n}={runnel.variable(n)}' for n in ('region', 'HOME')]\n    return [runnel.Output('out', data=' '.join(found))]\n",
+    )
+    .unwrap();
+    let pipeline = dir.path().join("regional.toml");
+    std::fs::write(
+        &pipeline,
+        "name = \"regional\"\n[source]\ntype = \"topic\"\ntopic = \"in\"\n[function]\npath = \"regional\"\n[function.variables]\nregion = \"${RUNNEL_TEST_REGION}\"\n[sinks.out]\ntype = \"topic\"\ntopic = \"out\"\n",
+    )
+    .unwrap();
+    let event = dir.path().join("event.txt");
+    std::fs::write(&event, "x").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("invoke")
+        .arg(&pipeline)
+        .arg("--event")
+        .arg(&event)
+        .env("RUNNEL_TEST_REGION", "eu-north")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("region=eu-north HOME=None"), "{stdout}");
+}

@@ -22,6 +22,8 @@
 //   them); `ctx.sinks` maps each declared sink's name to { name, kind, target }.
 // - `event.attributes` is an object; `event.data` a Uint8Array
 //   (`event.text()`, `event.json()`).
+// - `variable(name)` is the pipeline's [function.variables] value (a setting
+//   or a secret), or null.
 // - Return an array of Output (or of plain { sink, data, key, contentType,
 //   attributes } objects); `data` may be a Uint8Array or a string (UTF-8).
 // - `throw new Reject(message)` for an event that can never succeed (it goes
@@ -63,10 +65,24 @@ export class Output {
 }
 
 let witLog = null;
+let witVariables = null;
 
-/** Installs the WIT log import; runnel's build does, Node.js tests do not. */
-export function _useLog(log) {
+/** Installs the WIT imports; runnel's build does, Node.js tests do not. */
+export function _useImports(log, variables) {
   witLog = log;
+  witVariables = variables;
+}
+
+/** What `variable` answers under Node.js (tests set it). */
+export const testVariables = {};
+
+/**
+ * The pipeline's `[function.variables]` value called `name` (a setting or a
+ * secret), or null when the pipeline sets no such variable.
+ */
+export function variable(name) {
+  if (witVariables) return witVariables(name) ?? null;
+  return Object.hasOwn(testVariables, name) ? testVariables[name] : null;
 }
 
 function write(level, message) {

@@ -19,6 +19,8 @@ CPython, where ``runnel.log`` prints to standard error).
   them); ``ctx.sinks`` maps each declared sink's name to its ``Sink``.
 - ``event.attributes`` is a dict; ``event.data`` is ``bytes``
   (``event.text()``, ``event.json()``).
+- ``runnel.variable(name)`` is the pipeline's ``[function.variables]``
+  value (a setting or a secret), or None.
 - Return a list of ``Output``; ``data`` may be ``bytes`` or ``str`` (UTF-8).
 - ``raise runnel.Reject(message)`` for an event that can never succeed (it
   goes to the dead-letter sink at once), ``raise runnel.Retry(message)`` for
@@ -35,7 +37,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-__all__ = ["Context", "Event", "Output", "Reject", "Retry", "Sink", "log"]
+__all__ = ["Context", "Event", "Output", "Reject", "Retry", "Sink", "log", "variable"]
 
 
 class Reject(Exception):
@@ -149,6 +151,20 @@ class _Log:
 
 
 log = _Log()
+
+#: What ``variable`` answers under plain CPython (tests set it); in the
+#: component, the pipeline's ``[function.variables]`` answer.
+test_variables: dict[str, str] = {}
+
+
+def variable(name: str) -> Optional[str]:
+    """The pipeline's ``[function.variables]`` value called ``name`` (a
+    setting or a secret), or None when the pipeline sets no such variable."""
+    try:
+        from wit_world.imports import variables  # type: ignore
+    except ImportError:  # plain CPython: tests, an editor
+        return test_variables.get(name)
+    return variables.get(name)
 
 
 def _handle(handle: Any, ctx: Any, event: Any) -> list[Any]:

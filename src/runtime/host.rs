@@ -1,4 +1,5 @@
-//! What a function instance can reach: its log, and WASI with nothing in it.
+//! What a function instance can reach: its log, its pipeline's variables,
+//! and WASI with nothing in it.
 //!
 //! Components built for `wasm32-wasip2` import WASI because the Rust
 //! standard library does. Each instance gets a WASI context that grants no
@@ -12,7 +13,9 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
+use super::Variables;
 use super::bindings::runnel::function::log::{Host as LogHost, Level};
+use super::bindings::runnel::function::variables::Host as VariablesHost;
 use super::limits::MemoryLimiter;
 
 /// How much of a function's stderr is kept for error reports.
@@ -26,6 +29,8 @@ pub struct HostState {
     pub(super) stderr: MemoryOutputPipe,
     /// Tags the function's log lines.
     pub(super) label: LogLabel,
+    /// `[function.variables]`, for the `variables` import.
+    variables: Variables,
 }
 
 /// Who is logging: pipeline, function, event.
@@ -39,7 +44,7 @@ pub struct LogLabel {
 }
 
 impl HostState {
-    pub fn new(memory_limit: u64, label: LogLabel) -> Self {
+    pub fn new(memory_limit: u64, label: LogLabel, variables: Variables) -> Self {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let wasi = WasiCtx::builder()
             .stderr(stderr.clone())
@@ -58,6 +63,7 @@ impl HostState {
             limiter: MemoryLimiter::new(memory_limit),
             stderr,
             label,
+            variables,
         }
     }
 
@@ -166,5 +172,11 @@ impl rand_core::TryRng for Deterministic {
             chunk.copy_from_slice(&bytes[..chunk.len()]);
         }
         Ok(())
+    }
+}
+
+impl VariablesHost for HostState {
+    fn get(&mut self, name: String) -> Option<String> {
+        self.variables.get(&name).map(str::to_owned)
     }
 }

@@ -81,6 +81,29 @@ pub struct FunctionConfig {
     pub max_outputs: usize,
     /// Most bytes all outputs of one invocation may hold (default 256 MiB).
     pub max_output_bytes: u64,
+    /// `[function.variables]`, read through the `variables` import.
+    pub variables: Variables,
+}
+
+/// A function's `[function.variables]`. Values may be secrets: `Debug`
+/// shows the names only.
+#[derive(Clone, Default, PartialEq)]
+pub struct Variables(Arc<std::collections::BTreeMap<String, String>>);
+
+impl Variables {
+    pub fn new(variables: impl IntoIterator<Item = (String, String)>) -> Self {
+        Self(Arc::new(variables.into_iter().collect()))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+}
+
+impl std::fmt::Debug for Variables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 pub const DEFAULT_MAX_OUTPUTS: usize = 1000;
@@ -137,6 +160,20 @@ impl FunctionConfig {
         let max_output_bytes = table
             .size("max_output_bytes")
             .unwrap_or(DEFAULT_MAX_OUTPUT_BYTES);
+        let mut variables = Vec::new();
+        if let Some(t) = table.table("variables") {
+            for (name, field) in t.entries() {
+                let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    field.error(
+                        "a variable's name is letters, digits and `_`, not starting with a digit",
+                    );
+                } else if let Some(value) = field.string() {
+                    variables.push((name, value));
+                }
+            }
+        }
         let mut config = Vec::new();
         if let Some(t) = table.table("config") {
             for (key, field) in t.entries() {
@@ -165,6 +202,7 @@ impl FunctionConfig {
             config,
             max_outputs: max_outputs?,
             max_output_bytes,
+            variables: Variables::new(variables),
         })
     }
 }
@@ -253,6 +291,7 @@ impl Runtime {
             name: config.name.clone(),
             memory_limit: config.memory_limit,
             timeout: config.timeout,
+            variables: config.variables.clone(),
             pre,
             engine: self.engine.clone(),
         })
@@ -607,6 +646,7 @@ pub struct Function {
     name: String,
     memory_limit: u64,
     timeout: Duration,
+    variables: Variables,
     pre: bindings::FunctionPre<HostState>,
     engine: Engine,
 }
@@ -629,7 +669,8 @@ impl Function {
         label: LogLabel,
     ) -> (Result<Vec<Output>, InvokeError>, InvocationStats) {
         let started = Instant::now();
-        let mut store = Store::new(&self.engine, HostState::new(self.memory_limit, label));
+        let state = HostState::new(self.memory_limit, label, self.variables.clone());
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         let ticks = self.timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64;
         store.set_epoch_deadline(ticks + 1);

@@ -34,6 +34,12 @@ pub mod bindings {
 pub use bindings::runnel::function::types::Sink;
 pub use bindings::{Context, Error, Event, Guest, Output, export};
 
+/// The pipeline's `[function.variables]` value called `name` (a setting or
+/// a secret), or `None` when the pipeline sets no such variable.
+pub fn variable(name: &str) -> Option<String> {
+    bindings::runnel::function::variables::get(name)
+}
+
 /// Lines in runnel's log, tagged with the pipeline, function and event id.
 pub mod log {
     use super::bindings::runnel::function::log::{Level, log};

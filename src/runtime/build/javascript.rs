@@ -16,8 +16,9 @@ use std::process::{Command, Stdio};
 
 use super::{BuildError, Scratch, cached_build, find_on_path, run_with_progress, version_of};
 
-/// The versions runnel is built and tested with; jco 1.35.0 fails to read
-/// WIT files (its `componentize` reports a parse error for every package).
+/// The versions runnel is built and tested with: jco 1.35.0 fails to read
+/// any WIT path ("failed to get path metadata: No such file or directory
+/// (os error 44)", in its check for older wasi:http worlds).
 pub const JCO_VERSION: &str = "1.34.0";
 pub const COMPONENTIZE_JS_VERSION: &str = "0.22.0";
 
@@ -26,10 +27,11 @@ const SDK: &str = include_str!("../../../functions/sdk-js/runnel.js");
 /// The module jco builds: the WIT export, handed to the project's `handle`.
 /// `MAIN` is replaced by the main module's path as a JS string.
 const ENTRY: &str = r#"import { log } from "runnel:function/log@0.1.0";
-import { _handle, _useLog } from "runnel";
+import { get } from "runnel:function/variables@0.1.0";
+import { _handle, _useImports } from "runnel";
 import * as app from MAIN;
 
-_useLog(log);
+_useImports(log, get);
 if (typeof app.handle !== "function") {
   throw new Error(`${MAIN} exports no handle(ctx, event) function`);
 }
@@ -38,6 +40,12 @@ export function handle(ctx, event) {
   return _handle(app.handle, ctx, event);
 }
 "#;
+
+/// The bundler's configuration: `runnel` is runnel's SDK (`SDK` is replaced
+/// by its path as a JS string); the WIT's imports are the component's, not
+/// modules to bundle.
+const BUNDLE_CONFIG: &str =
+    "export default { external: [/^runnel:/, /^wasi:/], resolve: { alias: { runnel: SDK } } };\n";
 
 pub fn build(dir: &Path, cache_dir: &Path) -> Result<PathBuf, BuildError> {
     let main = main_module(dir)?;
@@ -62,9 +70,9 @@ pub fn build(dir: &Path, cache_dir: &Path) -> Result<PathBuf, BuildError> {
     let scratch = Scratch::new(&output, dir)?;
     let sdk = scratch.dir.join("runnel.js");
     let main_literal = serde_json::to_string(&main.to_string_lossy()).expect("a string");
-    let bundle_config = format!(
-        "export default {{ resolve: {{ alias: {{ runnel: {} }} }} }};\n",
-        serde_json::to_string(&sdk.to_string_lossy()).expect("a string")
+    let bundle_config = BUNDLE_CONFIG.replace(
+        "SDK",
+        &serde_json::to_string(&sdk.to_string_lossy()).expect("a string"),
     );
     scratch.write(
         &[

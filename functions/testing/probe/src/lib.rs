@@ -32,6 +32,17 @@ impl Guest for Probe {
                 data: event.data,
             }]),
             Mode::Noop => Ok(Vec::new()),
+            Mode::Variable => {
+                let name = config(&ctx, "variable").unwrap_or("");
+                let value = runnel::function::variables::get(name);
+                Ok(vec![Output {
+                    sink,
+                    key: event.subject,
+                    content_type: Some("text/plain".into()),
+                    attributes: Vec::new(),
+                    data: value.unwrap_or_else(|| "<unset>".into()).into_bytes(),
+                }])
+            }
             Mode::Spin => spin(),
             Mode::Hog => hog(),
             Mode::Trap => panic!("probe: asked to trap"),

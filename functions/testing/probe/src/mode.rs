@@ -31,6 +31,9 @@ pub enum Mode {
     Giant,
     /// One output naming a sink the pipeline did not declare.
     Stray,
+    /// One output holding the pipeline's variable named by config
+    /// `variable` (or `<unset>`).
+    Variable,
     /// One output telling what earlier events left behind in this
     /// instance's memory: "events before: 0, dirty pages: 0" when every
     /// event gets a fresh instance, as it must.
@@ -76,6 +79,7 @@ impl Mode {
             "giant" => Mode::Giant,
             "stray" => Mode::Stray,
             "residue" => Mode::Residue,
+            "variable" => Mode::Variable,
             _ => return None,
         })
     }
