@@ -12,11 +12,20 @@ fn invoke(args: &[&str], dir: &std::path::Path) -> (bool, String) {
 }
 
 fn invoke_with_stderr(args: &[&str], dir: &std::path::Path) -> (bool, String, String) {
+    invoke_with_env(args, dir, &[])
+}
+
+fn invoke_with_env(
+    args: &[&str],
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_runnel"))
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("invoke")
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(repo())
         .output()
         .unwrap();
@@ -233,23 +242,12 @@ fn a_function_reads_its_pipelines_variables_and_not_the_environment() {
     let event = dir.path().join("event.txt");
     std::fs::write(&event, "x").unwrap();
     let run = |file: &std::path::Path| {
-        let output = Command::new(env!("CARGO_BIN_EXE_runnel"))
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("invoke")
-            .arg(file)
-            .arg("--event")
-            .arg(&event)
-            .env("RUNNEL_TEST_GREETING", "hej då")
-            .env("RUNNEL_TEST_SECRET", "s3cr3t")
-            .current_dir(repo())
-            .output()
-            .unwrap();
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        let args = [file.to_str().unwrap(), "--event", event.to_str().unwrap()];
+        let env = [
+            ("RUNNEL_TEST_GREETING", "hej då"),
+            ("RUNNEL_TEST_SECRET", "s3cr3t"),
+        ];
+        invoke_with_env(&args, dir.path(), &env)
     };
 
     let (ok, stdout, stderr) = run(&pipeline(

@@ -11,6 +11,26 @@ use std::time::{Duration, Instant};
 
 use harness::{Runnel, WebhookReceiver, edited_pipeline, eventually, photo_jpeg, repo};
 
+/// `runnel invoke <target> --event <event>`, its data under `dir`, with
+/// `env` set: whether it succeeded, its stdout and its stderr.
+fn invoke(dir: &Path, target: &Path, event: &Path, env: &[(&str, &str)]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("invoke")
+        .arg(target)
+        .arg("--event")
+        .arg(event)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// Each language's notify project, by the suffix its pipeline gets.
 const NOTIFY: [(&str, &str); 3] = [
     ("rust", "notify"),
@@ -79,15 +99,9 @@ async fn notify_writes_the_same_bytes_in_rust_python_and_javascript() {
         runnel
             .wait_for_metric("runnel_dead_letters_total", &[("pipeline", &pipeline)], 2.0)
             .await;
-        let listing: serde_json::Value = runnel
-            .client
-            .get(runnel.url(&format!("/v1/dashboard/pipelines/{pipeline}/dead-letters")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let listing = runnel
+            .get_json(&format!("/v1/dashboard/pipelines/{pipeline}/dead-letters"))
+            .await;
         let letters = listing["dead_letters"].as_array().unwrap();
         assert_eq!(letters.len(), 2, "{pipeline}: {listing}");
         for letter in letters {
@@ -196,19 +210,8 @@ fn a_python_function_is_built_once_and_rebuilt_when_its_sources_change() {
     std::fs::write(&event, "dora").unwrap();
     let invoke = || {
         let started = Instant::now();
-        let output = Command::new(env!("CARGO_BIN_EXE_runnel"))
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["invoke"])
-            .arg(&project)
-            .arg("--event")
-            .arg(&event)
-            .env("RUST_LOG", "info")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        assert!(output.status.success(), "{stdout}\n{stderr}");
+        let (ok, stdout, stderr) = invoke(dir.path(), &project, &event, &[("RUST_LOG", "info")]);
+        assert!(ok, "{stdout}\n{stderr}");
         (stdout, stderr, started.elapsed())
     };
 
@@ -262,20 +265,10 @@ fn a_missing_tool_or_a_broken_project_is_named() {
     let event = dir.path().join("event.txt");
     std::fs::write(&event, "x").unwrap();
     let invoke = |project: &Path, path_env: Option<&str>| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_runnel"));
-        command
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("invoke")
-            .arg(project)
-            .arg("--event")
-            .arg(&event);
-        if let Some(path) = path_env {
-            command.env("PATH", path);
-        }
-        let output = command.output().unwrap();
-        assert!(!output.status.success(), "{project:?} should fail");
-        String::from_utf8_lossy(&output.stderr).into_owned()
+        let env: Vec<(&str, &str)> = path_env.map(|path| ("PATH", path)).into_iter().collect();
+        let (ok, _, stderr) = invoke(dir.path(), project, &event, &env);
+        assert!(!ok, "{project:?} should fail");
+        stderr
     };
     let project = |name: &str, files: &[(&str, &str)]| {
         let project = dir.path().join(name);
@@ -371,17 +364,8 @@ fn an_ungranted_import_is_named_with_what_would_grant_it() {
 
     let event = dir.path().join("event.txt");
     std::fs::write(&event, "x").unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_runnel"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("invoke")
-        .arg(&wasm)
-        .arg("--event")
-        .arg(&event)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let (ok, _, stderr) = invoke(dir.path(), &wasm, &event, &[]);
+    assert!(!ok);
     assert!(stderr.contains("it imports `wasi:http/"), "{stderr}");
     assert!(
         stderr.contains("which is not granted: outbound HTTP"),
@@ -415,21 +399,12 @@ fn a_python_function_reads_its_pipelines_variables() {
     .unwrap();
     let event = dir.path().join("event.txt");
     std::fs::write(&event, "x").unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_runnel"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("invoke")
-        .arg(&pipeline)
-        .arg("--event")
-        .arg(&event)
-        .env("RUNNEL_TEST_REGION", "eu-north")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
+    let (ok, stdout, stderr) = invoke(
+        dir.path(),
+        &pipeline,
+        &event,
+        &[("RUNNEL_TEST_REGION", "eu-north")],
     );
+    assert!(ok, "{stdout}{stderr}");
     assert!(stdout.contains("region=eu-north HOME=None"), "{stdout}");
 }

@@ -22,6 +22,10 @@ CPython, where ``runnel.log`` prints to standard error).
 - ``runnel.variable(name)`` is the pipeline's ``[function.variables]``
   value (a setting or a secret), or None.
 - Return a list of ``Output``; ``data`` may be ``bytes`` or ``str`` (UTF-8).
+- Import modules at the top of ``app.py`` (or of the modules it imports):
+  the build runs those imports and snapshots the result; a module first
+  imported inside ``handle`` cannot be found, since a function has no file
+  system.
 - ``raise runnel.Reject(message)`` for an event that can never succeed (it
   goes to the dead-letter sink at once), ``raise runnel.Retry(message)`` for
   a transient failure (retried with backoff). Any other exception is a bug:
@@ -157,14 +161,20 @@ log = _Log()
 test_variables: dict[str, str] = {}
 
 
+# Imported when the module is (the build's snapshot): in the component,
+# nothing can be imported later, with no file system to read modules from.
+try:
+    from wit_world.imports import variables as _wit_variables  # type: ignore
+except ImportError:  # plain CPython: tests, an editor
+    _wit_variables = None
+
+
 def variable(name: str) -> Optional[str]:
     """The pipeline's ``[function.variables]`` value called ``name`` (a
     setting or a secret), or None when the pipeline sets no such variable."""
-    try:
-        from wit_world.imports import variables  # type: ignore
-    except ImportError:  # plain CPython: tests, an editor
+    if _wit_variables is None:
         return test_variables.get(name)
-    return variables.get(name)
+    return _wit_variables.get(name)
 
 
 def _handle(handle: Any, ctx: Any, event: Any) -> list[Any]:

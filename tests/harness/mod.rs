@@ -277,16 +277,16 @@ impl Runnel {
 
     /// Every message of a topic (all partitions).
     pub async fn topic(&self, topic: &str) -> Vec<serde_json::Value> {
-        let body: serde_json::Value = self
-            .client
-            .get(self.url(&format!("/v1/topics/{topic}?limit=1000")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = self
+            .get_json(&format!("/v1/topics/{topic}?limit=1000"))
+            .await;
         body["messages"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The JSON body of `GET path`.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        response.json().await.unwrap()
     }
 
     /// Waits (up to a minute) until a metric sample equals `value`.

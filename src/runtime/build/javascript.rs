@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::{BuildError, Scratch, cached_build, find_on_path, run_with_progress, version_of};
+use super::{BuildError, Start, find_on_path, run_with_progress, start};
 
 /// The versions runnel is built and tested with: jco 1.35.0 fails to read
 /// any WIT path ("failed to get path metadata: No such file or directory
@@ -50,24 +50,22 @@ const BUNDLE_CONFIG: &str =
 pub fn build(dir: &Path, cache_dir: &Path) -> Result<PathBuf, BuildError> {
     let main = main_module(dir)?;
     let jco = find_jco(dir)?;
-    let version = version_of(&jco).unwrap_or_default();
-    if version != JCO_VERSION {
-        tracing::warn!(
-            function_dir = %dir.display(),
-            tool = %jco.display(),
-            %version,
-            "runnel is tested with jco {JCO_VERSION}"
-        );
-    }
-    let output = cached_build(
+    let glue = [("function.wit", super::WIT), ("runnel.js", SDK)];
+    let (scratch, output, version) = match start(
         dir,
         cache_dir,
-        &[version.as_bytes(), SDK.as_bytes(), ENTRY.as_bytes()],
-    )?;
-    if output.is_file() {
-        return Ok(output);
-    }
-    let scratch = Scratch::new(&output, dir)?;
+        &jco,
+        JCO_VERSION,
+        &glue,
+        &[ENTRY, BUNDLE_CONFIG],
+    )? {
+        Start::Cached(output) => return Ok(output),
+        Start::Build {
+            scratch,
+            output,
+            version,
+        } => (scratch, output, version),
+    };
     let sdk = scratch.dir.join("runnel.js");
     let main_literal = serde_json::to_string(&main.to_string_lossy()).expect("a string");
     let bundle_config = BUNDLE_CONFIG.replace(
@@ -76,8 +74,6 @@ pub fn build(dir: &Path, cache_dir: &Path) -> Result<PathBuf, BuildError> {
     );
     scratch.write(
         &[
-            ("function.wit", super::WIT),
-            ("runnel.js", SDK),
             ("entry.js", &ENTRY.replace("MAIN", &main_literal)),
             ("bundle.config.mjs", &bundle_config),
         ],

@@ -144,6 +144,58 @@ pub fn build(dir: &Path, language: Language, cache_dir: &Path) -> Result<PathBuf
     }
 }
 
+/// Where a Python or JavaScript build stands before its tool runs.
+enum Start {
+    /// Built before, from the same sources, glue and tool.
+    Cached(PathBuf),
+    /// To build in `scratch` (its glue written), and to keep as `output`.
+    Build {
+        scratch: Scratch,
+        output: PathBuf,
+        version: String,
+    },
+}
+
+/// Reads `tool`'s version (a warning when it is not `tested`, the one
+/// runnel is tested with) and looks for the build of `dir` in the cache,
+/// by a digest of its sources, the version, `glue` (runnel's files the
+/// build adds: written into a fresh scratch directory when there is no
+/// such build) and `templates` (glue written from them later).
+fn start(
+    dir: &Path,
+    cache_dir: &Path,
+    tool: &Path,
+    tested: &str,
+    glue: &[(&str, &str)],
+    templates: &[&str],
+) -> Result<Start, BuildError> {
+    let version = version_of(tool).unwrap_or_default();
+    if version.split_whitespace().last() != Some(tested) {
+        tracing::warn!(
+            function_dir = %dir.display(),
+            tool = %tool.display(),
+            %version,
+            "runnel is tested with version {tested} of this tool"
+        );
+    }
+    let mut inputs: Vec<&[u8]> = vec![version.as_bytes()];
+    for (name, text) in glue {
+        inputs.extend([name.as_bytes(), text.as_bytes()]);
+    }
+    inputs.extend(templates.iter().map(|t| t.as_bytes()));
+    let output = cached_build(dir, cache_dir, &inputs)?;
+    if output.is_file() {
+        return Ok(Start::Cached(output));
+    }
+    let scratch = Scratch::new(&output, dir)?;
+    scratch.write(glue, dir)?;
+    Ok(Start::Build {
+        scratch,
+        output,
+        version,
+    })
+}
+
 /// Where a cached build of `dir` goes, named by the project and a digest
 /// of everything the build reads (`inputs`: the tool's version, the glue).
 fn cached_build(dir: &Path, cache_dir: &Path, inputs: &[&[u8]]) -> Result<PathBuf, BuildError> {

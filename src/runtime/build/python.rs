@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::{BuildError, Scratch, cached_build, find_on_path, run_with_progress, version_of};
+use super::{BuildError, Start, find_on_path, run_with_progress, start};
 
 /// The version runnel is built and tested with.
 pub const TOOL_VERSION: &str = "0.25.1";
@@ -34,32 +34,17 @@ class WitWorld(wit_world.WitWorld):
 
 pub fn build(dir: &Path, cache_dir: &Path) -> Result<PathBuf, BuildError> {
     let tool = find_tool(dir)?;
-    let version = version_of(&tool).unwrap_or_default();
-    if !version.contains(&format!(" {TOOL_VERSION}")) {
-        tracing::warn!(
-            function_dir = %dir.display(),
-            tool = %tool.display(),
-            %version,
-            "runnel is tested with componentize-py {TOOL_VERSION}"
-        );
-    }
-    let output = cached_build(
-        dir,
-        cache_dir,
-        &[version.as_bytes(), SDK.as_bytes(), ENTRY.as_bytes()],
-    )?;
-    if output.is_file() {
-        return Ok(output);
-    }
-    let scratch = Scratch::new(&output, dir)?;
-    scratch.write(
-        &[
-            ("function.wit", super::WIT),
-            ("runnel.py", SDK),
-            ("runnel_entry.py", ENTRY),
-        ],
-        dir,
-    )?;
+    let glue = [
+        ("function.wit", super::WIT),
+        ("runnel.py", SDK),
+        ("runnel_entry.py", ENTRY),
+    ];
+    let (scratch, output) = match start(dir, cache_dir, &tool, TOOL_VERSION, &glue, &[])? {
+        Start::Cached(output) => return Ok(output),
+        Start::Build {
+            scratch, output, ..
+        } => (scratch, output),
+    };
     let built = scratch.dir.join("function.wasm");
     let mut command = Command::new(&tool);
     command
