@@ -173,6 +173,13 @@ fn check_name(name: &str) -> anyhow::Result<()> {
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    // Names cargo or npm refuse for a package, or that shadow runnel's SDK.
+    if matches!(
+        name,
+        "runnel" | "test" | "std" | "core" | "alloc" | "proc-macro" | "self"
+    ) {
+        bail!("name {name:?} is taken (by runnel's SDK, or by cargo); choose another");
+    }
     if !ok {
         bail!(
             "name {name:?}: use 1 to 40 lowercase letters, digits and '-', starting with a letter and not ending with '-' (it names the function's directory, the pipeline, and its bucket and topics)"

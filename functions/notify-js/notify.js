@@ -21,13 +21,13 @@ export function handle(ctx, event) {
         `pipeline \`${ctx.pipeline}\` (it has: ${Object.keys(ctx.sinks).join(", ")})`,
     );
   }
-  let key, notification;
+  let key, notification, data;
   try {
-    [key, notification] = notify(event.json());
+    [key, notification] = notify(finite(event.json()));
+    data = toJson(notification);
   } catch (error) {
     throw new Reject(`${describe(event)}: not an image-processed report (${error.message})`);
   }
-  const data = toJson(notification);
   log.info(`${notification.message} -> ${sinks.join(", ")}`);
   return sinks.map((sink) => new Output(sink, data, { key, contentType: "application/json" }));
 }
@@ -111,6 +111,16 @@ function byCodePoint(a, b) {
     if (d !== 0) return d;
   }
   return x.length - y.length;
+}
+
+/**
+ * `value`, when every number in it is one Rust reads: JSON.parse makes
+ * Infinity of a number too large for a double, which Rust refuses.
+ */
+function finite(value) {
+  if (typeof value === "number" && !Number.isFinite(value)) throw new Error("a number is out of range");
+  if (value !== null && typeof value === "object") Object.values(value).forEach(finite);
+  return value;
 }
 
 /** Names the event for an error: its subject when it has one, and its id. */

@@ -85,6 +85,8 @@ test("bad reports are rejected naming the event", () => {
     '{"source":{"key":"k"},"metadata":null,"thumbnails":[]}',
     '{"source":{"key":"k"}}',
     new Uint8Array([0xff]),
+    '{"source":{"key":"k"},"thumbnails":[{"width":1e400}]}',
+    '\ufeff{"source":{"key":"k"},"thumbnails":[]}',
   ];
   for (const data of bad) {
     const error = rejection(context(["notifications"]), message(data));

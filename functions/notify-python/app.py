@@ -25,10 +25,11 @@ def handle(ctx: runnel.Context, event: runnel.Event) -> list[runnel.Output]:
             f"pipeline `{ctx.pipeline}` (it has: {', '.join(ctx.sinks)})"
         )
     try:
-        key, notification = notify(json.loads(event.data, parse_constant=not_json))
+        report = json.loads(event.data.decode("utf-8"), parse_constant=not_json, parse_float=finite)
+        key, notification = notify(report)
+        data = to_json(notification)
     except ValueError as error:
         raise runnel.Reject(f"{describe(event)}: not an image-processed report ({error})")
-    data = to_json(notification)
     runnel.log.info(f"{notification['message']} -> {', '.join(sinks)}")
     return [
         runnel.Output(sink, data=data, key=key, content_type="application/json")
@@ -85,7 +86,7 @@ def to_json(notification: dict) -> bytes:
     """Compact JSON, UTF-8, the fields in their order and the keys of the
     objects passed through sorted: what the Rust function writes."""
     ordered = {name: sort_keys(value) for name, value in notification.items()}
-    return json.dumps(ordered, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return json.dumps(ordered, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
 def sort_keys(value):
@@ -93,6 +94,14 @@ def sort_keys(value):
         return {k: sort_keys(value[k]) for k in sorted(value)}
     if isinstance(value, list):
         return [sort_keys(v) for v in value]
+    return value
+
+
+def finite(text: str) -> float:
+    """A JSON number as Rust reads it: one too large for a double is an error."""
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text} out of range")
     return value
 
 

@@ -77,7 +77,8 @@ class Notify(unittest.TestCase):
 
     def test_bad_reports_are_rejected_naming_the_event(self):
         bad = [b"{not json", b"NaN", b"[]", b'{"thumbnails":[]}', b'{"source":{"bucket":"b"},"thumbnails":[]}',
-               b'{"source":{"key":"k"},"metadata":{"user":1},"thumbnails":[]}', b'{"source":{"key":"k"}}', b"\xff"]
+               b'{"source":{"key":"k"},"metadata":{"user":1},"thumbnails":[]}', b'{"source":{"key":"k"}}', b"\xff",
+               b'{"source":{"key":"k"},"thumbnails":[{"width":1e400}]}', b'\xef\xbb\xbf{"source":{"key":"k"},"thumbnails":[]}']
         for data in bad:
             with self.assertRaises(runnel.Reject) as caught:
                 app.handle(context(["notifications"]), message(data))

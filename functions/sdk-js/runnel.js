@@ -31,11 +31,16 @@
 //   transient failure (retried with backoff). Anything else thrown is a bug:
 //   the event fails without retries and its dead letter carries the stack.
 
+// Marks Reject and Retry by a registered symbol rather than by class, so
+// two copies of this module (a project's own and the build's) agree.
+const RETRYABLE = Symbol.for("runnel.retryable");
+
 /** The event can never succeed: dead-lettered without retries. */
 export class Reject extends Error {
   constructor(message) {
     super(message);
     this.name = "Reject";
+    this[RETRYABLE] = false;
   }
 }
 
@@ -44,6 +49,7 @@ export class Retry extends Error {
   constructor(message) {
     super(message);
     this.name = "Retry";
+    this[RETRYABLE] = true;
   }
 }
 
@@ -66,6 +72,9 @@ export class Output {
 
 let witLog = null;
 let witVariables = null;
+// Whether `handle` is running: variables are read then, not while the
+// build runs the modules' top level (its snapshot would keep the value).
+let handling = false;
 
 /** Installs the WIT imports; runnel's build does, Node.js tests do not. */
 export function _useImports(log, variables) {
@@ -81,6 +90,11 @@ export const testVariables = {};
  * secret), or null when the pipeline sets no such variable.
  */
 export function variable(name) {
+  if (witVariables && !handling) {
+    throw new Error(
+      `variable(${JSON.stringify(name)}) is read inside handle: at a module's top level it would run when the function is built`,
+    );
+  }
   if (witVariables) return witVariables(name) ?? null;
   return Object.hasOwn(testVariables, name) ? testVariables[name] : null;
 }
@@ -103,8 +117,9 @@ export const log = {
 };
 
 const utf8 = new TextEncoder();
-// Strict, as Python's and Rust's are: invalid UTF-8 is an error, not U+FFFD.
-const strictUtf8 = () => new TextDecoder("utf-8", { fatal: true });
+// Strict, as Python's and Rust's are: invalid UTF-8 is an error, not U+FFFD,
+// and a byte-order mark is kept (so JSON after one is an error, as in Rust).
+const strictUtf8 = () => new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /** A context as the function sees it, from the WIT record (exported for tests). */
 export function _context(ctx) {
@@ -153,17 +168,42 @@ function failure(message, retryable) {
 }
 
 function lower(output, i) {
-  if (output === null || typeof output !== "object" || typeof output.sink !== "string") {
-    throw failure(`handle returned ${JSON.stringify(output)} as output #${i}, not an Output`, false);
+  const wrong = (what) => failure(`handle's output #${i} ${what}`, false);
+  if (output === null || typeof output !== "object") {
+    throw wrong(`is ${JSON.stringify(output)}, not an Output`);
   }
+  if (typeof output.sink !== "string") throw wrong("has no sink name (a string)");
+  const text = (field) => {
+    const value = output[field];
+    if (value === undefined || value === null) return undefined;
+    if (typeof value !== "string") throw wrong(`has a ${field} that is not a string`);
+    return value;
+  };
   const data = output.data ?? new Uint8Array();
+  let bytes;
+  if (typeof data === "string") bytes = utf8.encode(data);
+  else if (data instanceof Uint8Array) bytes = data;
+  else if (ArrayBuffer.isView(data)) bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  else if (data instanceof ArrayBuffer) bytes = new Uint8Array(data);
+  else throw wrong("has data that is neither a string nor bytes (JSON.stringify an object first)");
+  const attributes = output.attributes ?? {};
+  if (typeof attributes !== "object") throw wrong("has attributes that are not an object");
   return {
     sink: output.sink,
-    key: output.key ?? undefined,
-    contentType: output.contentType ?? undefined,
-    attributes: Object.entries(output.attributes ?? {}).map(([k, v]) => [String(k), String(v)]),
-    data: typeof data === "string" ? utf8.encode(data) : new Uint8Array(data),
+    key: text("key"),
+    contentType: text("contentType"),
+    attributes: Object.entries(attributes).map(([k, v]) => [String(k), String(v)]),
+    data: bytes,
   };
+}
+
+/** What the function threw, as the WIT error: Reject and Retry as they
+ * say; anything else not retried, with its stack. */
+function thrown(error) {
+  const retryable = error?.[RETRYABLE];
+  if (typeof retryable === "boolean") return failure(error.message, retryable);
+  const text = error instanceof Error ? `${error.stack ? `${error}\n${error.stack}` : error}` : String(error);
+  return failure(text.length <= 4096 ? text : `...\n${text.slice(-4000)}`, false);
 }
 
 /**
@@ -171,18 +211,21 @@ function lower(output, i) {
  * WIT records in, runnel's types to the function, outputs lowered.
  */
 export function _handle(handle, ctx, e) {
+  handling = true;
   let outputs;
   try {
     outputs = handle(_context(ctx), _event(e));
   } catch (error) {
-    if (error instanceof Reject) throw failure(error.message, false);
-    if (error instanceof Retry) throw failure(error.message, true);
-    const text = error instanceof Error ? `${error.stack ? `${error}\n${error.stack}` : error}` : String(error);
-    throw failure(text.length <= 4096 ? text : `...\n${text.slice(-4000)}`, false);
+    throw thrown(error);
+  } finally {
+    handling = false;
   }
   if (outputs === undefined || outputs === null) return [];
   if (typeof outputs.then === "function") {
     throw failure("handle returned a Promise: a runnel function is synchronous", false);
+  }
+  if (typeof outputs[Symbol.iterator] !== "function" || typeof outputs === "string") {
+    throw failure("handle returned something other than a list of outputs", false);
   }
   return Array.from(outputs, lower);
 }

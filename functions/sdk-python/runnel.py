@@ -104,8 +104,9 @@ class Event:
         return self.data.decode("utf-8")
 
     def json(self) -> Any:
-        """The payload decoded as JSON."""
-        return json.loads(self.data)
+        """The payload decoded as JSON (strict UTF-8: a byte-order mark or
+        NaN is an error, as in runnel's Rust SDK)."""
+        return json.loads(self.data.decode("utf-8"), parse_constant=_not_json)
 
 
 @dataclass
@@ -118,6 +119,10 @@ class Output:
     key: Optional[str] = None
     content_type: Optional[str] = None
     attributes: dict[str, str] = field(default_factory=dict)
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 class _Log:
@@ -169,11 +174,22 @@ except ImportError:  # plain CPython: tests, an editor
     _wit_variables = None
 
 
+# Whether ``handle`` is running: variables are read then, not while the
+# build imports the modules (its snapshot would keep the value).
+_handling = False
+
+
 def variable(name: str) -> Optional[str]:
     """The pipeline's ``[function.variables]`` value called ``name`` (a
-    setting or a secret), or None when the pipeline sets no such variable."""
+    setting or a secret), or None when the pipeline sets no such variable.
+    Read it inside ``handle``: at a module's top level it would run when
+    the function is built."""
     if _wit_variables is None:
         return test_variables.get(name)
+    if not _handling:
+        raise RuntimeError(
+            f"variable({name!r}) is read inside handle: at a module's top level it would run when the function is built"
+        )
     return _wit_variables.get(name)
 
 
@@ -198,32 +214,61 @@ def _handle(handle: Any, ctx: Any, event: Any) -> list[Any]:
         attributes=dict(event.attributes),
         data=bytes(event.data),
     )
+    global _handling
+    _handling = True
     try:
         outputs = handle(context, received)
+        if outputs is None:
+            outputs = []
+        if isinstance(outputs, (Output, str, bytes, dict)) or not hasattr(outputs, "__iter__"):
+            raise _Wrong(f"handle returned {type(outputs).__name__}, not a list of runnel.Output")
+        return [_lower(i, output, types) for i, output in enumerate(outputs)]
     except Reject as error:
         raise Err(types.Error(message=str(error), retryable=False))
     except Retry as error:
         raise Err(types.Error(message=str(error), retryable=True))
+    except _Wrong as error:
+        raise Err(types.Error(message=str(error), retryable=False))
     except Exception:
         raise Err(types.Error(message=_traceback(), retryable=False))
-    if outputs is None:
-        return []
-    lowered = []
-    for i, output in enumerate(outputs):
-        if not isinstance(output, Output):
-            message = f"handle returned {type(output).__name__} as output #{i}, not runnel.Output"
-            raise Err(types.Error(message=message, retryable=False))
-        data = output.data.encode("utf-8") if isinstance(output.data, str) else bytes(output.data)
-        lowered.append(
-            types.Output(
-                sink=output.sink,
-                key=output.key,
-                content_type=output.content_type,
-                attributes=[(str(k), str(v)) for k, v in output.attributes.items()],
-                data=data,
-            )
+    finally:
+        _handling = False
+
+
+class _Wrong(Exception):
+    """An output the function returned that runnel cannot write."""
+
+
+def _lower(i: int, output: Any, types: Any) -> Any:
+    """One ``Output`` as the WIT record, every field checked."""
+    if not isinstance(output, Output):
+        raise _Wrong(f"handle returned {type(output).__name__} as output #{i}, not runnel.Output")
+
+    def text(name: str) -> Optional[str]:
+        value = getattr(output, name)
+        if value is not None and not isinstance(value, str):
+            raise _Wrong(f"output #{i}'s {name} is {type(value).__name__}, not a string")
+        return value
+
+    if not isinstance(output.sink, str):
+        raise _Wrong(f"output #{i}'s sink is {type(output.sink).__name__}, not a string")
+    if isinstance(output.data, str):
+        data = output.data.encode("utf-8")
+    elif isinstance(output.data, (bytes, bytearray, memoryview)):
+        data = bytes(output.data)
+    else:
+        raise _Wrong(
+            f"output #{i}'s data is {type(output.data).__name__}, not bytes or str (json.dumps a dict first)"
         )
-    return lowered
+    if not isinstance(output.attributes, dict):
+        raise _Wrong(f"output #{i}'s attributes are {type(output.attributes).__name__}, not a dict")
+    return types.Output(
+        sink=output.sink,
+        key=text("key"),
+        content_type=text("content_type"),
+        attributes=[(str(k), str(v)) for k, v in output.attributes.items()],
+        data=data,
+    )
 
 
 def _traceback() -> str:

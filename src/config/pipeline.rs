@@ -149,7 +149,20 @@ pub fn read(doc: &Document<'_>, root: Table<'_, '_>) -> Option<PipelineConfig> {
         root.get("sinks").map(|f| f.span()).unwrap_or(0..0),
         root.get("dead_letter").map(|f| f.span()).unwrap_or(0..0),
     );
+    let function_span = root.get("function").map(|f| f.span()).unwrap_or(0..0);
     root.finish();
+
+    // A wasi:http function is linked without runnel's own interfaces.
+    if let (Some(TriggerConfig::Http(http)), Some(function)) = (&source, &function)
+        && http.mode == crate::triggers::http::Mode::Sync
+        && function.variables != Default::default()
+    {
+        doc.error(
+            function_span,
+            "function.variables",
+            "a sync HTTP function (a wasi:http component) cannot read variables yet; use mode = \"async\", or [function.config]",
+        );
+    }
 
     if let (Some(source), true) = (&source, sinks_ok) {
         check_loops(doc, spans, source, &sinks, dead_letter.as_ref());

@@ -48,7 +48,7 @@ pub fn unlinked_import(
         .find(|(prefix, _)| import.starts_with(prefix))
         .map(|(_, grant)| *grant)
         .unwrap_or(
-            "runnel grants nothing that provides it (a function may import runnel:function/log and WASI 0.2's cli, clocks, filesystem, io, random and sockets interfaces, all empty of authority)",
+            "runnel grants nothing that provides it (a function may import runnel:function/log, runnel:function/variables and WASI 0.2's cli, clocks, filesystem, io, random and sockets interfaces, all empty of authority)",
         );
     Some(format!(
         "it imports `{import}`, which is not granted: {grant}"

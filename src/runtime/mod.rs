@@ -378,7 +378,9 @@ impl Runtime {
         let component = self.compile_bytes(wasm, &bytes)?;
         if let Ok(serialized) = component.serialize() {
             let _ = std::fs::create_dir_all(dir);
-            let tmp = cached.with_extension("tmp");
+            // One temporary name per process: two starting at once must not
+            // write one file, nor map a file another is rewriting.
+            let tmp = cached.with_extension(format!("tmp-{}", std::process::id()));
             if std::fs::write(&tmp, serialized)
                 .and_then(|_| std::fs::rename(&tmp, &cached))
                 .is_err()
@@ -395,7 +397,12 @@ impl Runtime {
     fn compile_bytes(&self, wasm: &Path, bytes: &[u8]) -> anyhow::Result<Component> {
         const PROGRESS: Duration = Duration::from_secs(5);
         let component = wasm.display().to_string();
-        tracing::info!(%component, size_mib = bytes.len() >> 20, "compiling (once: cached after)");
+        let cached = if self.cache_dir.is_some() {
+            "once: cached after"
+        } else {
+            "functions.cache is off: every start"
+        };
+        tracing::info!(%component, size_mib = bytes.len() >> 20, "compiling ({cached})");
         let (done, finished) = std::sync::mpsc::channel::<()>();
         std::thread::scope(|scope| {
             let shown = &component;

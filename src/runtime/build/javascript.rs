@@ -143,16 +143,23 @@ fn main_module(dir: &Path) -> Result<PathBuf, BuildError> {
 /// from PATH.
 fn find_jco(dir: &Path) -> Result<PathBuf, BuildError> {
     let local = dir.join("node_modules/.bin/jco");
-    if local.is_file() {
+    let manifest = std::fs::read_to_string(dir.join("package.json")).unwrap_or_default();
+    let declared = manifest.contains("\"@bytecodealliance/jco\"");
+    if local.is_file() && !(declared && stale_dependencies(dir)) {
         return Ok(local);
     }
-    let manifest = std::fs::read_to_string(dir.join("package.json")).unwrap_or_default();
-    if manifest.contains("\"@bytecodealliance/jco\"") {
+    if declared {
         // Processes starting at once take turns: two npms installing into
         // one node_modules collide.
-        let lock = std::fs::File::create(std::env::temp_dir().join("runnel-npm-install.lock"))
-            .and_then(|file| file.lock().map(|()| file));
-        if !local.is_file() {
+        let lock = std::fs::File::create(std::env::temp_dir().join(format!(
+            "runnel-npm-{}.lock",
+            hex::encode(&<md5::Md5 as md5::Digest>::digest(dir.to_string_lossy().as_bytes())[..8])
+        )))
+        .and_then(|file| file.lock().map(|()| file));
+        if let Err(error) = &lock {
+            tracing::warn!(%error, "installing without a lock: another runnel may install at once");
+        }
+        if !local.is_file() || stale_dependencies(dir) {
             install_dependencies(dir)?;
         }
         drop(lock);
@@ -168,6 +175,19 @@ fn find_jco(dir: &Path) -> Result<PathBuf, BuildError> {
             "add it to the project with `npm install --save-dev @bytecodealliance/jco@{JCO_VERSION} @bytecodealliance/componentize-js@{COMPONENTIZE_JS_VERSION}`"
         ),
     })
+}
+
+/// Whether the project's lockfile changed since its dependencies were
+/// installed (npm writes `node_modules/.package-lock.json` as it installs).
+fn stale_dependencies(dir: &Path) -> bool {
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    match (
+        modified(&dir.join("package-lock.json")),
+        modified(&dir.join("node_modules/.package-lock.json")),
+    ) {
+        (Some(lockfile), Some(installed)) => lockfile > installed,
+        _ => false,
+    }
 }
 
 /// `npm ci` (or `npm install` without a lockfile) in the project.

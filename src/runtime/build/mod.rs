@@ -48,8 +48,12 @@ impl Language {
     ];
 
     /// The language of the project in `dir`; an error names what was
-    /// looked for, or the markers of more than one language.
+    /// looked for, or the markers of more than one language. A crate may
+    /// carry a `package.json` (for a formatter, say): `Cargo.toml` wins.
     pub fn detect(dir: &Path) -> Result<Language, String> {
+        if dir.join("Cargo.toml").is_file() {
+            return Ok(Language::Rust);
+        }
         let found: Vec<_> = Self::MARKERS
             .iter()
             .filter(|(marker, _)| dir.join(marker).is_file())
@@ -83,7 +87,7 @@ impl Language {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("running {tool} to build {dir}: {source}")]
+    #[error("running {tool} to build {dir}: {source} (is {tool} installed and on PATH?)")]
     Spawn {
         tool: String,
         dir: String,
@@ -221,27 +225,49 @@ fn cached_build(dir: &Path, cache_dir: &Path, inputs: &[&[u8]]) -> Result<PathBu
 }
 
 /// Entries a build never reads as sources: installed dependencies (their
-/// lockfile is read instead), caches, build output, hidden files.
+/// lockfile is read instead), virtual environments, caches, build output,
+/// hidden files.
 pub fn is_build_output(name: &str) -> bool {
-    name.starts_with('.') || matches!(name, "target" | "node_modules" | "__pycache__")
+    name.starts_with('.') || matches!(name, "target" | "node_modules" | "__pycache__" | "venv")
 }
 
 /// Feeds every file under `dir` (its path relative to `root`, its bytes)
-/// to `digest`, in a stable order.
+/// to `digest`, in a stable order. Symbolic links are followed (a
+/// directory reached twice, as through a link to `.`, is read once); an
+/// error names the file.
 fn hash_tree(root: &Path, dir: &Path, digest: &mut md5::Md5) -> std::io::Result<()> {
+    hash_dir(root, dir, digest, &mut std::collections::HashSet::new())
+}
+
+fn hash_dir(
+    root: &Path,
+    dir: &Path,
+    digest: &mut md5::Md5,
+    seen: &mut std::collections::HashSet<PathBuf>,
+) -> std::io::Result<()> {
     use md5::Digest as _;
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?
+    let named = |path: &Path, e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+    };
+    if !seen.insert(dir.canonicalize().map_err(|e| named(dir, e))?) {
+        return Ok(());
+    }
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| named(dir, e))?
         .filter_map(Result::ok)
         .filter(|e| !is_build_output(&e.file_name().to_string_lossy()))
         .collect();
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let path = entry.path();
-        if entry.file_type()?.is_dir() {
-            hash_tree(root, &path, digest)?;
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue; // a dangling link: nothing to build from
+        };
+        if meta.is_dir() {
+            hash_dir(root, &path, digest, seen)?;
         } else {
             let relative = path.strip_prefix(root).unwrap_or(&path);
-            let bytes = std::fs::read(&path)?;
+            let bytes = std::fs::read(&path).map_err(|e| named(&path, e))?;
             digest.update(relative.to_string_lossy().as_bytes());
             digest.update((bytes.len() as u64).to_le_bytes());
             digest.update(&bytes);
@@ -417,6 +443,12 @@ mod tests {
         );
         std::fs::write(a.path().join("fn/lib/util.py"), "y = 3").unwrap();
         assert_ne!(first, named(a.path()), "a changed source");
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(".", a.path().join("fn/lib/loop")).unwrap();
+            std::os::unix::fs::symlink("gone", a.path().join("fn/dangling")).unwrap();
+            named(a.path());
+        }
         let other_tool = cached_build(&b.path().join("fn"), cache, &[b"tool 2"]).unwrap();
         assert_ne!(named(b.path()), other_tool, "another tool version");
     }
