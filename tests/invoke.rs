@@ -274,4 +274,19 @@ fn a_function_reads_its_pipelines_variables_and_not_the_environment() {
     );
     assert!(stderr.contains("letters, digits and `_`"), "{stderr}");
     assert!(stderr.contains("number"), "{stderr}");
+
+    // A wasi:http function is not linked with the variables import.
+    let http = dir.path().join("http.toml");
+    std::fs::write(
+        &http,
+        format!(
+            "name = \"h\"\n[source]\ntype = \"http\"\nroutes = [\"/h\"]\n[function]\npath = \"{}\"\n[function.variables]\na = \"b\"\n",
+            repo().join("functions/hello-http").display()
+        ),
+    )
+    .unwrap();
+    let (ok, _, stderr) = run(&http);
+    assert!(!ok);
+    assert!(stderr.contains("function.variables"), "{stderr}");
+    assert!(stderr.contains("cannot read variables yet"), "{stderr}");
 }
