@@ -53,6 +53,7 @@ pub mod health;
 pub mod idempotency;
 pub mod invoke;
 pub mod journal;
+pub mod kv;
 pub mod metrics;
 pub mod retry;
 pub mod runtime;
