@@ -70,6 +70,7 @@ fn main() {
         max_outputs: runnel::runtime::DEFAULT_MAX_OUTPUTS,
         max_output_bytes: runnel::runtime::DEFAULT_MAX_OUTPUT_BYTES,
         variables: Default::default(),
+        capabilities: Default::default(),
     };
     let runtime = Runtime::new(&RuntimeSettings {
         pooling: true,

@@ -63,6 +63,7 @@ fn load(
         max_outputs: runnel::runtime::DEFAULT_MAX_OUTPUTS,
         max_output_bytes: runnel::runtime::DEFAULT_MAX_OUTPUT_BYTES,
         variables: Default::default(),
+        capabilities: Default::default(),
     };
     runtime.load(&config, &wasm).unwrap()
 }

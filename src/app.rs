@@ -199,6 +199,7 @@ pub fn load_functions(
             .then(|| config.functions.cache_dir.clone()),
     };
     let runtime = Runtime::new(&settings)?;
+    let kv = kv_store(config, pipelines)?;
     let functions = pipelines
         .iter()
         .zip(&components)
@@ -207,7 +208,19 @@ pub fn load_functions(
                 TriggerConfig::Http(http) if http.mode == Mode::Sync => {
                     Arc::new(runtime.load_http(&p.function, wasm, http.max_response_size)?)
                 }
-                _ => Arc::new(runtime.load(&p.function, wasm)?),
+                _ => {
+                    let function = runtime.load(&p.function, wasm)?;
+                    match (&p.function.capabilities.kv, &kv) {
+                        (Some(name), Some(store)) => {
+                            Arc::new(function.granting_kv(crate::kv::KvGrant {
+                                store: store.clone(),
+                                scope: format!("{name}/{}", p.name),
+                                name: name.clone(),
+                            }))
+                        }
+                        _ => Arc::new(function),
+                    }
+                }
             };
             Ok(function)
         })
@@ -216,6 +229,26 @@ pub fn load_functions(
         .map(|(loaded, p)| loaded.with_context(|| format!("pipeline {}", p.name)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok((runtime, functions))
+}
+
+/// The key-value store, opened when a pipeline grants one.
+pub fn kv_store(
+    config: &RuntimeConfig,
+    pipelines: &[PipelineConfig],
+) -> anyhow::Result<Option<Arc<dyn crate::kv::KvStore>>> {
+    if !pipelines
+        .iter()
+        .any(|p| p.function.capabilities.kv.is_some())
+    {
+        return Ok(None);
+    }
+    let store = crate::kv::embedded::EmbeddedKv::open(
+        &config.kv.path,
+        config.kv.durability,
+        config.kv.limits,
+    )
+    .with_context(|| format!("opening the key-value store {}", config.kv.path.display()))?;
+    Ok(Some(Arc::new(store)))
 }
 
 /// `runnel up`: binds `http.listen`, loads the functions and runs until a

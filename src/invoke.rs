@@ -84,6 +84,7 @@ pub fn bare_function(path: &Path) -> anyhow::Result<FunctionConfig> {
         max_outputs: crate::runtime::DEFAULT_MAX_OUTPUTS,
         max_output_bytes: crate::runtime::DEFAULT_MAX_OUTPUT_BYTES,
         variables: Default::default(),
+        capabilities: Default::default(),
     })
 }
 
@@ -296,7 +297,26 @@ pub fn run(
         let function = runtime.load_http(function_config, &wasm, http.max_response_size)?;
         return answer(&function, event, out);
     }
-    let function = runtime.load(function_config, &wasm)?;
+    let mut function = runtime.load(function_config, &wasm)?;
+    // A granted key-value store is a scratch one here, as the sinks are
+    // not written: invoking must not change what the pipeline keeps.
+    let _scratch = match (&function_config.capabilities.kv, target) {
+        (Some(name), Target::Pipeline(p)) => {
+            let dir = tempfile::tempdir().context("a scratch directory for the key-value store")?;
+            let store = crate::kv::embedded::EmbeddedKv::open(
+                &dir.path().join("kv.db"),
+                crate::sqlite::Durability::Normal,
+                runtime_config.kv.limits,
+            )?;
+            function = function.granting_kv(crate::kv::KvGrant {
+                store: std::sync::Arc::new(store),
+                scope: format!("{name}/{}", p.name),
+                name: name.clone(),
+            });
+            Some(dir)
+        }
+        _ => None,
+    };
     let context = match target {
         Target::Pipeline(p) => Context {
             pipeline: p.name.clone(),

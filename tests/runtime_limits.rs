@@ -56,6 +56,7 @@ fn limits_stop_runaway_functions_and_are_classified() {
         max_outputs: runnel::runtime::DEFAULT_MAX_OUTPUTS,
         max_output_bytes: runnel::runtime::DEFAULT_MAX_OUTPUT_BYTES,
         variables: Default::default(),
+        capabilities: Default::default(),
     };
     let runtime = Runtime::new(&RuntimeSettings {
         pooling: true,

@@ -155,13 +155,21 @@ pub fn read(doc: &Document<'_>, root: Table<'_, '_>) -> Option<PipelineConfig> {
     // A wasi:http function is linked without runnel's own interfaces.
     if let (Some(TriggerConfig::Http(http)), Some(function)) = (&source, &function)
         && http.mode == crate::triggers::http::Mode::Sync
-        && function.variables != Default::default()
     {
-        doc.error(
-            function_span,
-            "function.variables",
-            "a sync HTTP function (a wasi:http component) cannot read variables yet; use mode = \"async\", or [function.config]",
-        );
+        if function.variables != Default::default() {
+            doc.error(
+                function_span.clone(),
+                "function.variables",
+                "a sync HTTP function (a wasi:http component) cannot read variables yet; use mode = \"async\", or [function.config]",
+            );
+        }
+        if function.capabilities.kv.is_some() {
+            doc.error(
+                function_span,
+                "function.capabilities.kv",
+                "a sync HTTP function (a wasi:http component) cannot use a key-value store yet; use mode = \"async\"",
+            );
+        }
     }
 
     if let (Some(source), true) = (&source, sinks_ok) {

@@ -39,6 +39,18 @@ pub struct RuntimeConfig {
     pub instance_id: Option<String>,
     /// `[telemetry]`: where traces go (default nowhere).
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// `[kv]`: the key-value stores functions are granted.
+    pub kv: KvConfig,
+}
+
+/// `[kv]`: every store a pipeline names (`[function.capabilities] kv`)
+/// lives in one embedded SQLite database, each pipeline's keys apart.
+#[derive(Clone, Debug)]
+pub struct KvConfig {
+    /// Default `<data_dir>/kv.db`.
+    pub path: PathBuf,
+    pub durability: Durability,
+    pub limits: crate::kv::KvLimits,
 }
 
 #[derive(Clone, Debug)]
@@ -266,6 +278,11 @@ impl RuntimeConfig {
             shutdown_grace: Duration::from_secs(30),
             instance_id: None,
             telemetry: Default::default(),
+            kv: KvConfig {
+                path: data_dir.join("kv.db"),
+                durability: Durability::Full,
+                limits: Default::default(),
+            },
         }
     }
 
@@ -357,6 +374,27 @@ fn read(root: Table<'_, '_>, file: &Path, data_dir: Option<&Path>) -> RuntimeCon
     }
     if let Some(t) = root.table("idempotency") {
         read_idempotency(&t, &mut config.idempotency, &path);
+        t.finish();
+    }
+    if let Some(t) = root.table("kv") {
+        if let Some(p) = path(&t, "path") {
+            config.kv.path = p;
+        }
+        if let Some(d) = durability(&t) {
+            config.kv.durability = d;
+        }
+        let limits = &mut config.kv.limits;
+        for (key, slot) in [
+            ("max_key_size", &mut limits.max_key_size),
+            ("max_value_size", &mut limits.max_value_size),
+        ] {
+            if let Some(v) = t.size(key) {
+                *slot = v as usize;
+            }
+        }
+        if let Some(v) = t.size("max_store_size") {
+            limits.max_store_size = v;
+        }
         t.finish();
     }
     if let Some(t) = root.table("databases") {

@@ -431,8 +431,8 @@ impl Handler {
             })
         };
 
-        // A function has no side effects (its one import is logging), so
-        // the first attempt's invocation runs while the event is claimed
+        // A function without capabilities has no side effects (it imports
+        // logging and variables), so the first attempt runs while the event is claimed
         // and its delivered outputs are read (one store round trip, off the
         // critical path: benchmark #3). An event that turns out to be done
         // already has its outputs dropped unwritten. A replayed event ended
@@ -453,18 +453,22 @@ impl Handler {
             let ev = load().await?;
             self.invoke(ev, 1, stream).await
         };
-        let (claimed, first) = match &work.track {
-            // A request's function answers a client and, once granted
-            // outbound HTTP, may act on the world: it is claimed first and
-            // runs only when the claim is its own.
-            Track::Request { .. } => match claim.await {
+        // A request's function answers a client, and a function granted a
+        // capability (key-value state) acts on the world: it is claimed
+        // first and runs only when the claim is its own.
+        let claim_first = match &work.track {
+            Track::Request { .. } => true,
+            Track::Claim => !self.function.pure(),
+            Track::Again | Track::Untracked => false,
+        };
+        let (claimed, first) = if claim_first {
+            match claim.await {
                 claimed @ Claimed::Ours { .. } => (claimed, Some(first_attempt.await)),
                 claimed => (claimed, None),
-            },
-            _ => {
-                let (claimed, first) = tokio::join!(claim, first_attempt);
-                (claimed, Some(first))
             }
+        } else {
+            let (claimed, first) = tokio::join!(claim, first_attempt);
+            (claimed, Some(first))
         };
         let delivered = match claimed {
             Claimed::Done(how) => {

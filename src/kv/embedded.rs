@@ -129,7 +129,12 @@ fn live(tx: &Connection, scope: &str, key: &str, now: i64) -> Result<Option<Vec<
     .map_err(unavailable)
 }
 
-fn live_expiry(tx: &Connection, scope: &str, key: &str, now: i64) -> Result<Option<Option<i64>>, KvError> {
+fn live_expiry(
+    tx: &Connection,
+    scope: &str,
+    key: &str,
+    now: i64,
+) -> Result<Option<Option<i64>>, KvError> {
     tx.query_row(
         "SELECT expires FROM kv WHERE scope = ?1 AND key = ?2 AND (expires IS NULL OR expires > ?3)",
         params![scope, key, now],
@@ -175,9 +180,17 @@ impl KvStore for EmbeddedKv {
         live(&conn, scope, key, now_ms())
     }
 
-    fn set(&self, scope: &str, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), KvError> {
+    fn set(
+        &self,
+        scope: &str,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<(), KvError> {
         self.limits.check(key, Some(value))?;
-        self.write(scope, |tx, now| self.put(tx, scope, key, value, expiry(now, ttl)))
+        self.write(scope, |tx, now| {
+            self.put(tx, scope, key, value, expiry(now, ttl))
+        })
     }
 
     fn delete(&self, scope: &str, key: &str) -> Result<bool, KvError> {
@@ -266,25 +279,45 @@ mod tests {
     fn compare_and_swap_and_increment() {
         let (_dir, kv) = store(KvLimits::default());
         assert!(kv.compare_and_swap("a", "k", None, b"1", None).unwrap());
-        assert!(!kv.compare_and_swap("a", "k", None, b"2", None).unwrap(), "not absent any more");
-        assert!(!kv.compare_and_swap("a", "k", Some(b"9"), b"2", None).unwrap());
-        assert!(kv.compare_and_swap("a", "k", Some(b"1"), b"2", None).unwrap());
+        assert!(
+            !kv.compare_and_swap("a", "k", None, b"2", None).unwrap(),
+            "not absent any more"
+        );
+        assert!(
+            !kv.compare_and_swap("a", "k", Some(b"9"), b"2", None)
+                .unwrap()
+        );
+        assert!(
+            kv.compare_and_swap("a", "k", Some(b"1"), b"2", None)
+                .unwrap()
+        );
         assert_eq!(kv.increment("a", "k", 40).unwrap(), 42);
         assert_eq!(kv.increment("a", "fresh", -3).unwrap(), -3);
         kv.set("a", "text", b"abc", None).unwrap();
-        assert!(matches!(kv.increment("a", "text", 1), Err(KvError::Invalid(_))));
-        kv.set("a", "max", i64::MAX.to_string().as_bytes(), None).unwrap();
-        assert!(matches!(kv.increment("a", "max", 1), Err(KvError::Invalid(_))));
+        assert!(matches!(
+            kv.increment("a", "text", 1),
+            Err(KvError::Invalid(_))
+        ));
+        kv.set("a", "max", i64::MAX.to_string().as_bytes(), None)
+            .unwrap();
+        assert!(matches!(
+            kv.increment("a", "max", 1),
+            Err(KvError::Invalid(_))
+        ));
     }
 
     #[test]
     fn values_expire() {
         let (_dir, kv) = store(KvLimits::default());
-        kv.set("a", "k", b"v", Some(Duration::from_millis(50))).unwrap();
+        kv.set("a", "k", b"v", Some(Duration::from_millis(50)))
+            .unwrap();
         assert!(kv.get("a", "k").unwrap().is_some());
         std::thread::sleep(Duration::from_millis(80));
         assert_eq!(kv.get("a", "k").unwrap(), None);
-        assert!(kv.compare_and_swap("a", "k", None, b"again", None).unwrap(), "expired is absent");
+        assert!(
+            kv.compare_and_swap("a", "k", None, b"again", None).unwrap(),
+            "expired is absent"
+        );
     }
 
     #[test]

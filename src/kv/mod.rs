@@ -78,8 +78,13 @@ impl KvLimits {
 pub trait KvStore: Send + Sync + 'static {
     fn get(&self, scope: &str, key: &str) -> Result<Option<Vec<u8>>, KvError>;
     /// Sets `key`, replacing any value; `ttl` makes it expire.
-    fn set(&self, scope: &str, key: &str, value: &[u8], ttl: Option<Duration>)
-    -> Result<(), KvError>;
+    fn set(
+        &self,
+        scope: &str,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<(), KvError>;
     /// Whether there was a value to delete.
     fn delete(&self, scope: &str, key: &str) -> Result<bool, KvError>;
     /// Sets `key` to `value` only if it holds `expected` now (`None`: only
@@ -109,6 +114,8 @@ pub struct KvGrant {
 
 impl std::fmt::Debug for KvGrant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KvGrant").field("scope", &self.scope).finish()
+        f.debug_struct("KvGrant")
+            .field("scope", &self.scope)
+            .finish()
     }
 }

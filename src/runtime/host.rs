@@ -14,9 +14,11 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
 use super::Variables;
+use super::bindings::runnel::function::kv::{Host as KvHost, KvError as WitKvError};
 use super::bindings::runnel::function::log::{Host as LogHost, Level};
 use super::bindings::runnel::function::variables::Host as VariablesHost;
 use super::limits::MemoryLimiter;
+use crate::kv::{KvError, KvGrant};
 
 /// How much of a function's stderr is kept for error reports.
 const STDERR_CAPACITY: usize = 16 << 10;
@@ -31,6 +33,8 @@ pub struct HostState {
     pub(super) label: LogLabel,
     /// `[function.variables]`, for the `variables` import.
     variables: Variables,
+    /// The key-value store the pipeline grants, if any.
+    kv: Option<KvGrant>,
 }
 
 /// Who is logging: pipeline, function, event.
@@ -44,7 +48,12 @@ pub struct LogLabel {
 }
 
 impl HostState {
-    pub fn new(memory_limit: u64, label: LogLabel, variables: Variables) -> Self {
+    pub fn new(
+        memory_limit: u64,
+        label: LogLabel,
+        variables: Variables,
+        kv: Option<KvGrant>,
+    ) -> Self {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let wasi = WasiCtx::builder()
             .stderr(stderr.clone())
@@ -64,7 +73,18 @@ impl HostState {
             stderr,
             label,
             variables,
+            kv,
         }
+    }
+
+    /// The granted store and scope, or the error saying how to grant one.
+    fn kv(&self) -> Result<&KvGrant, WitKvError> {
+        self.kv.as_ref().ok_or_else(|| {
+            WitKvError::NotGranted(format!(
+                "pipeline {} grants no key-value store: add [function.capabilities] kv = \"<store>\"",
+                self.label.pipeline
+            ))
+        })
     }
 
     /// The tail of what the function wrote to stderr (a panic message).
@@ -178,5 +198,59 @@ impl rand_core::TryRng for Deterministic {
 impl VariablesHost for HostState {
     fn get(&mut self, name: String) -> Option<String> {
         self.variables.get(&name).map(str::to_owned)
+    }
+}
+
+fn to_wit(error: KvError) -> WitKvError {
+    match error {
+        KvError::TooLarge(m) => WitKvError::TooLarge(m),
+        KvError::Invalid(m) => WitKvError::Invalid(m),
+        KvError::Unavailable(m) => WitKvError::Unavailable(m),
+    }
+}
+
+fn ttl(ms: Option<u64>) -> Option<std::time::Duration> {
+    ms.map(std::time::Duration::from_millis)
+}
+
+impl KvHost for HostState {
+    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, WitKvError> {
+        let grant = self.kv()?;
+        grant.store.get(&grant.scope, &key).map_err(to_wit)
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), WitKvError> {
+        let grant = self.kv()?;
+        grant
+            .store
+            .set(&grant.scope, &key, &value, ttl(ttl_ms))
+            .map_err(to_wit)
+    }
+
+    fn delete(&mut self, key: String) -> Result<bool, WitKvError> {
+        let grant = self.kv()?;
+        grant.store.delete(&grant.scope, &key).map_err(to_wit)
+    }
+
+    fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<bool, WitKvError> {
+        let grant = self.kv()?;
+        grant
+            .store
+            .compare_and_swap(&grant.scope, &key, expected.as_deref(), &value, ttl(ttl_ms))
+            .map_err(to_wit)
+    }
+
+    fn increment(&mut self, key: String, delta: i64) -> Result<i64, WitKvError> {
+        let grant = self.kv()?;
+        grant
+            .store
+            .increment(&grant.scope, &key, delta)
+            .map_err(to_wit)
     }
 }

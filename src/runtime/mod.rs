@@ -83,6 +83,24 @@ pub struct FunctionConfig {
     pub max_output_bytes: u64,
     /// `[function.variables]`, read through the `variables` import.
     pub variables: Variables,
+    /// `[function.capabilities]`: what the function may do beyond
+    /// returning outputs (default nothing).
+    pub capabilities: Capabilities,
+}
+
+/// `[function.capabilities]`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Capabilities {
+    /// `kv = "<store>"`: the key-value store the function may use.
+    pub kv: Option<String>,
+}
+
+impl Capabilities {
+    /// Whether the function can act on anything but its outputs (then a
+    /// first attempt must not run before its event is claimed).
+    pub fn has_side_effects(&self) -> bool {
+        self.kv.is_some()
+    }
 }
 
 /// A function's `[function.variables]`. Values may be secrets: `Debug`
@@ -160,6 +178,23 @@ impl FunctionConfig {
         let max_output_bytes = table
             .size("max_output_bytes")
             .unwrap_or(DEFAULT_MAX_OUTPUT_BYTES);
+        let mut capabilities = Capabilities::default();
+        if let Some(t) = table.table("capabilities") {
+            if let Some(f) = t.get("kv") {
+                capabilities.kv = f.string().filter(|name| {
+                    let ok = !name.is_empty()
+                        && name.len() <= 64
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                    if !ok {
+                        f.error("a store's name is 1-64 letters, digits, '-' or '_'");
+                    }
+                    ok
+                });
+            }
+            t.finish();
+        }
         let mut variables = Vec::new();
         if let Some(t) = table.table("variables") {
             for (name, field) in t.entries() {
@@ -203,6 +238,7 @@ impl FunctionConfig {
             max_outputs: max_outputs?,
             max_output_bytes,
             variables: Variables::new(variables),
+            capabilities,
         })
     }
 }
@@ -292,6 +328,7 @@ impl Runtime {
             memory_limit: config.memory_limit,
             timeout: config.timeout,
             variables: config.variables.clone(),
+            kv: None,
             pre,
             engine: self.engine.clone(),
         })
@@ -563,6 +600,11 @@ pub trait Invoke: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// The memory limit, which billing (GB-seconds) is computed from.
     fn memory_limit(&self) -> u64;
+    /// Whether the function acts on nothing but its outputs, so a first
+    /// attempt may run while its event is being claimed (default true).
+    fn pure(&self) -> bool {
+        true
+    }
     fn invoke(
         &self,
         context: &Context,
@@ -604,6 +646,10 @@ impl Invoke for Function {
 
     fn memory_limit(&self) -> u64 {
         Function::memory_limit(self)
+    }
+
+    fn pure(&self) -> bool {
+        self.kv.is_none()
     }
 
     fn invoke(
@@ -654,6 +700,7 @@ pub struct Function {
     memory_limit: u64,
     timeout: Duration,
     variables: Variables,
+    kv: Option<crate::kv::KvGrant>,
     pre: bindings::FunctionPre<HostState>,
     engine: Engine,
 }
@@ -661,6 +708,12 @@ pub struct Function {
 impl Function {
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The function with the key-value store its pipeline grants.
+    pub fn granting_kv(mut self, grant: crate::kv::KvGrant) -> Self {
+        self.kv = Some(grant);
+        self
     }
 
     pub fn memory_limit(&self) -> u64 {
@@ -676,7 +729,12 @@ impl Function {
         label: LogLabel,
     ) -> (Result<Vec<Output>, InvokeError>, InvocationStats) {
         let started = Instant::now();
-        let state = HostState::new(self.memory_limit, label, self.variables.clone());
+        let state = HostState::new(
+            self.memory_limit,
+            label,
+            self.variables.clone(),
+            self.kv.clone(),
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         let ticks = self.timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64;
