@@ -40,6 +40,34 @@ impl bare::runnel::function::types::Host for BareState {}
 impl bare::runnel::function::log::Host for BareState {
     fn log(&mut self, _: bare::runnel::function::log::Level, _: String) {}
 }
+impl bare::runnel::function::kv::Host for BareState {
+    fn get(&mut self, _: String) -> Result<Option<Vec<u8>>, bare::runnel::function::kv::KvError> {
+        Ok(None)
+    }
+    fn set(
+        &mut self,
+        _: String,
+        _: Vec<u8>,
+        _: Option<u64>,
+    ) -> Result<(), bare::runnel::function::kv::KvError> {
+        Ok(())
+    }
+    fn delete(&mut self, _: String) -> Result<bool, bare::runnel::function::kv::KvError> {
+        Ok(false)
+    }
+    fn compare_and_swap(
+        &mut self,
+        _: String,
+        _: Option<Vec<u8>>,
+        _: Vec<u8>,
+        _: Option<u64>,
+    ) -> Result<bool, bare::runnel::function::kv::KvError> {
+        Ok(false)
+    }
+    fn increment(&mut self, _: String, _: i64) -> Result<i64, bare::runnel::function::kv::KvError> {
+        Ok(0)
+    }
+}
 impl bare::runnel::function::variables::Host for BareState {
     fn get(&mut self, _: String) -> Option<String> {
         None

@@ -24,6 +24,9 @@
 //   (`event.text()`, `event.json()`).
 // - `variable(name)` is the pipeline's [function.variables] value (a setting
 //   or a secret), or null.
+// - `kv` (get, set(key, value, ttlMs), delete, compareAndSwap, increment) is
+//   the key-value store the pipeline's [function.capabilities] kv grants; a
+//   failure throws a KvError.
 // - Return an array of Output (or of plain { sink, data, key, contentType,
 //   attributes } objects); `data` may be a Uint8Array or a string (UTF-8).
 // - `throw new Reject(message)` for an event that can never succeed (it goes
@@ -76,11 +79,79 @@ let witVariables = null;
 // build runs the modules' top level (its snapshot would keep the value).
 let handling = false;
 
+let witKv = null;
+
 /** Installs the WIT imports; runnel's build does, Node.js tests do not. */
-export function _useImports(log, variables) {
+export function _useImports(log, variables, kvStore) {
   witLog = log;
   witVariables = variables;
+  witKv = kvStore;
 }
+
+/**
+ * A key-value call failed: `kind` is "not-granted", "too-large", "invalid"
+ * or "unavailable" (the one worth retrying). Uncaught, it fails the event,
+ * retried when `retryable`.
+ */
+export class KvError extends Error {
+  constructor(kind, message) {
+    super(`key-value store: ${kind}: ${message}`);
+    this.name = "KvError";
+    this.kind = kind;
+    this[RETRYABLE] = kind === "unavailable";
+  }
+}
+
+const bytesOf = (value) => (typeof value === "string" ? new TextEncoder().encode(value) : value);
+
+/** What Node.js tests see as the store: a Map, without expiry. */
+export const testKv = new Map();
+
+function kvCall(name, args, test) {
+  if (!witKv) return test();
+  try {
+    return witKv[name](...args);
+  } catch (error) {
+    const payload = error?.payload;
+    if (payload && typeof payload.tag === "string") throw new KvError(payload.tag, String(payload.val));
+    throw error;
+  }
+}
+
+/**
+ * Key-value state that outlives an event, on the store the pipeline's
+ * `[function.capabilities] kv` grants (its keys the pipeline's own). A
+ * write is not undone when the event later fails: a retried event runs it
+ * again. Values are Uint8Arrays (strings are stored as UTF-8).
+ */
+export const kv = {
+  get: (key) => kvCall("get", [key], () => testKv.get(key)) ?? null,
+  set: (key, value, ttlMs = undefined) =>
+    kvCall("set", [key, bytesOf(value), ttlMs === undefined ? undefined : BigInt(ttlMs)], () => {
+      testKv.set(key, bytesOf(value));
+    }),
+  delete: (key) => kvCall("delete", [key], () => testKv.delete(key)),
+  compareAndSwap: (key, expected, value, ttlMs = undefined) =>
+    kvCall(
+      "compareAndSwap",
+      [key, expected === null ? undefined : bytesOf(expected), bytesOf(value), ttlMs === undefined ? undefined : BigInt(ttlMs)],
+      () => {
+        const now = testKv.get(key);
+        const same = (a, b) => (a === undefined ? b === null : b !== null && a.length === b.length && a.every((x, i) => x === bytesOf(b)[i]));
+        if (!same(now, expected)) return false;
+        testKv.set(key, bytesOf(value));
+        return true;
+      },
+    ),
+  increment: (key, delta = 1) =>
+    Number(
+      kvCall("increment", [key, BigInt(delta)], () => {
+        const sum = Number(new TextDecoder().decode(testKv.get(key) ?? bytesOf("0"))) + delta;
+        testKv.set(key, bytesOf(String(sum)));
+        return sum;
+      }),
+    ),
+};
 
 /** What `variable` answers under Node.js (tests set it). */
 export const testVariables = {};

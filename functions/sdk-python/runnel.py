@@ -21,6 +21,10 @@ CPython, where ``runnel.log`` prints to standard error).
   (``event.text()``, ``event.json()``).
 - ``runnel.variable(name)`` is the pipeline's ``[function.variables]``
   value (a setting or a secret), or None.
+- ``runnel.kv`` (``get``, ``set(key, value, ttl_ms=None)``, ``delete``,
+  ``compare_and_swap``, ``increment``) is the key-value store the
+  pipeline's ``[function.capabilities] kv`` grants; a failure raises
+  ``runnel.KvError``.
 - Return a list of ``Output``; ``data`` may be ``bytes`` or ``str`` (UTF-8).
 - Import modules at the top of ``app.py`` (or of the modules it imports):
   the build runs those imports and snapshots the result; a module first
@@ -41,7 +45,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-__all__ = ["Context", "Event", "Output", "Reject", "Retry", "Sink", "log", "variable"]
+__all__ = ["Context", "Event", "KvError", "Output", "Reject", "Retry", "Sink", "kv", "log", "variable"]
 
 
 class Reject(Exception):
@@ -174,6 +178,89 @@ except ImportError:  # plain CPython: tests, an editor
     _wit_variables = None
 
 
+try:
+    from wit_world.imports import kv as _wit_kv  # type: ignore
+except ImportError:  # plain CPython
+    _wit_kv = None
+
+
+class KvError(Exception):
+    """A key-value call failed: ``kind`` is ``not-granted``, ``too-large``,
+    ``invalid`` or ``unavailable`` (the one worth retrying). Uncaught, it
+    fails the event, retried when ``retryable``."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"key-value store: {kind}: {message}")
+        self.kind = kind
+        self.retryable = kind == "unavailable"
+
+
+class _Kv:
+    """Key-value state that outlives an event, on the store the pipeline's
+    ``[function.capabilities] kv`` grants (its keys the pipeline's own).
+    A write is not undone when the event later fails: a retried event runs
+    it again. Under plain CPython it is a dict, for tests."""
+
+    def __init__(self) -> None:
+        self.test_values: dict[str, bytes] = {}
+
+    def _call(self, name: str, *args: Any) -> Any:
+        if _wit_kv is None:
+            return getattr(self, "_test_" + name)(*args)
+        from componentize_py_types import Err  # type: ignore
+
+        try:
+            return getattr(_wit_kv, name)(*args)
+        except Err as error:
+            case = type(error.value).__name__.split("_", 1)[-1]
+            kind = "".join("-" + c.lower() if c.isupper() else c for c in case).lstrip("-")
+            raise KvError(kind, str(error.value.value)) from None
+
+    def get(self, key: str) -> Optional[bytes]:
+        return self._call("get", key)
+
+    def set(self, key: str, value: Union[bytes, str], ttl_ms: Optional[int] = None) -> None:
+        self._call("set", key, _bytes(value), ttl_ms)
+
+    def delete(self, key: str) -> bool:
+        return self._call("delete", key)
+
+    def compare_and_swap(
+        self, key: str, expected: Optional[Union[bytes, str]], value: Union[bytes, str], ttl_ms: Optional[int] = None
+    ) -> bool:
+        return self._call("compare_and_swap", key, None if expected is None else _bytes(expected), _bytes(value), ttl_ms)
+
+    def increment(self, key: str, delta: int = 1) -> int:
+        return self._call("increment", key, delta)
+
+    # Plain CPython: a dict, without expiry.
+    def _test_get(self, key: str) -> Optional[bytes]:
+        return self.test_values.get(key)
+
+    def _test_set(self, key: str, value: bytes, ttl_ms: Optional[int]) -> None:
+        self.test_values[key] = value
+
+    def _test_delete(self, key: str) -> bool:
+        return self.test_values.pop(key, None) is not None
+
+    def _test_compare_and_swap(self, key: str, expected: Optional[bytes], value: bytes, ttl_ms: Optional[int]) -> bool:
+        if self.test_values.get(key) != expected:
+            return False
+        self.test_values[key] = value
+        return True
+
+    def _test_increment(self, key: str, delta: int) -> int:
+        value = int(self.test_values.get(key, b"0")) + delta
+        self.test_values[key] = str(value).encode()
+        return value
+
+
+def _bytes(value: Union[bytes, str]) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+kv = _Kv()
+
 # Whether ``handle`` is running: variables are read then, not while the
 # build imports the modules (its snapshot would keep the value).
 _handling = False
@@ -227,6 +314,8 @@ def _handle(handle: Any, ctx: Any, event: Any) -> list[Any]:
         raise Err(types.Error(message=str(error), retryable=False))
     except Retry as error:
         raise Err(types.Error(message=str(error), retryable=True))
+    except KvError as error:
+        raise Err(types.Error(message=str(error), retryable=error.retryable))
     except _Wrong as error:
         raise Err(types.Error(message=str(error), retryable=False))
     except Exception:

@@ -40,6 +40,32 @@ pub fn variable(name: &str) -> Option<String> {
     bindings::runnel::function::variables::get(name)
 }
 
+/// Key-value state that outlives an event, on the store the pipeline's
+/// `[function.capabilities] kv` grants (its keys the pipeline's own).
+/// A write is not undone when the event later fails: a retried event runs
+/// it again. `?` turns a [`kv::KvError`] into the function's [`Error`]: a
+/// store that did not answer is retried, anything else is not.
+pub mod kv {
+    pub use super::bindings::runnel::function::kv::{
+        KvError, compare_and_swap, delete, get, increment, set,
+    };
+
+    impl From<KvError> for super::Error {
+        fn from(error: KvError) -> Self {
+            let (what, message, retryable) = match error {
+                KvError::NotGranted(m) => ("not granted", m, false),
+                KvError::TooLarge(m) => ("too large", m, false),
+                KvError::Invalid(m) => ("invalid", m, false),
+                KvError::Unavailable(m) => ("unavailable", m, true),
+            };
+            super::Error {
+                message: format!("key-value store: {what}: {message}"),
+                retryable,
+            }
+        }
+    }
+}
+
 /// Lines in runnel's log, tagged with the pipeline, function and event id.
 pub mod log {
     use super::bindings::runnel::function::log::{Level, log};

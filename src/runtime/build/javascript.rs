@@ -28,10 +28,11 @@ const SDK: &str = include_str!("../../../functions/sdk-js/runnel.js");
 /// `MAIN` is replaced by the main module's path as a JS string.
 const ENTRY: &str = r#"import { log } from "runnel:function/log@0.1.0";
 import { get } from "runnel:function/variables@0.1.0";
+import * as kv from "runnel:function/kv@0.1.0";
 import { _handle, _useImports } from "runnel";
 import * as app from MAIN;
 
-_useImports(log, get);
+_useImports(log, get, kv);
 if (typeof app.handle !== "function") {
   throw new Error(`${MAIN} exports no handle(ctx, event) function`);
 }

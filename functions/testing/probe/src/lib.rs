@@ -32,6 +32,24 @@ impl Guest for Probe {
                 data: event.data,
             }]),
             Mode::Noop => Ok(Vec::new()),
+            Mode::Counter => {
+                use runnel::function::kv::{KvError, increment};
+                let delta = config(&ctx, "delta").and_then(|d| d.parse().ok()).unwrap_or(1);
+                let sum = increment("count", delta).map_err(|e| {
+                    let (message, retryable) = match e {
+                        KvError::Unavailable(m) => (m, true),
+                        KvError::NotGranted(m) | KvError::TooLarge(m) | KvError::Invalid(m) => (m, false),
+                    };
+                    Error { message, retryable }
+                })?;
+                Ok(vec![Output {
+                    sink,
+                    key: event.subject,
+                    content_type: Some("text/plain".into()),
+                    attributes: Vec::new(),
+                    data: sum.to_string().into_bytes(),
+                }])
+            }
             Mode::Variable => {
                 let name = config(&ctx, "variable").unwrap_or("");
                 let value = runnel::function::variables::get(name);

@@ -31,6 +31,9 @@ pub enum Mode {
     Giant,
     /// One output naming a sink the pipeline did not declare.
     Stray,
+    /// Increments the key-value store's `count` (config `delta`, default
+    /// 1) and writes the sum; a store error fails the event as it says.
+    Counter,
     /// One output holding the pipeline's variable named by config
     /// `variable` (or `<unset>`).
     Variable,
@@ -80,6 +83,7 @@ impl Mode {
             "stray" => Mode::Stray,
             "residue" => Mode::Residue,
             "variable" => Mode::Variable,
+            "counter" => Mode::Counter,
             _ => return None,
         })
     }

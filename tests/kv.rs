@@ -1,0 +1,174 @@
+//! The `kv` capability: key-value state a pipeline grants its function,
+//! kept across events and restarts, each pipeline's keys its own, refused
+//! to a pipeline that grants none; in Rust (the probe) and in Python.
+
+mod harness;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use harness::{Runnel, eventually, repo};
+
+/// A probe pipeline counting in the key-value store: from topic `in-<name>`
+/// to topic `out-<name>`, the store granted when `store` is given.
+fn counter(dir: &Path, name: &str, store: Option<&str>) -> PathBuf {
+    let grant = store
+        .map(|s| format!("[function.capabilities]\nkv = \"{s}\"\n"))
+        .unwrap_or_default();
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"{name}\"\n[source]\ntype = \"topic\"\ntopic = \"in-{name}\"\n[function]\npath = \"{}\"\n[function.config]\nmode = \"counter\"\n{grant}[sinks.out]\ntype = \"topic\"\ntopic = \"out-{name}\"\n[dead_letter]\ntype = \"topic\"\ntopic = \"dead-{name}\"\n[retry]\nmax_attempts = 2\ninitial_delay = \"10ms\"\n",
+            repo().join("functions/testing/probe").display()
+        ),
+    )
+    .unwrap();
+    file
+}
+
+async fn publish(runnel: &Runnel, topic: &str, key: &str) {
+    let response = runnel
+        .client
+        .post(runnel.url(&format!("/v1/topics/{topic}")))
+        .header("x-runnel-key", key)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+}
+
+/// The counts a pipeline wrote, in order.
+async fn counts(runnel: &Runnel, name: &str, expected: usize) -> Vec<String> {
+    eventually(
+        &format!("{expected} counts from {name}"),
+        Duration::from_secs(60),
+        || async {
+            let messages = runnel.topic(&format!("out-{name}")).await;
+            let mut counts: Vec<String> = messages
+                .iter()
+                .map(|m| m["payload"].as_str().unwrap().to_owned())
+                .collect();
+            counts.sort_by_key(|c| c.parse::<i64>().unwrap_or(0));
+            (counts.len() >= expected).then_some(counts)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_count_survives_restarts_each_pipeline_its_own_and_none_without_the_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines = [
+        counter(dir.path(), "a", Some("counters")),
+        counter(dir.path(), "b", Some("counters")),
+        counter(dir.path(), "c", None),
+    ];
+    let mut runnel = Runnel::start(&dir.path().join("runnel"), &pipelines, &[], "").await;
+    // One key, so the events of `a` run one after another.
+    for _ in 0..3 {
+        publish(&runnel, "in-a", "k").await;
+    }
+    publish(&runnel, "in-b", "k").await;
+    publish(&runnel, "in-c", "k").await;
+    assert_eq!(counts(&runnel, "a", 3).await, ["1", "2", "3"]);
+    assert_eq!(counts(&runnel, "b", 1).await, ["1"], "b's keys are not a's");
+    runnel
+        .wait_for_metric("runnel_dead_letters_total", &[("pipeline", "c")], 1.0)
+        .await;
+    let dead = runnel.topic("dead-c").await;
+    let record: serde_json::Value =
+        serde_json::from_str(dead[0]["payload"].as_str().unwrap()).unwrap();
+    let error = record["error"].as_str().unwrap();
+    assert!(
+        error.contains("pipeline c grants no key-value store"),
+        "{error}"
+    );
+    assert!(error.contains("[function.capabilities] kv"), "{error}");
+    assert_eq!(record["attempts"], 1, "not retried: {record}");
+
+    runnel.kill_and_restart(None).await;
+    publish(&runnel, "in-a", "k").await;
+    assert_eq!(
+        counts(&runnel, "a", 4).await,
+        ["1", "2", "3", "4"],
+        "kept across kill -9"
+    );
+    assert!(
+        dir.path().join("runnel/data/kv.db").is_file(),
+        "the embedded store under data_dir"
+    );
+}
+
+/// A Python function with the grant uses `runnel.kv`; `runnel invoke`
+/// gives it a scratch store (invoking changes nothing the pipeline keeps),
+/// and a store error surfaces as `runnel.KvError`.
+#[test]
+fn a_python_function_keeps_state_in_its_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("visits");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(
+        project.join("app.py"),
+        r#"import runnel
+
+def handle(ctx, event):
+    first = runnel.kv.increment("visits")
+    again = runnel.kv.increment("visits", 10)
+    runnel.kv.set("last", event.data, ttl_ms=60000)
+    swapped = runnel.kv.compare_and_swap("last", event.data, b"new")
+    try:
+        runnel.kv.increment("last")
+        failed = "no error"
+    except runnel.KvError as error:
+        failed = f"{error.kind} retryable={error.retryable}"
+    try:
+        runnel.kv.set("big", b"x" * 2048)
+        big = "stored"
+    except runnel.KvError as error:
+        big = error.kind
+    found = runnel.kv.get("last")
+    return [runnel.Output("out", data=f"{first} {again} {swapped} {found!r} [{failed}] [{big}] {runnel.kv.delete('last')}")]
+"#,
+    )
+    .unwrap();
+    let pipeline = dir.path().join("visits.toml");
+    std::fs::write(
+        &pipeline,
+        "name = \"visits\"\n[source]\ntype = \"topic\"\ntopic = \"in\"\n[function]\npath = \"visits\"\n[function.capabilities]\nkv = \"sessions\"\n[sinks.out]\ntype = \"topic\"\ntopic = \"out\"\n",
+    )
+    .unwrap();
+    let config = dir.path().join("runnel.toml");
+    std::fs::write(&config, "[kv]\nmax_value_size = \"1KiB\"\n").unwrap();
+    let event = dir.path().join("event.txt");
+    std::fs::write(&event, "hello").unwrap();
+    let invoke = || {
+        let output = Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("invoke")
+            .arg(&pipeline)
+            .arg("--event")
+            .arg(&event)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    };
+    let expected = "1 11 True b'new' [invalid retryable=False] [too-large] True";
+    assert!(invoke().contains(expected), "first invoke");
+    assert!(invoke().contains(expected), "a scratch store each time");
+    assert!(
+        !dir.path().join("data/kv.db").exists(),
+        "invoke keeps nothing"
+    );
+}
