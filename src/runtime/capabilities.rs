@@ -18,7 +18,7 @@ const GRANTS: [(&str, &str); 4] = [
     ),
     (
         "wasi:keyvalue/",
-        "key-value state, a capability runnel does not grant yet",
+        "key-value state, which runnel grants as its own runnel:function/kv (`[function.capabilities] kv`), not as wasi:keyvalue",
     ),
     (
         "wasi:config/",
@@ -48,7 +48,7 @@ pub fn unlinked_import(
         .find(|(prefix, _)| import.starts_with(prefix))
         .map(|(_, grant)| *grant)
         .unwrap_or(
-            "runnel grants nothing that provides it (a function may import runnel:function/log, runnel:function/variables and WASI 0.2's cli, clocks, filesystem, io, random and sockets interfaces, all empty of authority)",
+            "runnel grants nothing that provides it (a function may import runnel:function/log, runnel:function/variables, runnel:function/kv and WASI 0.2's cli, clocks, filesystem, io, random and sockets interfaces, all empty of authority)",
         );
     Some(format!(
         "it imports `{import}`, which is not granted: {grant}"
