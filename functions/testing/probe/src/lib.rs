@@ -34,11 +34,15 @@ impl Guest for Probe {
             Mode::Noop => Ok(Vec::new()),
             Mode::Counter => {
                 use runnel::function::kv::{KvError, increment};
-                let delta = config(&ctx, "delta").and_then(|d| d.parse().ok()).unwrap_or(1);
+                let delta = config(&ctx, "delta")
+                    .and_then(|d| d.parse().ok())
+                    .unwrap_or(1);
                 let sum = increment("count", delta).map_err(|e| {
                     let (message, retryable) = match e {
                         KvError::Unavailable(m) => (m, true),
-                        KvError::NotGranted(m) | KvError::TooLarge(m) | KvError::Invalid(m) => (m, false),
+                        KvError::NotGranted(m) | KvError::TooLarge(m) | KvError::Invalid(m) => {
+                            (m, false)
+                        }
                     };
                     Error { message, retryable }
                 })?;
