@@ -118,30 +118,23 @@ fn set_used(tx: &Transaction<'_>, scope: &str, bytes: i64) -> Result<(), KvError
     Ok(())
 }
 
-/// The live value of `key` (an expired one reads as absent).
-fn live(tx: &Connection, scope: &str, key: &str, now: i64) -> Result<Option<Vec<u8>>, KvError> {
-    tx.query_row(
-        "SELECT value FROM kv WHERE scope = ?1 AND key = ?2 AND (expires IS NULL OR expires > ?3)",
+/// A key's value and its expiry (Unix milliseconds).
+type Row = (Vec<u8>, Option<i64>);
+
+/// The live value of `key` and its expiry (an expired one reads as absent).
+fn live_row(conn: &Connection, scope: &str, key: &str, now: i64) -> Result<Option<Row>, KvError> {
+    conn.query_row(
+        "SELECT value, expires FROM kv WHERE scope = ?1 AND key = ?2 AND (expires IS NULL OR expires > ?3)",
         params![scope, key, now],
-        |r| r.get(0),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )
     .optional()
     .map_err(unavailable)
 }
 
-fn live_expiry(
-    tx: &Connection,
-    scope: &str,
-    key: &str,
-    now: i64,
-) -> Result<Option<Option<i64>>, KvError> {
-    tx.query_row(
-        "SELECT expires FROM kv WHERE scope = ?1 AND key = ?2 AND (expires IS NULL OR expires > ?3)",
-        params![scope, key, now],
-        |r| r.get(0),
-    )
-    .optional()
-    .map_err(unavailable)
+/// The live value of `key`.
+fn live(conn: &Connection, scope: &str, key: &str, now: i64) -> Result<Option<Vec<u8>>, KvError> {
+    Ok(live_row(conn, scope, key, now)?.map(|(value, _)| value))
 }
 
 /// Deletes `scope`'s expired keys and counts its bytes again.
@@ -234,9 +227,10 @@ impl KvStore for EmbeddedKv {
     fn increment(&self, scope: &str, key: &str, delta: i64) -> Result<i64, KvError> {
         self.limits.check(key, None)?;
         self.write(scope, |tx, now| {
-            let current = match live(tx, scope, key, now)? {
+            let row = live_row(tx, scope, key, now)?;
+            let current = match &row {
                 None => 0,
-                Some(bytes) => std::str::from_utf8(&bytes)
+                Some((bytes, _)) => std::str::from_utf8(bytes)
                     .ok()
                     .and_then(|text| text.parse::<i64>().ok())
                     .ok_or_else(|| {
@@ -246,7 +240,7 @@ impl KvStore for EmbeddedKv {
             let sum = current.checked_add(delta).ok_or_else(|| {
                 KvError::Invalid(format!("{current} + {delta} at {key:?} overflows 64 bits"))
             })?;
-            let expires = live_expiry(tx, scope, key, now)?.flatten();
+            let expires = row.and_then(|(_, expires)| expires);
             self.put(tx, scope, key, sum.to_string().as_bytes(), expires)?;
             Ok(sum)
         })
