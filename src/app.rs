@@ -157,7 +157,8 @@ pub fn component_path(
                 dir.display()
             );
             tracing::info!(function = %function.name, function_dir = %dir.display(), language = language.name(), "building function");
-            Ok(build::build(dir, *language, &config.cache_dir)?)
+            let world = build::World::of(&function.capabilities);
+            Ok(build::build(dir, *language, world, &config.cache_dir)?)
         }
     }
 }
@@ -167,11 +168,14 @@ pub fn load_functions(
     config: &RuntimeConfig,
     pipelines: &[PipelineConfig],
 ) -> anyhow::Result<(Runtime, Vec<Arc<dyn Invoke>>)> {
-    let mut built: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
+    let mut built: BTreeMap<(PathBuf, build::World), PathBuf> = BTreeMap::new();
     let mut components = Vec::new();
     for pipeline in pipelines {
+        // A project granted outbound HTTP is built against another world.
         let key = match &pipeline.function.location {
-            FunctionLocation::Project { dir: p, .. } | FunctionLocation::Component(p) => p.clone(),
+            FunctionLocation::Project { dir: p, .. } | FunctionLocation::Component(p) => {
+                (p.clone(), build::World::of(&pipeline.function.capabilities))
+            }
         };
         let path = match built.get(&key) {
             Some(path) => path.clone(),
@@ -206,7 +210,7 @@ pub fn load_functions(
         .map(|(p, wasm)| {
             let function: Arc<dyn Invoke> = match &p.source {
                 TriggerConfig::Http(http) if http.mode == Mode::Sync => {
-                    Arc::new(runtime.load_http(&p.function, wasm, http.max_response_size)?)
+                    Arc::new(runtime.load_http(&p.name, &p.function, wasm, http.max_response_size)?)
                 }
                 _ => {
                     let function = runtime.load(&p.function, wasm)?;

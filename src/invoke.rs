@@ -291,10 +291,11 @@ pub fn run(
             .cache
             .then(|| runtime_config.functions.cache_dir.clone()),
     })?;
-    if let Some((_, http)) = http_trigger(target)
+    if let Some((pipeline, http)) = http_trigger(target)
         && http.mode == Mode::Sync
     {
-        let function = runtime.load_http(function_config, &wasm, http.max_response_size)?;
+        let function =
+            runtime.load_http(pipeline, function_config, &wasm, http.max_response_size)?;
         return answer(&function, event, out);
     }
     let mut function = runtime.load(function_config, &wasm)?;
@@ -344,6 +345,8 @@ pub fn run(
             .get("trace_id")
             .cloned()
             .unwrap_or_default(),
+        idempotency_key: event.idempotency_key.clone(),
+        traceparent: None,
     };
     let (result, stats) = function.invoke(&context, event, label);
     let mut stdout = std::io::stdout().lock();
@@ -409,6 +412,8 @@ fn answer(
             .get("trace_id")
             .cloned()
             .unwrap_or_default(),
+        idempotency_key: event.idempotency_key.clone(),
+        traceparent: None,
     };
     let (result, stats) = function.invoke(&Context::default(), event, label);
     let mut stdout = std::io::stdout().lock();

@@ -30,6 +30,8 @@ pub const SOURCE_PARTITIONS: &str = "runnel_source_partitions";
 pub const BACKEND_UP: &str = "runnel_backend_up";
 pub const HTTP_REQUESTS: &str = "runnel_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "runnel_http_request_duration_seconds";
+pub const FUNCTION_HTTP_REQUESTS: &str = "runnel_function_http_requests_total";
+pub const FUNCTION_HTTP_DURATION: &str = "runnel_function_http_request_duration_seconds";
 
 const DURATION_BUCKETS: &[f64] = &[
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -124,6 +126,15 @@ fn describe() {
     describe_counter!(
         HTTP_REQUESTS,
         "Requests to HTTP functions' routes, by pipeline, route pattern and status."
+    );
+    describe_counter!(
+        FUNCTION_HTTP_REQUESTS,
+        "Outbound HTTP requests of functions (the `http` capability), by pipeline, function, the allow-list pattern's host (\"none\" for a refused request) and outcome (ok: a response came; denied, timeout, error)."
+    );
+    describe_histogram!(
+        FUNCTION_HTTP_DURATION,
+        Unit::Seconds,
+        "Time from a function's outbound request to its response head, by pipeline and the allow-list pattern's host."
     );
     describe_histogram!(
         HTTP_REQUEST_DURATION,

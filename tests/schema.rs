@@ -211,6 +211,21 @@ fn shipped_runtime_configs_match_the_runtime_schema() {
 /// fields compare, a loop, a number too large, a database the runtime
 /// config must bind).
 const BROKEN_PIPELINES: &[(&str, &[&str])] = &[
+    (
+        "capabilities",
+        &[
+            "function.capabilities.http",
+            "function.capabilities.http_timeout",
+            "function.capabilities.http_max_response_size",
+        ],
+    ),
+    (
+        "capabilities-limits",
+        &[
+            "function.capabilities.http_timeout",
+            "function.capabilities.http_max_response_size",
+        ],
+    ),
     ("database-no-operations", &[]),
     ("database-source", &[]),
     ("database-unbound", &["source.database"]),

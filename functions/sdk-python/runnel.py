@@ -25,6 +25,13 @@ CPython, where ``runnel.log`` prints to standard error).
   ``compare_and_swap``, ``increment``) is the key-value store the
   pipeline's ``[function.capabilities] kv`` grants; a failure raises
   ``runnel.KvError``.
+- ``runnel.http`` (``get(url)``, ``post(url, body, headers=None)``,
+  ``request(method, url, headers=None, body=None)``) sends requests to the
+  URLs the pipeline's ``[function.capabilities] http`` allows and returns a
+  ``runnel.Response`` (``status``, ``headers``, ``body``, ``text()``,
+  ``json()``, ``header(name)``); a refusal, a timeout or an oversized
+  response raises ``runnel.HttpError``. Under plain CPython, set
+  ``runnel.http.test_responder`` to answer requests in tests.
 - Return a list of ``Output``; ``data`` may be ``bytes`` or ``str`` (UTF-8).
 - Import modules at the top of ``app.py`` (or of the modules it imports):
   the build runs those imports and snapshots the result; a module first
@@ -173,6 +180,14 @@ test_variables: dict[str, str] = {}
 # Imported when the module is (the build's snapshot): in the component,
 # nothing can be imported later, with no file system to read modules from.
 try:
+    from wit_world.imports import types as _wit_types  # type: ignore
+except ImportError:
+    try:  # built granted outbound HTTP: wasi:http has a `types` too
+        from wit_world.imports import runnel_function_types as _wit_types  # type: ignore
+    except ImportError:  # plain CPython
+        _wit_types = None
+
+try:
     from wit_world.imports import variables as _wit_variables  # type: ignore
 except ImportError:  # plain CPython: tests, an editor
     _wit_variables = None
@@ -255,6 +270,188 @@ class _Kv:
         return value
 
 
+try:
+    from wit_world.imports import outgoing_handler as _wit_outgoing  # type: ignore
+    from wit_world.imports import streams as _wit_streams  # type: ignore
+    from wit_world.imports import wasi_http_types as _wit_http  # type: ignore
+except ImportError:  # not granted outbound HTTP (built without it), or plain CPython
+    _wit_outgoing = None
+
+
+class HttpError(Exception):
+    """An outbound request got no response: ``kind`` is ``denied`` (the
+    pipeline does not allow the URL), ``unavailable`` (connecting or waiting
+    failed or timed out: the one worth retrying), ``too-large`` (over
+    ``http_max_response_size``) or ``invalid``. Uncaught, it fails the
+    event, retried when ``retryable``."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"outbound HTTP: {kind}: {message}")
+        self.kind = kind
+        self.retryable = kind == "unavailable"
+
+
+@dataclass
+class Response:
+    """A response, its body read whole."""
+
+    status: int
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    body: bytes = b""
+
+    def header(self, name: str) -> Optional[str]:
+        """The first value of the header ``name`` (any case), as text."""
+        for key, value in self.headers:
+            if key.lower() == name.lower():
+                return value.decode("utf-8", "replace")
+        return None
+
+    def text(self) -> str:
+        return self.body.decode("utf-8")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+# wasi:io allows this many bytes a blocking write.
+_WRITE_CHUNK = 4096
+# Error codes worth retrying: the destination may answer next time.
+_TRANSIENT = {
+    "DnsTimeout", "DnsError", "DestinationNotFound", "DestinationUnavailable",
+    "ConnectionRefused", "ConnectionTerminated", "ConnectionTimeout",
+    "ConnectionReadTimeout", "ConnectionWriteTimeout", "ConnectionLimitReached",
+    "HttpResponseIncomplete", "HttpResponseTimeout", "InternalError",
+}
+
+
+class _Http:
+    """Outbound HTTP to the URLs the pipeline's ``[function.capabilities]
+    http`` allows. runnel adds the event's ``Idempotency-Key`` (``<key>:<n>``
+    for the n-th request of an invocation) and ``traceparent``; redirects are
+    not followed."""
+
+    def __init__(self) -> None:
+        #: Under plain CPython: ``f(method, url, headers, body) -> Response``.
+        self.test_responder: Any = None
+
+    def get(self, url: str, headers: Optional[dict[str, str]] = None) -> Response:
+        return self.request("GET", url, headers)
+
+    def post(self, url: str, body: Union[bytes, str], headers: Optional[dict[str, str]] = None) -> Response:
+        return self.request("POST", url, headers, body)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: Optional[dict[str, str]] = None,
+        body: Union[bytes, str, None] = None,
+    ) -> Response:
+        pairs = list((headers or {}).items())
+        data = b"" if body is None else _bytes(body)
+        if _wit_outgoing is None:
+            if self.test_responder is None:
+                raise HttpError(
+                    "denied",
+                    f"{url} is not allowed: this function was built without outbound HTTP "
+                    "(grant it with [function.capabilities] http; in tests, set runnel.http.test_responder)",
+                )
+            return self.test_responder(method.upper(), url, pairs, data)
+        return _send(method, url, pairs, data)
+
+
+def _send(method: str, url: str, headers: list[tuple[str, str]], body: bytes) -> Response:
+    from componentize_py_types import Err, Ok  # type: ignore
+
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        raise HttpError("invalid", f"{url!r} is not an http:// or https:// URL")
+    rest = rest.split("#", 1)[0]
+    cut = min([i for i in (rest.find("/"), rest.find("?")) if i >= 0] or [len(rest)])
+    authority, path = rest[:cut], rest[cut:]
+    if not authority:
+        raise HttpError("invalid", f"{url!r} names no host")
+    if not path.startswith("/"):
+        path = "/" + path
+    try:
+        fields = _wit_http.Fields.from_list([(name, value.encode("utf-8")) for name, value in headers])
+    except Err as error:
+        raise HttpError("invalid", f"{url}: headers: {type(error.value).__name__}") from None
+    request = _wit_http.OutgoingRequest(fields)
+    methods = {
+        "GET": _wit_http.Method_Get, "HEAD": _wit_http.Method_Head, "POST": _wit_http.Method_Post,
+        "PUT": _wit_http.Method_Put, "DELETE": _wit_http.Method_Delete,
+        "OPTIONS": _wit_http.Method_Options, "PATCH": _wit_http.Method_Patch,
+    }
+    known = methods.get(method.upper())
+    try:
+        request.set_method(known() if known else _wit_http.Method_Other(method))
+        request.set_scheme(_wit_http.Scheme_Https() if scheme.lower() == "https" else _wit_http.Scheme_Http())
+        request.set_authority(authority)
+        request.set_path_with_query(path)
+    except Err:
+        raise HttpError("invalid", f"{url}: not a valid request ({method} {path})") from None
+    outgoing = request.body()
+    try:
+        pending = _wit_outgoing.handle(request, None)
+    except Err as error:
+        raise _error(url, error.value) from None
+    with outgoing.write() as stream:
+        for at in range(0, len(body), _WRITE_CHUNK):
+            try:
+                stream.blocking_write_and_flush(body[at : at + _WRITE_CHUNK])
+            except Err:
+                raise HttpError("unavailable", f"{url}: the request body could not be sent") from None
+    _wit_http.OutgoingBody.finish(outgoing, None)
+    with pending:
+        with pending.subscribe() as ready:
+            ready.block()
+        result = pending.get()
+    if result is None or isinstance(result, Err):
+        raise HttpError("invalid", f"{url}: the response was taken already")
+    inner = result.value
+    if isinstance(inner, Err):
+        raise _error(url, inner.value)
+    with inner.value as response:
+        status = response.status()
+        with response.headers() as fields:
+            pairs = [(name, bytes(value)) for name, value in fields.entries()]
+        incoming = response.consume()
+    chunks = []
+    with incoming:
+        with incoming.stream() as stream:
+            while True:
+                try:
+                    chunks.append(stream.blocking_read(65536))
+                except Err as error:
+                    if isinstance(error.value, _wit_streams.StreamError_Closed):
+                        break
+                    code = _wit_http.http_error_code(error.value.value)
+                    if code is None:
+                        raise HttpError("unavailable", f"{url}: reading the response failed") from None
+                    raise _error(url, code) from None
+    return Response(status=status, headers=pairs, body=b"".join(chunks))
+
+
+def _error(url: str, code: Any) -> HttpError:
+    name = type(code).__name__.split("_", 1)[-1]
+    if name == "HttpRequestDenied":
+        return HttpError(
+            "denied", f"{url} is not allowed: the pipeline's [function.capabilities] http lists no pattern matching it"
+        )
+    if name == "HttpResponseBodySize":
+        return HttpError("too-large", f"{url}: the response body is larger than {code.value} bytes (http_max_response_size)")
+    if name in ("HttpResponseTimeout", "ConnectionTimeout", "ConnectionReadTimeout"):
+        return HttpError("unavailable", f"{url}: timed out (http_timeout, or the function's own timeout)")
+    if name in _TRANSIENT:
+        detail = getattr(code, "value", None)
+        return HttpError("unavailable", f"{url}: {name}" + (f" ({detail})" if detail else ""))
+    return HttpError("invalid", f"{url}: {name}")
+
+
+http = _Http()
+
+
 def _bytes(value: Union[bytes, str]) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
@@ -284,8 +481,8 @@ def _handle(handle: Any, ctx: Any, event: Any) -> list[Any]:
     """The glue runnel's build puts between the WIT export and ``handle``:
     the WIT records in, runnel's types to the function, outputs lowered."""
     from componentize_py_types import Err  # type: ignore
-    from wit_world.imports import types  # type: ignore
 
+    types = _wit_types
     context = Context(
         pipeline=ctx.pipeline,
         config=dict(ctx.config),
@@ -314,7 +511,7 @@ def _handle(handle: Any, ctx: Any, event: Any) -> list[Any]:
         raise Err(types.Error(message=str(error), retryable=False))
     except Retry as error:
         raise Err(types.Error(message=str(error), retryable=True))
-    except KvError as error:
+    except (KvError, HttpError) as error:
         raise Err(types.Error(message=str(error), retryable=error.retryable))
     except _Wrong as error:
         raise Err(types.Error(message=str(error), retryable=False))

@@ -793,6 +793,8 @@ impl Handler {
             match self.function.invoke_async(event, stream) {
                 Some(call) => call.await,
                 None => {
+                    // What an outbound request of the function carries on.
+                    let traceparent = telemetry::current().map(|c| c.child().header());
                     let function = self.function.clone();
                     let context = if attempt == self.context.attempt {
                         Arc::clone(&self.context)
@@ -811,6 +813,8 @@ impl Handler {
                             .get("trace_id")
                             .cloned()
                             .unwrap_or_default(),
+                        idempotency_key: event.idempotency_key.clone(),
+                        traceparent: traceparent.clone(),
                     };
                     let ev = Arc::clone(event);
                     self.threads

@@ -1,9 +1,11 @@
 //! What a function may import, and the error when it imports more.
 //!
-//! Every function is linked with runnel's own interfaces and WASI 0.2's
+//! Every function is linked with runnel's own interfaces, WASI 0.2's
 //! cli, clocks, filesystem, io, random and sockets interfaces, all empty of
-//! authority (no directories, environment, sockets or real clocks); an HTTP
-//! function gets `wasi:http`'s incoming side too. Anything else a component
+//! authority (no directories, environment, sockets or real clocks), and
+//! `wasi:http`'s outgoing handler, whose requests are refused unless the
+//! pipeline grants `http`; an HTTP function gets `wasi:http`'s incoming
+//! side too. Anything else a component
 //! imports is refused when it is loaded, naming the interface and what
 //! would grant it, instead of the linker's generic message.
 
@@ -14,7 +16,7 @@ use wasmtime::component::Component;
 const GRANTS: [(&str, &str); 4] = [
     (
         "wasi:http/",
-        "outbound HTTP, a capability runnel does not grant yet. A JavaScript component built by jco with its default features imports it without using it: build with `--disable all` (runnel's own build of a JavaScript project does)",
+        "runnel links wasi:http's `types` and `outgoing-handler` at 0.2.x (outbound HTTP, granted by `[function.capabilities] http`), and nothing else of wasi:http in an event function",
     ),
     (
         "wasi:keyvalue/",
@@ -48,7 +50,7 @@ pub fn unlinked_import(
         .find(|(prefix, _)| import.starts_with(prefix))
         .map(|(_, grant)| *grant)
         .unwrap_or(
-            "runnel grants nothing that provides it (a function may import runnel:function/log, runnel:function/variables, runnel:function/kv and WASI 0.2's cli, clocks, filesystem, io, random and sockets interfaces, all empty of authority)",
+            "runnel grants nothing that provides it (a function may import runnel:function/log, runnel:function/variables, runnel:function/kv, wasi:http/outgoing-handler and WASI 0.2's cli, clocks, filesystem, io, random and sockets interfaces, all empty of authority)",
         );
     Some(format!(
         "it imports `{import}`, which is not granted: {grant}"

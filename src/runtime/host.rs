@@ -1,5 +1,6 @@
 //! What a function instance can reach: its log, its pipeline's variables,
-//! and WASI with nothing in it.
+//! what its pipeline grants (key-value state, outbound HTTP through
+//! [`outbound`](super::outbound)), and WASI with nothing in it.
 //!
 //! Components built for `wasm32-wasip2` import WASI because the Rust
 //! standard library does. Each instance gets a WASI context that grants no
@@ -12,12 +13,14 @@
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::Variables;
 use super::bindings::runnel::function::kv::{Host as KvHost, KvError as WitKvError};
 use super::bindings::runnel::function::log::{Host as LogHost, Level};
 use super::bindings::runnel::function::variables::Host as VariablesHost;
 use super::limits::MemoryLimiter;
+use super::outbound::Outbound;
 use crate::kv::{KvError, KvGrant};
 
 /// How much of a function's stderr is kept for error reports.
@@ -35,9 +38,13 @@ pub struct HostState {
     variables: Variables,
     /// The key-value store the pipeline grants, if any.
     kv: Option<KvGrant>,
+    http: WasiHttpCtx,
+    /// Decides on and sends the function's outbound requests.
+    outbound: Outbound,
 }
 
-/// Who is logging: pipeline, function, event.
+/// Who is running: pipeline, function, event; what its log lines are
+/// tagged with and its outbound requests carry.
 #[derive(Clone, Debug, Default)]
 pub struct LogLabel {
     pub pipeline: String,
@@ -45,6 +52,10 @@ pub struct LogLabel {
     pub event_id: String,
     /// The event's trace (W3C trace id, hex), empty when it has none.
     pub trace_id: String,
+    /// The event's idempotency key (outbound requests' `Idempotency-Key`).
+    pub idempotency_key: String,
+    /// The W3C `traceparent` outbound requests carry, when traced.
+    pub traceparent: Option<String>,
 }
 
 impl HostState {
@@ -53,6 +64,7 @@ impl HostState {
         label: LogLabel,
         variables: Variables,
         kv: Option<KvGrant>,
+        outbound: Outbound,
     ) -> Self {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let wasi = WasiCtx::builder()
@@ -74,6 +86,8 @@ impl HostState {
             label,
             variables,
             kv,
+            http: WasiHttpCtx::new(),
+            outbound,
         }
     }
 
@@ -116,6 +130,16 @@ impl WasiView for HostState {
     }
 }
 
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
 impl super::bindings::runnel::function::types::Host for HostState {}
 
 impl LogHost for HostState {
@@ -125,6 +149,7 @@ impl LogHost for HostState {
             function,
             event_id,
             trace_id,
+            ..
         } = &self.label;
         match level {
             Level::Trace => {

@@ -9,13 +9,15 @@
 //! function answers live requests and is never replayed, so its WASI
 //! context has the real clocks and randomness (a token it makes must not be
 //! predictable); it still has no files, environment or sockets, and its
-//! outbound `wasi:http/outgoing-handler` is denied ([`DenyOutbound`]).
+//! outbound `wasi:http/outgoing-handler` requests are refused unless its
+//! pipeline grants `http` ([`outbound`](super::outbound)).
 //!
 //! The call runs on one of the pipeline's invocation threads, driving the
 //! async `wasi:http` host on the process's tokio runtime; the guest's
 //! streamed body is read as it is written, up to `max_response_size`.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -27,11 +29,10 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::{
-    RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
-};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::limits::MemoryLimiter;
+use super::outbound::{HttpGrant, Outbound};
 use super::{Context, EPOCH_TICK, Invocation, InvocationStats, InvokeError, LogLabel};
 use crate::event::Event;
 
@@ -191,13 +192,13 @@ pub(super) struct HttpHost {
     wasi: WasiCtx,
     table: ResourceTable,
     http: WasiHttpCtx,
-    hooks: DenyOutbound,
+    hooks: Outbound,
     pub(super) limiter: MemoryLimiter,
     stderr: MemoryOutputPipe,
 }
 
 impl HttpHost {
-    fn new(memory_limit: u64) -> Self {
+    fn new(memory_limit: u64, hooks: Outbound) -> Self {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let wasi = WasiCtx::builder()
             .stderr(stderr.clone())
@@ -209,7 +210,7 @@ impl HttpHost {
             wasi,
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
-            hooks: DenyOutbound,
+            hooks,
             limiter: MemoryLimiter::new(memory_limit),
             stderr,
         }
@@ -239,27 +240,6 @@ impl WasiHttpView for HttpHost {
     }
 }
 
-/// Refuses every outbound request: the guest's `outgoing-handler` call
-/// returns `HttpRequestDenied` (no capability grants outbound HTTP yet).
-struct DenyOutbound;
-
-type Finished = Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>;
-
-impl WasiHttpHooks for DenyOutbound {
-    fn send_request(
-        &mut self,
-        request: http::Request<WasiBody>,
-        _options: Option<RequestOptions>,
-        _finished: Finished,
-    ) -> Box<
-        dyn Future<Output = wasmtime_wasi_http::Result<(http::Response<WasiBody>, Finished)>>
-            + Send,
-    > {
-        tracing::debug!(uri = %request.uri(), "outbound HTTP from a function denied");
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
-    }
-}
-
 /// Adds what an HTTP function may import: WASI (empty, as above) and
 /// `wasi:http`. Rust's std imports `wasi:cli` beyond the proxy world, so
 /// all of p2 is linked, not just the proxy world's part.
@@ -273,9 +253,13 @@ pub(super) fn linker(engine: &Engine) -> anyhow::Result<Linker<HttpHost>> {
 /// A compiled, pre-linked HTTP function.
 pub struct HttpFunction {
     pub(super) name: String,
+    /// The pipeline it serves (its outbound requests' metrics' label).
+    pub(super) pipeline: String,
     pub(super) memory_limit: u64,
     pub(super) timeout: Duration,
     pub(super) max_response_size: u64,
+    /// Outbound HTTP, when the pipeline grants it.
+    pub(super) http: Option<Arc<HttpGrant>>,
     pub(super) pre: ProxyPre<HttpHost>,
     pub(super) engine: Engine,
     /// The runtime the `wasi:http` host's I/O runs on.
@@ -331,7 +315,20 @@ impl HttpFunction {
                 return (Err(error), InvocationStats::default());
             }
         };
-        let mut store = Store::new(&self.engine, HttpHost::new(self.memory_limit));
+        let label = LogLabel {
+            pipeline: self.pipeline.clone(),
+            function: self.name.clone(),
+            idempotency_key: event.idempotency_key.clone(),
+            traceparent: crate::telemetry::current().map(|c| c.child().header()),
+            ..LogLabel::default()
+        };
+        let outbound = Outbound::new(
+            self.http.clone(),
+            &label,
+            started + self.timeout,
+            self.memory_limit,
+        );
+        let mut store = Store::new(&self.engine, HttpHost::new(self.memory_limit, outbound));
         store.limiter(|host| &mut host.limiter);
         // Yield at every tick so the runtime's timers run, and interrupt
         // at the deadline: a loop in the guest traps as a timeout.

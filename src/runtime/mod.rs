@@ -18,6 +18,7 @@ mod capabilities;
 mod host;
 pub mod http;
 mod limits;
+pub mod outbound;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -93,13 +94,16 @@ pub struct FunctionConfig {
 pub struct Capabilities {
     /// `kv = "<store>"`: the key-value store the function may use.
     pub kv: Option<String>,
+    /// `http = [<URL pattern>...]` (with `http_timeout` and
+    /// `http_max_response_size`): the URLs the function may request.
+    pub http: Option<outbound::HttpCapability>,
 }
 
 impl Capabilities {
     /// Whether the function can act on anything but its outputs (then a
     /// first attempt must not run before its event is claimed).
     pub fn has_side_effects(&self) -> bool {
-        self.kv.is_some()
+        self.kv.is_some() || self.http.is_some()
     }
 }
 
@@ -193,6 +197,13 @@ impl FunctionConfig {
                     ok
                 });
             }
+            capabilities.http = read_http_capability(&t);
+            if let (Some(FunctionLocation::Project { language, .. }), Some(_), Some(f)) =
+                (&location, &capabilities.http, t.get("http"))
+                && *language == build::Language::JavaScript
+            {
+                f.error(build::JS_NO_HTTP);
+            }
             t.finish();
         }
         let mut variables = Vec::new();
@@ -243,6 +254,53 @@ impl FunctionConfig {
     }
 }
 
+/// `http`, `http_timeout` and `http_max_response_size` of
+/// `[function.capabilities]`; the limits need the list.
+fn read_http_capability(t: &crate::config::reader::Table<'_, '_>) -> Option<outbound::HttpCapability> {
+    let timeout = t.get("http_timeout").and_then(|f| {
+        f.duration().filter(|d| {
+            let ok = !d.is_zero() && *d <= Duration::from_secs(15 * 60);
+            if !ok {
+                f.error("must be more than 0 and at most 15m");
+            }
+            ok
+        })
+    });
+    let max_response_size = t.get("http_max_response_size").and_then(|f| {
+        f.size().filter(|&s| {
+            let ok = (1..=1 << 30).contains(&s);
+            if !ok {
+                f.error("must be between 1B and 1GiB");
+            }
+            ok
+        })
+    });
+    let Some(field) = t.get("http") else {
+        for limit in ["http_timeout", "http_max_response_size"] {
+            if let Some(f) = t.get(limit) {
+                f.error("limits outbound HTTP, which this function is not granted: add `http = [<URL pattern>...]`");
+            }
+        }
+        return None;
+    };
+    let mut allow = Vec::new();
+    for (i, text) in field.strings()?.into_iter().enumerate() {
+        match outbound::UrlPattern::parse(&text) {
+            Ok(pattern) => allow.push(pattern),
+            Err(why) => field.error(format!("http[{i}] {text:?}: {why}")),
+        }
+    }
+    if allow.is_empty() {
+        field.error("lists no URL pattern: grant outbound HTTP to at least one (`\"https://api.example.com/v1/*\"`) or leave `http` out");
+        return None;
+    }
+    Some(outbound::HttpCapability {
+        allow,
+        timeout: timeout.unwrap_or(outbound::DEFAULT_TIMEOUT),
+        max_response_size: max_response_size.unwrap_or(outbound::DEFAULT_MAX_RESPONSE_SIZE),
+    })
+}
+
 /// Engine-wide settings, from the runtime config.
 #[derive(Clone, Debug)]
 pub struct RuntimeSettings {
@@ -268,6 +326,8 @@ pub struct Runtime {
     pooling: bool,
     cache_dir: Option<PathBuf>,
     ticker_stop: Arc<AtomicBool>,
+    /// Every function's outbound HTTP, one connection pool.
+    http_client: reqwest::Client,
 }
 
 impl Runtime {
@@ -284,6 +344,9 @@ impl Runtime {
         };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(to_anyhow)?;
+        // Outbound HTTP is linked for every function, so a component that
+        // imports it loads; a request is refused unless granted (`outbound`).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker).map_err(to_anyhow)?;
         bindings::Function::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(to_anyhow)?;
 
@@ -307,6 +370,7 @@ impl Runtime {
             pooling,
             cache_dir: settings.cache_dir.clone(),
             ticker_stop,
+            http_client: outbound::client()?,
         })
     }
 
@@ -323,12 +387,14 @@ impl Runtime {
             "runnel:function's `handle`",
             bindings::FunctionPre::new,
         )?;
+        let http = self.http_grant(config);
         Ok(Function {
             name: config.name.clone(),
             memory_limit: config.memory_limit,
             timeout: config.timeout,
             variables: config.variables.clone(),
             kv: None,
+            http,
             pre,
             engine: self.engine.clone(),
         })
@@ -339,6 +405,7 @@ impl Runtime {
     /// within the tokio runtime its requests' I/O is to run on.
     pub fn load_http(
         &self,
+        pipeline: &str,
         config: &FunctionConfig,
         wasm: &Path,
         max_response_size: u64,
@@ -349,14 +416,25 @@ impl Runtime {
         })?;
         Ok(http::HttpFunction {
             name: config.name.clone(),
+            pipeline: pipeline.to_owned(),
             memory_limit: config.memory_limit,
             timeout: config.timeout,
             max_response_size,
+            http: self.http_grant(config),
             pre,
             engine: self.engine.clone(),
             tokio: tokio::runtime::Handle::try_current()
                 .map_err(|_| anyhow::anyhow!("HTTP functions are loaded within a tokio runtime"))?,
         })
+    }
+
+    /// The outbound HTTP `config` grants, on the process's client.
+    fn http_grant(&self, config: &FunctionConfig) -> Option<Arc<outbound::HttpGrant>> {
+        let capability = config.capabilities.http.clone()?;
+        Some(Arc::new(outbound::HttpGrant {
+            capability,
+            client: self.http_client.clone(),
+        }))
     }
 
     /// The component at `wasm`, compiled (or loaded from the cache), linked
@@ -649,7 +727,7 @@ impl Invoke for Function {
     }
 
     fn pure(&self) -> bool {
-        self.kv.is_none()
+        self.kv.is_none() && self.http.is_none()
     }
 
     fn invoke(
@@ -701,6 +779,8 @@ pub struct Function {
     timeout: Duration,
     variables: Variables,
     kv: Option<crate::kv::KvGrant>,
+    /// Outbound HTTP, when the pipeline grants it.
+    http: Option<Arc<outbound::HttpGrant>>,
     pre: bindings::FunctionPre<HostState>,
     engine: Engine,
 }
@@ -729,11 +809,18 @@ impl Function {
         label: LogLabel,
     ) -> (Result<Vec<Output>, InvokeError>, InvocationStats) {
         let started = Instant::now();
+        let outbound = outbound::Outbound::new(
+            self.http.clone(),
+            &label,
+            started + self.timeout,
+            self.memory_limit,
+        );
         let state = HostState::new(
             self.memory_limit,
             label,
             self.variables.clone(),
             self.kv.clone(),
+            outbound,
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);

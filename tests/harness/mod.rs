@@ -21,7 +21,7 @@ pub fn fixture(name: &str) -> Vec<u8> {
 
 /// Compiled components are cached across tests (compiling the thumbnail
 /// component takes seconds; loading it from the cache, milliseconds).
-fn cache_dir() -> PathBuf {
+pub fn cache_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("runnel-component-cache")
 }
 

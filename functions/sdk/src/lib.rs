@@ -25,7 +25,11 @@
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "function",
+        // The `function` world and wasi:http's outgoing handler: a function
+        // imports only what it calls, so one that sends no request does
+        // not import wasi:http.
+        world: "function-with-http",
+        generate_all,
         pub_export_macro: true,
         default_bindings_module: "runnel_sdk::bindings",
     });
@@ -65,6 +69,8 @@ pub mod kv {
         }
     }
 }
+
+pub mod http;
 
 /// Lines in runnel's log, tagged with the pipeline, function and event id.
 pub mod log {

@@ -24,6 +24,9 @@ pub const COMPONENTIZE_JS_VERSION: &str = "0.22.0";
 
 const SDK: &str = include_str!("../../../functions/sdk-js/runnel.js");
 
+/// Why a JavaScript function cannot be granted outbound HTTP yet.
+pub const NO_HTTP: &str = "a JavaScript function cannot be granted outbound HTTP yet: jco's `fetch` is asynchronous and a function's `handle` is not (ComponentizeJS 0.22 cannot wait for a promise in a synchronous export); write it in Rust (runnel-sdk's `http`) or Python (`runnel.http`)";
+
 /// The module jco builds: the WIT export, handed to the project's `handle`.
 /// `MAIN` is replaced by the main module's path as a JS string.
 const ENTRY: &str = r#"import { log } from "runnel:function/log@0.1.0";

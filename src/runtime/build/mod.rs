@@ -22,11 +22,74 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+pub use javascript::NO_HTTP as JS_NO_HTTP;
 pub use rust::{TARGET, build_crate};
 
 /// runnel's WIT, the contract every guest is built against; written next
 /// to a Python or JavaScript build, so a project needs no copy of it.
 pub const WIT: &str = include_str!("../../../functions/wit/function.wit");
+
+/// The world a function is built against: what its pipeline grants
+/// decides what it may import.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum World {
+    /// `function`: runnel's own interfaces.
+    Function,
+    /// `function-with-http`: and `wasi:http`'s outgoing handler, for a
+    /// function granted `[function.capabilities] http`.
+    FunctionWithHttp,
+}
+
+impl World {
+    pub fn of(capabilities: &super::Capabilities) -> World {
+        match capabilities.http {
+            Some(_) => World::FunctionWithHttp,
+            None => World::Function,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            World::Function => "function",
+            World::FunctionWithHttp => "function-with-http",
+        }
+    }
+}
+
+/// The world `function-with-http` and the WASI 0.2.0 packages it uses, as
+/// (path in a WIT directory, text): written beside `function.wit` for a
+/// build granted outbound HTTP.
+const HTTP_WIT: [(&str, &str); 8] = [
+    ("http.wit", include_str!("../../../functions/wit/http.wit")),
+    (
+        "deps/http/package.wit",
+        include_str!("../../../functions/wit/deps/http/package.wit"),
+    ),
+    (
+        "deps/http/types.wit",
+        include_str!("../../../functions/wit/deps/http/types.wit"),
+    ),
+    (
+        "deps/http/handler.wit",
+        include_str!("../../../functions/wit/deps/http/handler.wit"),
+    ),
+    (
+        "deps/io/error.wit",
+        include_str!("../../../functions/wit/deps/io/error.wit"),
+    ),
+    (
+        "deps/io/poll.wit",
+        include_str!("../../../functions/wit/deps/io/poll.wit"),
+    ),
+    (
+        "deps/io/streams.wit",
+        include_str!("../../../functions/wit/deps/io/streams.wit"),
+    ),
+    (
+        "deps/clocks/monotonic-clock.wit",
+        include_str!("../../../functions/wit/deps/clocks/monotonic-clock.wit"),
+    ),
+];
 
 /// The language a function's project is written in, told by its manifest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,9 +192,16 @@ pub enum BuildError {
     },
 }
 
-/// Builds the project in `dir` and returns the path of its component.
-/// Python and JavaScript builds are kept under `cache_dir/builds`.
-pub fn build(dir: &Path, language: Language, cache_dir: &Path) -> Result<PathBuf, BuildError> {
+/// Builds the project in `dir` against `world` and returns the path of its
+/// component. Python and JavaScript builds are kept under
+/// `cache_dir/builds`. A Rust crate picks its imports itself (runnel-sdk
+/// imports wasi:http only when a function sends a request).
+pub fn build(
+    dir: &Path,
+    language: Language,
+    world: World,
+    cache_dir: &Path,
+) -> Result<PathBuf, BuildError> {
     // Absolute, because the tools run in the project's directory.
     let absolute = |path: &Path| {
         std::path::absolute(path).map_err(|source| BuildError::Cache {
@@ -143,8 +213,14 @@ pub fn build(dir: &Path, language: Language, cache_dir: &Path) -> Result<PathBuf
     let (dir, cache_dir) = (&absolute(dir)?, &absolute(cache_dir)?);
     match language {
         Language::Rust => rust::build_crate(dir),
-        Language::Python => python::build(dir, cache_dir),
-        Language::JavaScript => javascript::build(dir, cache_dir),
+        Language::Python => python::build(dir, world, cache_dir),
+        Language::JavaScript => match world {
+            World::Function => javascript::build(dir, cache_dir),
+            World::FunctionWithHttp => Err(BuildError::Project {
+                dir: dir.display().to_string(),
+                reason: javascript::NO_HTTP.into(),
+            }),
+        },
     }
 }
 
@@ -298,7 +374,9 @@ impl Scratch {
     /// Writes `files` (name, text) into the scratch directory.
     fn write(&self, files: &[(&str, &str)], project: &Path) -> Result<(), BuildError> {
         for (name, text) in files {
-            std::fs::write(self.dir.join(name), text).map_err(|source| BuildError::Cache {
+            let path = self.dir.join(name);
+            let parent = path.parent().unwrap_or(&self.dir);
+            (std::fs::create_dir_all(parent).and_then(|()| std::fs::write(&path, text))).map_err(|source| BuildError::Cache {
                 dir: project.display().to_string(),
                 cache: self.dir.display().to_string(),
                 source,

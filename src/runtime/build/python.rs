@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::{BuildError, Start, find_on_path, run_with_progress, start};
+use super::{BuildError, HTTP_WIT, Start, World, find_on_path, run_with_progress, start};
 
 /// The version runnel is built and tested with.
 pub const TOOL_VERSION: &str = "0.25.1";
@@ -32,13 +32,25 @@ class WitWorld(wit_world.WitWorld):
         return runnel._handle(app.handle, ctx, event)
 "#;
 
-pub fn build(dir: &Path, cache_dir: &Path) -> Result<PathBuf, BuildError> {
+pub fn build(dir: &Path, world: World, cache_dir: &Path) -> Result<PathBuf, BuildError> {
     let tool = find_tool(dir)?;
-    let glue = [
-        ("function.wit", super::WIT),
-        ("runnel.py", SDK),
-        ("runnel_entry.py", ENTRY),
-    ];
+    let mut glue = vec![("runnel.py", SDK), ("runnel_entry.py", ENTRY)];
+    // The `function` world's WIT is one file, written as it always was (a
+    // build cached before is found again); granted HTTP, a directory.
+    let http_wit: Vec<(String, &str)> = (HTTP_WIT.iter())
+        .map(|(path, text)| (format!("wit/{path}"), *text))
+        .collect();
+    let wit_path = match world {
+        World::Function => {
+            glue.insert(0, ("function.wit", super::WIT));
+            "function.wit"
+        }
+        World::FunctionWithHttp => {
+            glue.insert(0, ("wit/function.wit", super::WIT));
+            glue.extend(http_wit.iter().map(|(path, text)| (path.as_str(), *text)));
+            "wit"
+        }
+    };
     let (scratch, output) = match start(dir, cache_dir, &tool, TOOL_VERSION, &glue, &[])? {
         Start::Cached(output) => return Ok(output),
         Start::Build {
@@ -49,8 +61,8 @@ pub fn build(dir: &Path, cache_dir: &Path) -> Result<PathBuf, BuildError> {
     let mut command = Command::new(&tool);
     command
         .arg("--wit-path")
-        .arg(scratch.dir.join("function.wit"))
-        .args(["--world", "function", "componentize", "runnel_entry"])
+        .arg(scratch.dir.join(wit_path))
+        .args(["--world", world.name(), "componentize", "runnel_entry"])
         .arg("--python-path")
         .arg(&scratch.dir)
         .arg("--python-path")

@@ -54,6 +54,29 @@ impl Guest for Probe {
                     data: sum.to_string().into_bytes(),
                 }])
             }
+            Mode::Http => {
+                let request = runnel_sdk::http::Request {
+                    method: config(&ctx, "method").unwrap_or("GET").to_owned(),
+                    url: config(&ctx, "url").unwrap_or("").to_owned(),
+                    headers: vec![("content-type".into(), "text/plain".into())],
+                    body: event.data,
+                };
+                (0..number(&ctx, "count", 1)?)
+                    .map(|i| {
+                        let response = runnel_sdk::http::send(&request).map_err(|e| Error {
+                            retryable: matches!(e, runnel_sdk::http::HttpError::Unavailable(_)),
+                            message: e.to_string(),
+                        })?;
+                        Ok(Output {
+                            sink: sink.clone(),
+                            key: Some(format!("{}-{i}", event.id)),
+                            content_type: Some("text/plain".into()),
+                            attributes: vec![("status".into(), response.status.to_string())],
+                            data: response.body,
+                        })
+                    })
+                    .collect()
+            }
             Mode::Variable => {
                 let name = config(&ctx, "variable").unwrap_or("");
                 let value = runnel::function::variables::get(name);

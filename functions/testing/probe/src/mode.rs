@@ -34,6 +34,11 @@ pub enum Mode {
     /// Increments the key-value store's `count` (config `delta`, default
     /// 1) and writes the sum; a store error fails the event as it says.
     Counter,
+    /// Sends `count` (default 1) requests with runnel-sdk's `http` to
+    /// config `url` (method config `method`, default GET; body the
+    /// event's data), one output per response: its body, with its status
+    /// as attribute `status`. An error fails the event as it says.
+    Http,
     /// One output holding the pipeline's variable named by config
     /// `variable` (or `<unset>`).
     Variable,
@@ -84,6 +89,7 @@ impl Mode {
             "residue" => Mode::Residue,
             "variable" => Mode::Variable,
             "counter" => Mode::Counter,
+            "http" => Mode::Http,
             _ => return None,
         })
     }
