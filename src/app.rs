@@ -106,9 +106,7 @@ pub async fn open_backends(config: &RuntimeConfig) -> anyhow::Result<Opened> {
             )
         }
     };
-    // TLS for https webhooks; ring keeps the build free of a C toolchain
-    // dependency heavier than the one SQLite already needs.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::install_tls_provider();
     let http = reqwest::Client::builder()
         .user_agent(concat!("runnel/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -209,9 +207,9 @@ pub fn load_functions(
         .zip(&components)
         .map(|(p, wasm)| {
             let function: Arc<dyn Invoke> = match &p.source {
-                TriggerConfig::Http(http) if http.mode == Mode::Sync => {
-                    Arc::new(runtime.load_http(&p.name, &p.function, wasm, http.max_response_size)?)
-                }
+                TriggerConfig::Http(http) if http.mode == Mode::Sync => Arc::new(
+                    runtime.load_http(&p.name, &p.function, wasm, http.max_response_size)?,
+                ),
                 _ => {
                     let function = runtime.load(&p.function, wasm)?;
                     match (&p.function.capabilities.kv, &kv) {

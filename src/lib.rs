@@ -65,3 +65,11 @@ pub mod storage;
 pub mod telemetry;
 pub mod triggers;
 pub mod watch;
+
+/// Installs ring as rustls's crypto provider, which every HTTPS client of
+/// runnel's (webhooks, JWKS, functions' outbound requests) needs before it
+/// is built; later calls do nothing. ring keeps the build free of a C
+/// toolchain dependency heavier than the one SQLite already needs.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

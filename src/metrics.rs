@@ -129,7 +129,7 @@ fn describe() {
     );
     describe_counter!(
         FUNCTION_HTTP_REQUESTS,
-        "Outbound HTTP requests of functions (the `http` capability), by pipeline, function, the allow-list pattern's host (\"none\" for a refused request) and outcome (ok: a response came; denied, timeout, error)."
+        "Outbound HTTP requests of functions (the `http` capability), by pipeline, function, the allow-list pattern's host (\"none\" for a refused request) and outcome (ok: a response came, whatever its status; denied, timeout, too_large, error)."
     );
     describe_histogram!(
         FUNCTION_HTTP_DURATION,

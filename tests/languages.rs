@@ -330,9 +330,10 @@ fn a_missing_tool_or_a_broken_project_is_named() {
     );
 }
 
-/// A component built by jco with its default features imports `wasi:http`,
-/// which a function is not granted: loading it fails naming the interface
-/// and what grants it, not with the linker's message.
+/// A component importing an interface runnel does not link (here
+/// `wasi:keyvalue`, built by jco from a world that adds it) fails to load
+/// naming the interface and what grants key-value state instead, not with
+/// the linker's message.
 #[test]
 fn an_ungranted_import_is_named_with_what_would_grant_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -341,9 +342,26 @@ fn an_ungranted_import_is_named_with_what_would_grant_it() {
         jco.is_file(),
         "scripts/test installs functions/notify-js's dependencies"
     );
+    let wit = dir.path().join("wit");
+    std::fs::create_dir_all(wit.join("deps/keyvalue")).unwrap();
+    std::fs::copy(
+        repo().join("functions/wit/function.wit"),
+        wit.join("function.wit"),
+    )
+    .unwrap();
+    std::fs::write(
+        wit.join("with-keyvalue.wit"),
+        "package runnel:function@0.1.0;\n\nworld with-keyvalue {\n    include function;\n    import wasi:keyvalue/store@0.2.0-draft;\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        wit.join("deps/keyvalue/store.wit"),
+        "package wasi:keyvalue@0.2.0-draft;\n\ninterface store {\n    get: func(key: string) -> option<string>;\n}\n",
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("f.js"),
-        "export function handle(ctx, event) { return []; }\n",
+        "import { get } from \"wasi:keyvalue/store@0.2.0-draft\";\nexport function handle(ctx, event) { get(\"k\"); return []; }\n",
     )
     .unwrap();
     let wasm = dir.path().join("f.wasm");
@@ -351,8 +369,8 @@ fn an_ungranted_import_is_named_with_what_would_grant_it() {
         .arg("componentize")
         .arg(dir.path().join("f.js"))
         .arg("--wit")
-        .arg(repo().join("functions/wit"))
-        .args(["--world-name", "function", "--out"])
+        .arg(&wit)
+        .args(["--world-name", "with-keyvalue", "--disable", "all", "--out"])
         .arg(&wasm)
         .output()
         .unwrap();
@@ -366,12 +384,11 @@ fn an_ungranted_import_is_named_with_what_would_grant_it() {
     std::fs::write(&event, "x").unwrap();
     let (ok, _, stderr) = invoke(dir.path(), &wasm, &event, &[]);
     assert!(!ok);
-    assert!(stderr.contains("it imports `wasi:http/"), "{stderr}");
     assert!(
-        stderr.contains("which is not granted: outbound HTTP"),
+        stderr.contains("it imports `wasi:keyvalue/store@0.2.0-draft`, which is not granted"),
         "{stderr}"
     );
-    assert!(stderr.contains("--disable all"), "{stderr}");
+    assert!(stderr.contains("[function.capabilities] kv"), "{stderr}");
     assert!(
         !stderr.contains("matching implementation was not found"),
         "{stderr}"

@@ -396,13 +396,20 @@ def _send(method: str, url: str, headers: list[tuple[str, str]], body: bytes) ->
         pending = _wit_outgoing.handle(request, None)
     except Err as error:
         raise _error(url, error.value) from None
+    # A body the host stopped taking (a refused request, a failed
+    # connection) says less than the response's error: that one wins.
+    unsent = None
     with outgoing.write() as stream:
         for at in range(0, len(body), _WRITE_CHUNK):
             try:
                 stream.blocking_write_and_flush(body[at : at + _WRITE_CHUNK])
             except Err:
-                raise HttpError("unavailable", f"{url}: the request body could not be sent") from None
-    _wit_http.OutgoingBody.finish(outgoing, None)
+                unsent = HttpError("unavailable", f"{url}: the request body could not be sent")
+                break
+    try:
+        _wit_http.OutgoingBody.finish(outgoing, None)
+    except Err as error:
+        unsent = unsent or _error(url, error.value)
     with pending:
         with pending.subscribe() as ready:
             ready.block()
@@ -412,6 +419,8 @@ def _send(method: str, url: str, headers: list[tuple[str, str]], body: bytes) ->
     inner = result.value
     if isinstance(inner, Err):
         raise _error(url, inner.value)
+    if unsent is not None:
+        raise unsent
     with inner.value as response:
         status = response.status()
         with response.headers() as fields:

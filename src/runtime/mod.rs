@@ -256,7 +256,9 @@ impl FunctionConfig {
 
 /// `http`, `http_timeout` and `http_max_response_size` of
 /// `[function.capabilities]`; the limits need the list.
-fn read_http_capability(t: &crate::config::reader::Table<'_, '_>) -> Option<outbound::HttpCapability> {
+fn read_http_capability(
+    t: &crate::config::reader::Table<'_, '_>,
+) -> Option<outbound::HttpCapability> {
     let timeout = t.get("http_timeout").and_then(|f| {
         f.duration().filter(|d| {
             let ok = !d.is_zero() && *d <= Duration::from_secs(15 * 60);

@@ -13,19 +13,17 @@
 //!   and the event's trace context (`traceparent`), unless the guest set
 //!   them itself;
 //! - it runs under the capability's timeout (cut to what is left of the
-//!   invocation's own), its response body under `http_max_response_size`,
-//!   and follows no redirect (a redirect is the guest's to follow, to a URL
+//!   invocation's own), its response body is read whole within
+//!   `http_max_response_size` before the guest gets the response, and it
+//!   follows no redirect (a redirect is the guest's to follow, to a URL
 //!   that is matched again);
 //! - `runnel_function_http_requests_total` counts it by the pattern's host
 //!   (never the request's own URL: labels stay as few as the patterns).
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body::{Body, Frame};
 use http_body_util::BodyExt as _;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
@@ -182,7 +180,9 @@ fn path_is_plain(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();
     !path.contains('\\')
         && !["%2e", "%2f", "%5c"].iter().any(|e| lower.contains(e))
-        && !path.split('/').any(|segment| segment == "." || segment == "..")
+        && !path
+            .split('/')
+            .any(|segment| segment == "." || segment == "..")
 }
 
 /// What a function's requests go through: its capability and the
@@ -197,6 +197,7 @@ pub struct HttpGrant {
 /// proxy from the environment (a function reaches what its pattern names,
 /// not what `HTTP_PROXY` says).
 pub fn client() -> reqwest::Result<reqwest::Client> {
+    crate::install_tls_provider();
     reqwest::Client::builder()
         .user_agent(concat!("runnel/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
@@ -287,6 +288,7 @@ impl WasiHttpHooks for Outbound {
             let outcome = match &sent {
                 Ok(_) => "ok",
                 Err(Error::ConnectionTimeout | Error::HttpResponseTimeout) => "timeout",
+                Err(Error::HttpResponseBodySize(_)) => "too_large",
                 Err(_) => "error",
             };
             count(&pipeline, &function, &pattern, outcome);
@@ -331,20 +333,30 @@ async fn send(
         .headers(head.headers)
         .body(body)
         .timeout(timeout);
-    let response = request.send().await.map_err(|e| classify(&e))?;
+    let mut response = request.send().await.map_err(|e| classify(&e))?;
     let max = grant.capability.max_response_size;
     if response.content_length().is_some_and(|length| length > max) {
         return Err(Error::HttpResponseBodySize(Some(max)));
     }
-    let response: http::Response<reqwest::Body> = response.into();
-    Ok(response.map(|body| {
-        Capped {
-            body,
-            left: max,
-            max,
+    // Read whole here, within the limit: an error part way through a body
+    // reaches the guest without its error code (wasmtime-wasi-http 48 keeps
+    // only the host's error there), and the SDKs read it whole anyway.
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| classify(&e))? {
+        if (body.len() + chunk.len()) as u64 > max {
+            return Err(Error::HttpResponseBodySize(Some(max)));
         }
-        .boxed_unsync()
-    }))
+        body.extend_from_slice(&chunk);
+    }
+    let mut head = http::Response::builder().status(response.status());
+    if let Some(headers) = head.headers_mut() {
+        *headers = std::mem::take(response.headers_mut());
+    }
+    let body = http_body_util::Full::new(body.freeze())
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    head.body(body)
+        .map_err(|e| Error::InternalError(Some(format!("the response: {e}"))))
 }
 
 /// A guest's request body, whole (reqwest sends it with its length).
@@ -375,46 +387,6 @@ fn classify(error: &reqwest::Error) -> Error {
             source = cause.source();
         }
         Error::InternalError(Some(message))
-    }
-}
-
-/// A response body cut off past `max` bytes: the guest's read fails with
-/// `HTTP-response-body-size` rather than memory filling up.
-struct Capped {
-    body: reqwest::Body,
-    left: u64,
-    max: u64,
-}
-
-impl Body for Capped {
-    type Data = Bytes;
-    type Error = Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.body).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let len = data.len() as u64;
-                    if len > this.left {
-                        this.left = 0;
-                        return Poll::Ready(Some(Err(Error::HttpResponseBodySize(Some(this.max)))));
-                    }
-                    this.left -= len;
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(classify(&error)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
     }
 }
 
@@ -479,7 +451,9 @@ mod tests {
         let pattern = UrlPattern::parse("https://*.example.com:8443/*").unwrap();
         assert_eq!(pattern.host_label(), "*.example.com:8443");
         assert_eq!(
-            UrlPattern::parse("http://example.com/x").unwrap().host_label(),
+            UrlPattern::parse("http://example.com/x")
+                .unwrap()
+                .host_label(),
             "example.com"
         );
     }

@@ -49,8 +49,9 @@ impl Response {
 
     /// The body as JSON of type `T`.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, HttpError> {
-        serde_json::from_slice(&self.body)
-            .map_err(|e| HttpError::Invalid(format!("the response body is not the JSON expected: {e}")))
+        serde_json::from_slice(&self.body).map_err(|e| {
+            HttpError::Invalid(format!("the response body is not the JSON expected: {e}"))
+        })
     }
 }
 
@@ -101,7 +102,11 @@ pub fn get(url: &str) -> Result<Response, HttpError> {
     })
 }
 
-pub fn post(url: &str, content_type: &str, body: impl Into<Vec<u8>>) -> Result<Response, HttpError> {
+pub fn post(
+    url: &str,
+    content_type: &str,
+    body: impl Into<Vec<u8>>,
+) -> Result<Response, HttpError> {
     send(&Request {
         method: "POST".into(),
         url: url.into(),
@@ -134,25 +139,38 @@ pub fn send(request: &Request) -> Result<Response, HttpError> {
         .set_path_with_query(Some(&url.path_and_query))
         .map_err(|()| invalid("path"))?;
     let body = outgoing.body().map_err(|()| invalid("body"))?;
-    let pending = outgoing_handler::handle(outgoing, None).map_err(|code| error(&request.url, code))?;
+    let pending =
+        outgoing_handler::handle(outgoing, None).map_err(|code| error(&request.url, code))?;
+    // A body the host stopped taking (a refused request, a failed
+    // connection) says less than the response's error: that one wins.
+    let mut sent = Ok(());
     {
         let stream = body.write().map_err(|()| invalid("body"))?;
         // wasi:io allows 4096 bytes a blocking write.
         for chunk in request.body.chunks(4096) {
-            stream
-                .blocking_write_and_flush(chunk)
-                .map_err(|e| HttpError::Unavailable(format!("{}: sending the body: {e:?}", request.url)))?;
+            if let Err(e) = stream.blocking_write_and_flush(chunk) {
+                sent = Err(HttpError::Unavailable(format!(
+                    "{}: sending the body: {e:?}",
+                    request.url
+                )));
+                break;
+            }
         }
     }
-    OutgoingBody::finish(body, None).map_err(|code| error(&request.url, code))?;
+    let finished = OutgoingBody::finish(body, None).map_err(|code| error(&request.url, code));
     pending.subscribe().block();
     let response = match pending.get() {
         Some(Ok(Ok(response))) => response,
         Some(Ok(Err(code))) => return Err(error(&request.url, code)),
         Some(Err(())) | None => {
-            return Err(HttpError::Invalid(format!("{}: the response was taken already", request.url)));
+            return Err(HttpError::Invalid(format!(
+                "{}: the response was taken already",
+                request.url
+            )));
         }
     };
+    sent?;
+    finished?;
     read(&request.url, response)
 }
 
@@ -164,9 +182,9 @@ fn read(url: &str, response: IncomingResponse) -> Result<Response, HttpError> {
         .map_err(|()| HttpError::Invalid(format!("{url}: the response body was taken already")))?;
     let mut body = Vec::new();
     {
-        let stream = incoming
-            .stream()
-            .map_err(|()| HttpError::Invalid(format!("{url}: the response body was taken already")))?;
+        let stream = incoming.stream().map_err(|()| {
+            HttpError::Invalid(format!("{url}: the response body was taken already"))
+        })?;
         loop {
             match stream.blocking_read(64 << 10) {
                 Ok(chunk) => body.extend_from_slice(&chunk),
@@ -175,7 +193,10 @@ fn read(url: &str, response: IncomingResponse) -> Result<Response, HttpError> {
                     let code = crate::bindings::wasi::http::types::http_error_code(&e);
                     return Err(match code {
                         Some(code) => error(url, code),
-                        None => HttpError::Unavailable(format!("{url}: reading the response: {}", e.to_debug_string())),
+                        None => HttpError::Unavailable(format!(
+                            "{url}: reading the response: {}",
+                            e.to_debug_string()
+                        )),
                     });
                 }
             }
@@ -211,12 +232,14 @@ fn error(url: &str, code: ErrorCode) -> HttpError {
             "{url}: the response body is larger than {} bytes (http_max_response_size)",
             limit.map_or("the limit".to_owned(), |l| l.to_string())
         )),
-        ErrorCode::HttpRequestBodySize(_) | ErrorCode::HttpRequestUriInvalid | ErrorCode::HttpRequestMethodInvalid => {
-            HttpError::Invalid(format!("{url}: {code:?}"))
-        }
-        ErrorCode::HttpResponseTimeout | ErrorCode::ConnectionTimeout | ErrorCode::ConnectionReadTimeout => {
-            HttpError::Unavailable(format!("{url}: timed out (http_timeout, or the function's own timeout)"))
-        }
+        ErrorCode::HttpRequestBodySize(_)
+        | ErrorCode::HttpRequestUriInvalid
+        | ErrorCode::HttpRequestMethodInvalid => HttpError::Invalid(format!("{url}: {code:?}")),
+        ErrorCode::HttpResponseTimeout
+        | ErrorCode::ConnectionTimeout
+        | ErrorCode::ConnectionReadTimeout => HttpError::Unavailable(format!(
+            "{url}: timed out (http_timeout, or the function's own timeout)"
+        )),
         other => HttpError::Unavailable(format!("{url}: {other:?}")),
     }
 }
@@ -270,7 +293,10 @@ mod tests {
         assert_eq!(Url::parse("http://h").unwrap().path_and_query, "/");
         assert_eq!(Url::parse("http://h?q").unwrap().path_and_query, "/?q");
         for bad in ["h/x", "ftp://h/x", "http:///x"] {
-            assert!(matches!(Url::parse(bad), Err(HttpError::Invalid(_))), "{bad}");
+            assert!(
+                matches!(Url::parse(bad), Err(HttpError::Invalid(_))),
+                "{bad}"
+            );
         }
     }
 
@@ -279,11 +305,20 @@ mod tests {
     fn errors_say_whether_a_retry_helps() {
         let denied: crate::Error = error("https://x/", ErrorCode::HttpRequestDenied).into();
         assert!(!denied.retryable);
-        assert!(denied.message.contains("https://x/ is not allowed"), "{}", denied.message);
+        assert!(
+            denied.message.contains("https://x/ is not allowed"),
+            "{}",
+            denied.message
+        );
         let refused: crate::Error = error("https://x/", ErrorCode::ConnectionRefused).into();
         assert!(refused.retryable);
-        let big: crate::Error = error("https://x/", ErrorCode::HttpResponseBodySize(Some(10))).into();
+        let big: crate::Error =
+            error("https://x/", ErrorCode::HttpResponseBodySize(Some(10))).into();
         assert!(!big.retryable);
-        assert!(big.message.contains("larger than 10 bytes"), "{}", big.message);
+        assert!(
+            big.message.contains("larger than 10 bytes"),
+            "{}",
+            big.message
+        );
     }
 }

@@ -8,8 +8,9 @@
 //! module into a scratch directory; jco bundles the entry with the project's
 //! module and npm dependencies (`runnel` resolved to runnel's SDK) and
 //! snapshots the engine after the modules ran. WASI is disabled (`--disable
-//! all`): a component built with jco's defaults imports `wasi:http`, which a
-//! function is not granted.
+//! all`): jco's defaults add `fetch` over `wasi:http`, which a synchronous
+//! `handle` cannot wait for (so a JavaScript function cannot be granted
+//! outbound HTTP yet: [`NO_HTTP`]), stdio and real clocks.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

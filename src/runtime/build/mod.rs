@@ -376,11 +376,13 @@ impl Scratch {
         for (name, text) in files {
             let path = self.dir.join(name);
             let parent = path.parent().unwrap_or(&self.dir);
-            (std::fs::create_dir_all(parent).and_then(|()| std::fs::write(&path, text))).map_err(|source| BuildError::Cache {
-                dir: project.display().to_string(),
-                cache: self.dir.display().to_string(),
-                source,
-            })?;
+            (std::fs::create_dir_all(parent).and_then(|()| std::fs::write(&path, text))).map_err(
+                |source| BuildError::Cache {
+                    dir: project.display().to_string(),
+                    cache: self.dir.display().to_string(),
+                    source,
+                },
+            )?;
         }
         Ok(())
     }
