@@ -52,8 +52,8 @@ fn load(
     config: Vec<(String, String)>,
     cache: &Path,
 ) -> Function {
-    let wasm =
-        build::build(dir, language, cache).unwrap_or_else(|e| panic!("building {name}: {e}"));
+    let wasm = build::build(dir, language, build::World::Function, cache)
+        .unwrap_or_else(|e| panic!("building {name}: {e}"));
     let config = FunctionConfig {
         name: name.into(),
         location: FunctionLocation::Component(wasm.clone()),

@@ -25,7 +25,7 @@ use crate::config::pipeline::PipelineConfig;
 use crate::config::runtime::{
     BrokerConfig, FunctionsConfig, IdempotencyConfig, RuntimeConfig, StorageConfig,
 };
-use crate::engine::{Handler, feed_driver};
+use crate::engine::{Handler, Threads, feed_driver};
 use crate::idempotency::{EmbeddedIdempotency, IdempotencyStore};
 use crate::runtime::{FunctionConfig, FunctionLocation, Invoke, Runtime, RuntimeSettings, build};
 use crate::server::jwt::JwtVerifier;
@@ -186,9 +186,24 @@ pub fn load_functions(
         };
         components.push(path);
     }
+    // Instances live while they run: an event function's on one of the
+    // shared invocation threads, a sync HTTP function's on the async
+    // runtime, as many as its pipeline's concurrency. (Twice that, as
+    // before the threads were shared, so a slot is never what a burst
+    // waits for.)
+    let (mut threaded, mut on_runtime) = (0u32, 0u32);
+    for p in pipelines {
+        match &p.source {
+            TriggerConfig::Http(http) if http.mode == Mode::Sync => {
+                on_runtime += p.concurrency as u32
+            }
+            _ => threaded += p.concurrency as u32,
+        }
+    }
+    let threaded = threaded.min(config.functions.max_threads as u32);
     let settings = RuntimeSettings {
         pooling: config.functions.pooling,
-        max_instances: pipelines.iter().map(|p| p.concurrency as u32).sum::<u32>() * 2 + 8,
+        max_instances: (threaded + on_runtime) * 2 + 8,
         max_memory: pipelines
             .iter()
             .map(|p| p.function.memory_limit)
@@ -451,6 +466,8 @@ impl Process {
             tracing::warn!(checks = ?health.report(), "starting with backends unavailable; events wait for them");
         }
         let mut running = tokio::task::JoinSet::new();
+        // Every pipeline's invocations share these, started as events come.
+        let threads = Arc::new(Threads::new("runnel-fn", config.functions.max_threads));
         let auth = Arc::new(config.http.auth.clone());
         let jwt = match &config.http.auth.jwt {
             None => None,
@@ -475,13 +492,8 @@ impl Process {
                 &opened.backends,
                 opened.idempotency.clone(),
                 health.clone(),
-            )
-            .with_context(|| {
-                format!(
-                    "pipeline {}: starting its invocation threads",
-                    pipeline.name
-                )
-            })?;
+                threads.clone(),
+            );
             // An async HTTP pipeline's status says "running" for what
             // this process runs.
             let handler = match &opened_trigger {

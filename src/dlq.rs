@@ -152,13 +152,11 @@ pub async fn replay(
         backends,
         idempotency,
         crate::health::Health::unchecked(),
-    )
-    .with_context(|| {
-        format!(
-            "pipeline {}: starting its invocation threads",
-            pipeline.name
-        )
-    })?;
+        Arc::new(crate::engine::Threads::new(
+            "runnel-fn",
+            pipeline.concurrency,
+        )),
+    );
     replay_through(&handler, pipeline, backends, ids).await
 }
 

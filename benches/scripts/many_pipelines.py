@@ -9,7 +9,8 @@ function is loaded), idle RSS, threads and virtual size two seconds later,
 whether the pooling allocator is in use, N sequential uploads (one to each
 pipeline's bucket, each PUT answered), and one upload at a time to the
 first pipeline, from the PUT to its output being readable (p50 and p99
-over LATENCY_ROUNDS), against the same with one pipeline.
+over LATENCY_ROUNDS), alternating round by round with the same in a
+process of one pipeline running beside it.
 
 Goals at 1,000 pipelines (issue 21): start <= 3 s, idle RSS <= 150 MiB,
 threads bounded by the cores and the events in flight (not the number of
@@ -34,7 +35,7 @@ TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
 BINARY = os.environ.get("RUNNEL_BIN") or os.path.join(TARGET, "release", "runnel")
 PROBE = os.path.join(TARGET, "wasm32-wasip2", "release", "probe.wasm")
 COUNTS = [int(n) for n in os.environ.get("RUNNEL_BENCH_PIPELINES", "1,10,100,300,1000").split(",")]
-LATENCY_ROUNDS = 40
+LATENCY_ROUNDS = 100
 # Issue 21's "before" (release build of 198f6cf, the machine also busy).
 BEFORE = {
     10: "40 threads, 44 MiB, 1.2 TB, pooling, 0.1 s",
@@ -76,66 +77,91 @@ def write_pipelines(directory, count):
     return paths
 
 
-def run(count, cache_dir):
-    work = workdir.make(f"runnel-bench-many-{count}-")
-    pipelines = os.path.join(work, "pipelines")
-    os.makedirs(pipelines)
-    write_pipelines(pipelines, count)
-    port = free_port()
-    config = os.path.join(work, "runnel.toml")
-    with open(config, "w") as f:
-        f.write(f'data_dir = "{work}/data"\n[http]\nlisten = "127.0.0.1:{port}"\n'
-                f'[functions]\ncache_dir = "{cache_dir}"\n')
-    base = f"http://127.0.0.1:{port}"
-    log_path = os.path.join(work, "runnel.log")
-    log = open(log_path, "w")
-    started = time.monotonic()
-    process = subprocess.Popen([BINARY, "--config", config, "up", pipelines],
-                               stdout=subprocess.DEVNULL, stderr=log,
-                               env={**os.environ, "RUST_LOG": "warn,runnel=info"})
-    try:
+class Runnel:
+    """`runnel up` on `count` probe pipelines, started and measured idle."""
+
+    def __init__(self, count, cache_dir):
+        self.count = count
+        work = workdir.make(f"runnel-bench-many-{count}-")
+        pipelines = os.path.join(work, "pipelines")
+        os.makedirs(pipelines)
+        write_pipelines(pipelines, count)
+        port = free_port()
+        config = os.path.join(work, "runnel.toml")
+        with open(config, "w") as f:
+            f.write(f'data_dir = "{work}/data"\n[http]\nlisten = "127.0.0.1:{port}"\n'
+                    f'[functions]\ncache_dir = "{cache_dir}"\n')
+        self.base = f"http://127.0.0.1:{port}"
+        self.log_path = os.path.join(work, "runnel.log")
+        started = time.monotonic()
+        self.process = subprocess.Popen([BINARY, "--config", config, "up", pipelines],
+                                        stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w"),
+                                        env={**os.environ, "RUST_LOG": "warn,runnel=info"})
         while True:
-            if process.poll() is not None:
-                sys.exit(f"runnel exited while starting; see {log_path}")
+            if self.process.poll() is not None:
+                sys.exit(f"runnel exited while starting; see {self.log_path}")
             try:
-                request("GET", f"{base}/healthz")
+                request("GET", f"{self.base}/healthz")
                 break
             except (OSError, urllib.error.HTTPError):
                 time.sleep(0.01)
-        start = time.monotonic() - started
+        self.start_s = time.monotonic() - started
+        self.latencies = []
+
+    def idle(self):
         time.sleep(2)
-        idle = {
-            "rss_mib": status(process.pid, "VmRSS") / 1024,
-            "threads": status(process.pid, "Threads"),
-            "virtual_gib": status(process.pid, "VmSize") / 1024 / 1024,
-        }
-        pooling = "pooling allocator unavailable" not in open(log_path).read()
-        t = time.monotonic()
-        for i in range(count):
-            request("PUT", f"{base}/v1/objects/in-{i}/warm.txt", b"x")
-        sequential = time.monotonic() - t
-        latencies = []
-        for r in range(LATENCY_ROUNDS):
-            key = f"l{r}.txt"
-            t = time.monotonic()
-            request("PUT", f"{base}/v1/objects/in-0/{key}", b"hello")
-            while True:
-                try:
-                    request("GET", f"{base}/v1/objects/out-0/{key}")
-                    break
-                except urllib.error.HTTPError:
-                    time.sleep(0.0005)
-            latencies.append((time.monotonic() - t) * 1000)
-        latencies.sort()
+        pid = self.process.pid
         return {
-            "pipelines": count, "start_s": start, **idle, "pooling": pooling,
-            "sequential_uploads_s": sequential,
-            "latency_p50_ms": statistics.median(latencies),
-            "latency_p99_ms": latencies[int(len(latencies) * 0.99) - 1],
+            "pipelines": self.count, "start_s": self.start_s,
+            "rss_mib": status(pid, "VmRSS") / 1024,
+            "threads": status(pid, "Threads"),
+            "virtual_gib": status(pid, "VmSize") / 1024 / 1024,
+            "pooling": "pooling allocator unavailable" not in open(self.log_path).read(),
         }
+
+    def sequential_uploads(self):
+        t = time.monotonic()
+        for i in range(self.count):
+            request("PUT", f"{self.base}/v1/objects/in-{i}/warm.txt", b"x")
+        return time.monotonic() - t
+
+    def one_upload(self, key):
+        """An upload to the first pipeline, until its output is readable."""
+        t = time.monotonic()
+        request("PUT", f"{self.base}/v1/objects/in-0/{key}", b"hello")
+        while True:
+            try:
+                request("GET", f"{self.base}/v1/objects/out-0/{key}")
+                break
+            except urllib.error.HTTPError:
+                time.sleep(0.0005)
+        self.latencies.append((time.monotonic() - t) * 1000)
+
+    def latency(self):
+        ordered = sorted(self.latencies)
+        return statistics.median(ordered), ordered[int(len(ordered) * 0.99) - 1]
+
+    def stop(self):
+        self.process.kill()
+        self.process.wait()
+
+
+def measure(count, cache, one):
+    """Runs `count` pipelines; the upload latency alternates, round by
+    round, with `one` (a process with one pipeline, running beside it)."""
+    runnel = Runnel(count, cache)
+    try:
+        result = runnel.idle()
+        result["sequential_uploads_s"] = runnel.sequential_uploads()
+        one.latencies = []
+        for r in range(LATENCY_ROUNDS):
+            runnel.one_upload(f"l{r}.txt")
+            one.one_upload(f"l{count}-{r}.txt")
+        result["latency_p50_ms"], result["latency_p99_ms"] = runnel.latency()
+        result["one_p50_ms"], result["one_p99_ms"] = one.latency()
+        return result
     finally:
-        process.kill()
-        process.wait()
+        runnel.stop()
 
 
 def main():
@@ -143,29 +169,35 @@ def main():
         if not os.path.exists(path):
             sys.exit(f"{path} missing: scripts/bench builds it")
     cache = workdir.make("runnel-cache-many-")
-    run(1, cache)  # compile the probe into the cache: every run below starts warm
-    results = {n: run(n, cache) for n in COUNTS}
-    one = results[COUNTS[0]]
+    Runnel(1, cache).stop()  # compile the probe into the cache: every start below is warm
+    one = Runnel(1, cache)
+    try:
+        one.sequential_uploads()
+        results = {n: measure(n, cache, one) for n in COUNTS}
+        one_idle = one.idle()
+    finally:
+        one.stop()
     for n, r in results.items():
-        ratio = r["latency_p50_ms"] / one["latency_p50_ms"]
+        ratio = r["latency_p50_ms"] / r["one_p50_ms"]
         figure = (f"start {r['start_s']:.2f} s, idle {r['rss_mib']:.0f} MiB, {r['threads']} threads, "
-                  f"{r['virtual_gib']:.1f} GiB virtual, pooling {'yes' if r['pooling'] else 'NO'}, "
+                  f"{r['virtual_gib']:.0f} GiB virtual, pooling {'yes' if r['pooling'] else 'NO'}, "
                   f"{n} uploads {r['sequential_uploads_s']:.2f} s; upload → output p50 "
                   f"{r['latency_p50_ms']:.1f} ms, p99 {r['latency_p99_ms']:.1f} ms")
+        against = (f"one pipeline beside it: p50 {r['one_p50_ms']:.1f} ms, p99 {r['one_p99_ms']:.1f} ms, "
+                   f"{one_idle['threads']} threads; before: {BEFORE.get(n, '-')}")
         if n < 1000:
-            print(f"| 10 | {n} pipelines in one process | {figure} | before: {BEFORE.get(n, '-')} "
-                  f"| latency {ratio:.2f}× one pipeline's | — | — |")
+            print(f"| 10 | {n} pipelines in one process | {figure} | {against} "
+                  f"| latency {ratio:.2f}× | — | — |")
             continue
         met = (r["start_s"] <= 3 and r["rss_mib"] <= 150 and r["pooling"]
-               and r["threads"] <= one["threads"] + 8 and ratio <= 1.2)
-        print(f"| 10 | {n} pipelines in one process | {figure} | before: {BEFORE[1000]} "
-              f"| latency {ratio:.2f}× one pipeline's; threads {r['threads']} against {one['threads']} "
-              f"| start ≤ 3 s, RSS ≤ 150 MiB, threads ≤ one pipeline's + 8, pooling, latency ≤ 1.2× "
-              f"| {'yes' if met else 'no'} |")
+               and r["threads"] <= one_idle["threads"] + 8 and ratio <= 1.2)
+        print(f"| 10 | {n} pipelines in one process | {figure} | {against} "
+              f"| latency {ratio:.2f}× | start ≤ 3 s, RSS ≤ 150 MiB, threads ≤ one pipeline's + 8, "
+              f"pooling, latency ≤ 1.2× | {'yes' if met else 'no'} |")
     out = os.path.join(TARGET, "bench")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "many_pipelines.json"), "w") as f:
-        json.dump(list(results.values()), f, indent=2)
+        json.dump({"one": one_idle, "runs": list(results.values())}, f, indent=2)
 
 
 if __name__ == "__main__":

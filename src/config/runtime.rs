@@ -17,6 +17,8 @@ use crate::sqlite::Durability;
 /// a page fault per 4 KiB page each time. Resident memory grows by up to this
 /// much per slot in use. docs/BENCHMARKS.md (#1, #5) has the figures.
 pub const DEFAULT_KEEP_RESIDENT: u64 = 64 << 20;
+/// Invocation threads a process may start (`functions.max_threads`).
+pub const DEFAULT_MAX_THREADS: usize = 64;
 
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
@@ -234,6 +236,9 @@ pub struct FunctionsConfig {
     /// Bytes of each pooled instance slot's memory kept resident between
     /// events (default [`DEFAULT_KEEP_RESIDENT`]).
     pub keep_resident: u64,
+    /// Most invocation threads, shared by every pipeline and started as
+    /// events need them (default [`DEFAULT_MAX_THREADS`]).
+    pub max_threads: usize,
     /// Where prebuilt components of project functions are, as `<project
     /// directory name>.wasm` (`-` as `_`); when set, projects are not built
     /// (a container image without the build tools).
@@ -273,6 +278,7 @@ impl RuntimeConfig {
                 build: true,
                 cache_dir: data_dir.join("cache"),
                 keep_resident: DEFAULT_KEEP_RESIDENT,
+                max_threads: DEFAULT_MAX_THREADS,
                 components_dir: None,
             },
             shutdown_grace: Duration::from_secs(30),
@@ -425,6 +431,9 @@ fn read(root: Table<'_, '_>, file: &Path, data_dir: Option<&Path>) -> RuntimeCon
         }
         if let Some(v) = t.size("keep_resident") {
             config.functions.keep_resident = v;
+        }
+        if let Some(v) = t.get("max_threads").and_then(|f| f.integer_in(1..=4096)) {
+            config.functions.max_threads = v as usize;
         }
         if let Some(v) = path(&t, "components_dir") {
             config.functions.components_dir = Some(v);

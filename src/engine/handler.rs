@@ -23,7 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::dead_letter::{DeadLetter, rfc3339};
 use super::meters::{Meters, Stage};
-use super::{Pending, threads};
+use super::{Pending, Threads, threads};
 use crate::config::pipeline::PipelineConfig;
 use crate::event::Event;
 use crate::health::Health;
@@ -55,7 +55,8 @@ pub struct Handler {
     /// the trigger back instead of piling up tasks.
     finishing: Arc<Semaphore>,
     /// Where the function runs: a thread per invocation in flight.
-    threads: threads::Threads,
+    /// The process's invocation threads, shared by every pipeline.
+    threads: Arc<threads::Threads>,
     idempotency: Arc<dyn IdempotencyStore>,
     max_outputs: usize,
     max_output_bytes: u64,
@@ -255,7 +256,8 @@ impl Handler {
         backends: &Backends,
         idempotency: Arc<dyn IdempotencyStore>,
         health: Arc<Health>,
-    ) -> std::io::Result<Self> {
+        threads: Arc<Threads>,
+    ) -> Self {
         let sinks: BTreeMap<_, _> = config
             .sinks
             .iter()
@@ -276,7 +278,7 @@ impl Handler {
             function.name(),
             config.sinks.keys().map(String::as_str),
         );
-        Ok(Self {
+        Self {
             name: config.name.clone(),
             function,
             context: Arc::new(context),
@@ -286,8 +288,7 @@ impl Handler {
             sink_retry: config.sink_retry.clone(),
             slots: Arc::new(Semaphore::new(config.concurrency)),
             finishing: Arc::new(Semaphore::new(config.concurrency)),
-            // Linux keeps 15 bytes of a thread name.
-            threads: threads::Threads::start(&format!("fn:{}", config.name), config.concurrency)?,
+            threads,
             idempotency,
             health,
             max_outputs: config.function.max_outputs,
@@ -296,7 +297,7 @@ impl Handler {
             meters,
             running: None,
             summaries: false,
-        })
+        }
     }
 
     pub fn name(&self) -> &str {

@@ -19,6 +19,7 @@ pub mod feed_driver;
 mod handler;
 mod meters;
 mod threads;
+pub use threads::Threads;
 
 #[cfg(test)]
 mod tests;

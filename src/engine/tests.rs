@@ -160,8 +160,8 @@ impl Setup {
             &self.backends,
             self.idempotency.clone(),
             Health::unchecked(),
-        )
-        .unwrap();
+            Arc::new(super::Threads::new("test-fn", self.config.concurrency)),
+        );
         Arc::new(handler)
     }
 

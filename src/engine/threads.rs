@@ -1,4 +1,4 @@
-//! A pipeline's invocation threads.
+//! The invocation threads every pipeline of a process shares.
 //!
 //! A Wasm call holds its thread until it returns or its epoch deadline
 //! interrupts it, so invocations run off the async workers. tokio's blocking
@@ -6,26 +6,33 @@
 //! counted at the moment of a call, and a thread that has just finished is
 //! not counted yet: with 64 events in flight it went past 100 threads in a
 //! long run, and each thread keeps its allocator heap and its stack pages
-//! (benchmark #7's leak check: RSS followed the thread count). A pipeline
-//! has at most one invocation per permit in flight, so here it has
-//! `concurrency` threads, started with it and kept while it runs: no call
-//! waits for a thread, and none is started and stopped again. (Started
-//! when first needed, their number still crept up through a long run, as
-//! ever larger bursts of calls came at once.)
+//! (benchmark #7's leak check: RSS followed the thread count). Here a
+//! thread is started only when a call finds every thread busy or spoken
+//! for by calls already queued, is kept while the process runs, and there
+//! are never more than `max` (`functions.max_threads`). A thread counts
+//! itself idle before it hands its result back, so the caller's next call
+//! finds it.
+//! So the threads follow the events in flight, not the number of
+//! pipelines: a thousand idle pipelines start none (benchmark #10), and
+//! each pipeline's `concurrency` still bounds its own events in flight.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-type Job = Box<dyn FnOnce() + Send>;
+/// A call, which returns the hand-over of its result.
+type Job = Box<dyn FnOnce() -> Deliver + Send>;
+type Deliver = Box<dyn FnOnce() + Send>;
 
-/// Threads running jobs in the order they came; they stop once this is
-/// dropped and the queue is empty.
+/// Threads running jobs in the order they came, started as jobs need them;
+/// they stop once this is dropped and the queue is empty.
 pub struct Threads {
     shared: Arc<Shared>,
 }
 
 struct Shared {
+    name: String,
+    max: usize,
     state: Mutex<State>,
     work: Condvar,
 }
@@ -35,37 +42,39 @@ struct State {
     queue: VecDeque<Job>,
     /// Threads running.
     threads: usize,
+    /// Threads running a job.
+    busy: usize,
     closed: bool,
 }
 
 impl Threads {
-    /// Starts `count` threads (at least one) named `name`, for `top -H` and
-    /// profiles.
-    pub fn start(name: &str, count: usize) -> std::io::Result<Self> {
-        let threads = Self {
+    /// Threads named `name` (for `top -H` and profiles), at most `max` (at
+    /// least one), none started yet.
+    pub fn new(name: &str, max: usize) -> Self {
+        Self {
             shared: Arc::new(Shared {
+                name: name.to_owned(),
+                max: max.max(1),
                 state: Mutex::default(),
                 work: Condvar::new(),
             }),
-        };
-        for _ in 0..count.max(1) {
-            let shared = Arc::clone(&threads.shared);
-            std::thread::Builder::new()
-                .name(name.to_owned())
-                .spawn(move || shared.work())?;
-            threads.shared.lock().threads += 1;
         }
-        Ok(threads)
     }
 
     /// Runs `f` on one of the threads. A panic in `f` resumes in the caller,
     /// and the thread goes on.
     pub async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let (done, result) = tokio::sync::oneshot::channel();
-        self.shared.lock().queue.push_back(Box::new(move || {
-            let _ = done.send(std::panic::catch_unwind(AssertUnwindSafe(f)));
-        }));
-        self.shared.work.notify_one();
+        let job: Job = Box::new(move || {
+            let result = std::panic::catch_unwind(AssertUnwindSafe(f));
+            Box::new(move || {
+                let _ = done.send(result);
+            })
+        });
+        if let Some(job) = self.shared.submit(job) {
+            // Not one thread could be started: the blocking pool runs it.
+            tokio::task::spawn_blocking(move || job()());
+        }
         match result
             .await
             .expect("an invocation thread ran every job it took")
@@ -92,12 +101,41 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Queues `job`, starting a thread when every one is busy or has a
+    /// queued job to take, while fewer than `max` run; gives the job back
+    /// when there is no thread at all to run it.
+    fn submit(self: &Arc<Self>, job: Job) -> Option<Job> {
+        let mut state = self.lock();
+        if state.threads <= state.busy + state.queue.len() && state.threads < self.max {
+            let shared = Arc::clone(self);
+            match std::thread::Builder::new()
+                .name(self.name.clone())
+                .spawn(move || shared.work())
+            {
+                Ok(_) => state.threads += 1,
+                Err(error) => {
+                    tracing::warn!(%error, threads = state.threads, "could not start an invocation thread")
+                }
+            }
+        }
+        if state.threads == 0 {
+            return Some(job);
+        }
+        state.queue.push_back(job);
+        drop(state);
+        self.work.notify_one();
+        None
+    }
+
     fn work(&self) {
         let mut state = self.lock();
         loop {
             if let Some(job) = state.queue.pop_front() {
+                state.busy += 1;
                 drop(state);
-                job();
+                let deliver = job();
+                self.lock().busy -= 1;
+                deliver();
                 state = self.lock();
             } else if state.closed {
                 state.threads -= 1;
@@ -118,10 +156,12 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
+    /// Threads start as calls need them, never more than `max`; calls
+    /// beyond wait their turn.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn runs_calls_side_by_side_on_its_threads_and_queues_the_rest() {
-        let threads = Arc::new(Threads::start("test-invoke", 4).unwrap());
-        assert_eq!(threads.shared.lock().threads, 4);
+        let threads = Arc::new(Threads::new("test-invoke", 4));
+        assert_eq!(threads.shared.lock().threads, 0, "none before a call");
         let running = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
         let mut calls = tokio::task::JoinSet::new();
@@ -155,7 +195,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_call_resumes_in_the_caller_and_the_thread_goes_on() {
-        let threads = Arc::new(Threads::start("test-invoke", 1).unwrap());
+        let threads = Arc::new(Threads::new("test-invoke", 1));
         let call = tokio::spawn({
             let threads = threads.clone();
             async move {
@@ -170,9 +210,20 @@ mod tests {
         assert_eq!(threads.shared.lock().threads, 1);
     }
 
+    /// Calls one after another reuse one thread: a thread is started only
+    /// when none is idle.
+    #[tokio::test]
+    async fn sequential_calls_keep_to_one_thread() {
+        let threads = Threads::new("test-invoke", 8);
+        for i in 0..50 {
+            assert_eq!(threads.run(move || i).await, i);
+        }
+        assert_eq!(threads.shared.lock().threads, 1);
+    }
+
     #[tokio::test]
     async fn threads_stop_when_dropped() {
-        let threads = Threads::start("test-invoke", 2).unwrap();
+        let threads = Threads::new("test-invoke", 2);
         assert_eq!(threads.run(|| 1).await, 1);
         let shared = Arc::clone(&threads.shared);
         drop(threads);

@@ -330,6 +330,8 @@ pub struct Runtime {
     ticker_stop: Arc<AtomicBool>,
     /// Every function's outbound HTTP, one connection pool.
     http_client: reqwest::Client,
+    /// Components compiled or loaded so far, by [`cache_key`](Self::cache_key).
+    compiled: std::sync::Mutex<std::collections::HashMap<String, Component>>,
 }
 
 impl Runtime {
@@ -373,6 +375,7 @@ impl Runtime {
             cache_dir: settings.cache_dir.clone(),
             ticker_stop,
             http_client: outbound::client()?,
+            compiled: Default::default(),
         })
     }
 
@@ -474,13 +477,40 @@ impl Runtime {
         Ok(pre)
     }
 
+    /// The component at `wasm`, compiled once per process: pipelines that
+    /// run one component share its code and metadata (a thousand pipelines
+    /// of one function held a thousand copies: benchmark #10).
     fn compile(&self, wasm: &Path) -> anyhow::Result<(Component, bool)> {
         let bytes =
             std::fs::read(wasm).map_err(|e| anyhow::anyhow!("reading {}: {e}", wasm.display()))?;
+        let key = self.cache_key(&bytes);
+        let shared = self.lock_compiled().get(&key).cloned();
+        if let Some(component) = shared {
+            return Ok((component, true));
+        }
+        let (component, cached) = self.compile_or_load(wasm, &bytes, &key)?;
+        self.lock_compiled().insert(key, component.clone());
+        Ok((component, cached))
+    }
+
+    fn lock_compiled(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Component>> {
+        // Nothing panics while holding it.
+        (self.compiled.lock()).unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Compiles `bytes`, or loads them compiled from the cache directory.
+    fn compile_or_load(
+        &self,
+        wasm: &Path,
+        bytes: &[u8],
+        key: &str,
+    ) -> anyhow::Result<(Component, bool)> {
         let Some(dir) = &self.cache_dir else {
-            return Ok((self.compile_bytes(wasm, &bytes)?, false));
+            return Ok((self.compile_bytes(wasm, bytes)?, false));
         };
-        let cached = dir.join(format!("{}.cwasm", self.cache_key(&bytes)));
+        let cached = dir.join(format!("{key}.cwasm"));
         if cached.is_file() {
             // SAFETY: the file was written by `Component::serialize` of this
             // engine configuration (the key covers the compatibility hash);
@@ -492,7 +522,7 @@ impl Runtime {
                 }
             }
         }
-        let component = self.compile_bytes(wasm, &bytes)?;
+        let component = self.compile_bytes(wasm, bytes)?;
         if let Ok(serialized) = component.serialize() {
             let _ = std::fs::create_dir_all(dir);
             // One temporary name per process: two starting at once must not

@@ -164,7 +164,7 @@ impl ObjectStore for LocalStorage {
                 journal.append_in(tx, &stream(&record.bucket), None, &message)
             })
             .await?;
-        self.journal.notify_appended();
+        self.journal.notify_appended(&stream(&created.bucket));
         Ok(created)
     }
 
