@@ -259,6 +259,24 @@ pub fn kv_store(
     {
         return Ok(None);
     }
+    if let Some((url, prefix)) = &config.kv.redis {
+        #[cfg(feature = "redis")]
+        {
+            // Its calls block invocation threads on this runtime.
+            let runtime = tokio::runtime::Handle::try_current()
+                .context("the Redis key-value store is opened within a tokio runtime")?;
+            let connect = crate::kv::redis::RedisKv::connect(url, prefix, config.kv.limits);
+            let store = runtime
+                .block_on(connect)
+                .context("connecting the key-value store (kv.url)")?;
+            return Ok(Some(Arc::new(store)));
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            let _ = (url, prefix);
+            anyhow::bail!("kv.type = \"redis\" needs a runnel built with the `redis` feature");
+        }
+    }
     let store = crate::kv::embedded::EmbeddedKv::open(
         &config.kv.path,
         config.kv.durability,

@@ -1,6 +1,8 @@
 //! The `kv` capability: key-value state a pipeline grants its function,
 //! kept across events and restarts, each pipeline's keys its own, refused
-//! to a pipeline that grants none; in Rust (the probe) and in Python.
+//! to a pipeline that grants none; in Rust (the probe) and in Python; one
+//! contract for both stores (embedded and Redis), and a count shared by two
+//! processes on Redis.
 
 mod harness;
 
@@ -8,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+#[cfg(feature = "redis")]
+use harness::services;
 use harness::{Runnel, eventually, repo};
+use runnel::kv::{KvError, KvLimits, KvStore};
 
 /// A probe pipeline counting in the key-value store: from topic `in-<name>`
 /// to topic `out-<name>`, the store granted when `store` is given.
@@ -170,5 +175,161 @@ def handle(ctx, event):
     assert!(
         !dir.path().join("data/kv.db").exists(),
         "invoke keeps nothing"
+    );
+}
+
+/// What every store does, call by call: absent keys, expiry, delete,
+/// compare-and-swap, increment, the limits, and scopes kept apart.
+fn contract(store: &dyn KvStore, name: &str) {
+    let (a, b) = ("s/a", "s/b");
+    assert_eq!(store.get(a, "k").unwrap(), None, "{name}");
+    store.set(a, "k", b"v1", None).unwrap();
+    assert_eq!(
+        store.get(a, "k").unwrap().as_deref(),
+        Some(&b"v1"[..]),
+        "{name}"
+    );
+    assert_eq!(store.get(b, "k").unwrap(), None, "{name}: scopes apart");
+    store
+        .set(a, "short", b"gone", Some(Duration::from_millis(50)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(store.get(a, "short").unwrap(), None, "{name}: expired");
+    assert!(store.delete(a, "k").unwrap(), "{name}");
+    assert!(!store.delete(a, "k").unwrap(), "{name}: deleted once");
+    assert!(
+        store.compare_and_swap(a, "c", None, b"1", None).unwrap(),
+        "{name}: absent as expected"
+    );
+    assert!(
+        !store.compare_and_swap(a, "c", None, b"2", None).unwrap(),
+        "{name}: not absent"
+    );
+    assert!(
+        !store
+            .compare_and_swap(a, "c", Some(b"9"), b"2", None)
+            .unwrap(),
+        "{name}: not 9"
+    );
+    assert!(
+        store
+            .compare_and_swap(a, "c", Some(b"1"), b"2", None)
+            .unwrap(),
+        "{name}"
+    );
+    assert_eq!(
+        store.get(a, "c").unwrap().as_deref(),
+        Some(&b"2"[..]),
+        "{name}"
+    );
+    assert_eq!(
+        store.increment(a, "n", 5).unwrap(),
+        5,
+        "{name}: absent is 0"
+    );
+    assert_eq!(store.increment(a, "n", -7).unwrap(), -2, "{name}");
+    assert_eq!(
+        store.increment(a, "c", i64::MAX - 2).unwrap(),
+        i64::MAX,
+        "{name}: exact"
+    );
+    assert!(
+        matches!(store.increment(a, "c", 1), Err(KvError::Invalid(_))),
+        "{name}: overflow"
+    );
+    store.set(a, "text", b"abc", None).unwrap();
+    assert!(
+        matches!(store.increment(a, "text", 1), Err(KvError::Invalid(_))),
+        "{name}"
+    );
+    let long_key = "k".repeat(65);
+    assert!(
+        matches!(store.get(a, &long_key), Err(KvError::TooLarge(_))),
+        "{name}"
+    );
+    assert!(
+        matches!(
+            store.set(a, "big", &[0; 257], None),
+            Err(KvError::TooLarge(_))
+        ),
+        "{name}"
+    );
+    // The scope's bytes: 512 at most; an expired key's bytes come back.
+    let filler = [7u8; 200];
+    store.set(b, "f1", &filler, None).unwrap();
+    store
+        .set(b, "f2", &filler, Some(Duration::from_millis(50)))
+        .unwrap();
+    let full = store.set(b, "f3", &filler, None);
+    assert!(
+        matches!(&full, Err(KvError::TooLarge(m)) if m.contains("max_store_size")),
+        "{name}: {full:?}"
+    );
+    std::thread::sleep(Duration::from_millis(150));
+    store
+        .set(b, "f3", &filler, None)
+        .unwrap_or_else(|e| panic!("{name}: f2 expired: {e}"));
+    assert!(store.delete(b, "f1").unwrap());
+    store
+        .set(b, "f4", &filler, None)
+        .unwrap_or_else(|e| panic!("{name}: f1 deleted: {e}"));
+}
+
+const CONTRACT_LIMITS: KvLimits = KvLimits {
+    max_key_size: 64,
+    max_value_size: 256,
+    max_store_size: 512,
+};
+
+/// The embedded store and the Redis store keep one contract.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread")]
+async fn every_store_keeps_the_same_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = runnel::kv::embedded::EmbeddedKv::open(
+        &dir.path().join("kv.db"),
+        runnel::sqlite::Durability::Normal,
+        CONTRACT_LIMITS,
+    )
+    .unwrap();
+    tokio::task::spawn_blocking(move || contract(&embedded, "embedded"))
+        .await
+        .unwrap();
+    let redis = services::redis(dir.path());
+    let url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let store = runnel::kv::redis::RedisKv::connect(&url, "test:", CONTRACT_LIMITS)
+        .await
+        .unwrap();
+    tokio::task::spawn_blocking(move || contract(&store, "redis"))
+        .await
+        .unwrap();
+}
+
+/// On Redis, two processes running one pipeline count in one store.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread")]
+async fn two_processes_share_a_count_on_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = services::redis(dir.path());
+    let kv = format!(
+        "[kv]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{}/0\"\n",
+        redis.port
+    );
+    let pipeline = [counter(dir.path(), "a", Some("counters"))];
+    let first = Runnel::start(&dir.path().join("first"), &pipeline, &[], &kv).await;
+    let second = Runnel::start(&dir.path().join("second"), &pipeline, &[], &kv).await;
+    publish(&first, "in-a", "k").await;
+    assert_eq!(counts(&first, "a", 1).await, ["1"]);
+    publish(&first, "in-a", "k").await;
+    assert_eq!(counts(&first, "a", 2).await, ["1", "2"]);
+    publish(&second, "in-a", "k").await;
+    assert_eq!(
+        counts(&second, "a", 1).await,
+        ["3"],
+        "the second process counts on"
+    );
+    assert!(
+        !dir.path().join("first/data/kv.db").exists(),
+        "nothing kept in the embedded store"
     );
 }

@@ -829,6 +829,11 @@ url = "redis://x"
         ],
     ),
     (
+        "runtime-kv",
+        "[kv]\ntype = \"embedded\"\nurl = \"redis://x\"\n",
+        &["kv.url"],
+    ),
+    (
         "runtime-s3-without-events",
         "[storage]\ntype = \"s3\"\n",
         &["storage.events"],

@@ -46,12 +46,17 @@ pub struct RuntimeConfig {
 }
 
 /// `[kv]`: every store a pipeline names (`[function.capabilities] kv`)
-/// lives in one embedded SQLite database, each pipeline's keys apart.
+/// lives in one embedded SQLite database (`type = "embedded"`, the
+/// default) or one Redis (`type = "redis"`, shared by several processes),
+/// each pipeline's keys apart.
 #[derive(Clone, Debug)]
 pub struct KvConfig {
     /// Default `<data_dir>/kv.db`.
     pub path: PathBuf,
     pub durability: Durability,
+    /// `type = "redis"`: the server's URL, and the prefix of runnel's keys
+    /// (default `runnel:kv:`).
+    pub redis: Option<(String, String)>,
     pub limits: crate::kv::KvLimits,
 }
 
@@ -287,6 +292,7 @@ impl RuntimeConfig {
             kv: KvConfig {
                 path: data_dir.join("kv.db"),
                 durability: Durability::Full,
+                redis: None,
                 limits: Default::default(),
             },
         }
@@ -383,11 +389,35 @@ fn read(root: Table<'_, '_>, file: &Path, data_dir: Option<&Path>) -> RuntimeCon
         t.finish();
     }
     if let Some(t) = root.table("kv") {
-        if let Some(p) = path(&t, "path") {
-            config.kv.path = p;
-        }
-        if let Some(d) = durability(&t) {
-            config.kv.durability = d;
+        match t
+            .get("type")
+            .and_then(|f| f.string())
+            .as_deref()
+            .unwrap_or("embedded")
+        {
+            "embedded" => {
+                if let Some(p) = path(&t, "path") {
+                    config.kv.path = p;
+                }
+                if let Some(d) = durability(&t) {
+                    config.kv.durability = d;
+                }
+            }
+            "redis" => {
+                if let Some(url) = t.required_string("url") {
+                    let prefix = t
+                        .string("prefix")
+                        .unwrap_or_else(|| "runnel:kv:".to_owned());
+                    config.kv.redis = Some((url, prefix));
+                }
+            }
+            other => {
+                if let Some(field) = t.get("type") {
+                    field.error(format!(
+                        "unknown kv type {other:?}; expected \"embedded\" or \"redis\""
+                    ));
+                }
+            }
         }
         let limits = &mut config.kv.limits;
         for (key, slot) in [

@@ -71,18 +71,29 @@ impl EmbeddedKv {
         value: &[u8],
         expires: Option<i64>,
     ) -> Result<(), KvError> {
-        let old: i64 = tx
-            .query_row(
-                "SELECT length(key) + length(value) FROM kv WHERE scope = ?1 AND key = ?2",
-                params![scope, key],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(unavailable)?
-            .unwrap_or(0);
-        let used = used(tx, scope)?;
-        let after = used - old + (key.len() + value.len()) as i64;
-        if after > self.limits.max_store_size as i64 && after > used {
+        let sizes = || -> Result<(i64, i64), KvError> {
+            let old: i64 = tx
+                .query_row(
+                    "SELECT length(key) + length(value) FROM kv WHERE scope = ?1 AND key = ?2",
+                    params![scope, key],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?
+                .unwrap_or(0);
+            let used = used(tx, scope)?;
+            Ok((used, used - old + (key.len() + value.len()) as i64))
+        };
+        let over =
+            |(used, after): (i64, i64)| after > self.limits.max_store_size as i64 && after > used;
+        let mut sizes_now = sizes()?;
+        if over(sizes_now) {
+            // Expired keys give their bytes back before a write is refused.
+            purge(tx, scope, now_ms()).map_err(unavailable)?;
+            sizes_now = sizes()?;
+        }
+        let (used, after) = sizes_now;
+        if over((used, after)) {
             return Err(KvError::TooLarge(format!(
                 "the store would hold {after} bytes for this pipeline, over its max_store_size of {}",
                 self.limits.max_store_size

@@ -7,10 +7,12 @@
 //! every call answers `not-granted`.
 //!
 //! The store is called from the invocation threads, so [`KvStore`] is
-//! synchronous. [`embedded`] keeps it in SQLite (the default, one process);
-//! a shared store for several processes (Redis) is to come.
+//! synchronous. [`embedded`] keeps it in SQLite (the default, one
+//! process); [`redis`] in Redis, shared by several processes.
 
 pub mod embedded;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use std::time::Duration;
 
