@@ -12,7 +12,7 @@ use std::time::Duration;
 
 #[cfg(feature = "redis")]
 use harness::services;
-use harness::{Runnel, eventually, repo};
+use harness::{Runnel, eventually};
 use runnel::kv::{KvError, KvLimits, KvStore};
 
 /// A probe pipeline counting in the key-value store: from topic `in-<name>`
@@ -21,28 +21,15 @@ fn counter(dir: &Path, name: &str, store: Option<&str>) -> PathBuf {
     let grant = store
         .map(|s| format!("[function.capabilities]\nkv = \"{s}\"\n"))
         .unwrap_or_default();
-    let file = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &file,
-        format!(
-            "name = \"{name}\"\n[source]\ntype = \"topic\"\ntopic = \"in-{name}\"\n[function]\npath = \"{}\"\n[function.config]\nmode = \"counter\"\n{grant}[sinks.out]\ntype = \"topic\"\ntopic = \"out-{name}\"\n[dead_letter]\ntype = \"topic\"\ntopic = \"dead-{name}\"\n[retry]\nmax_attempts = 2\ninitial_delay = \"10ms\"\n",
-            repo().join("functions/testing/probe").display()
-        ),
+    harness::probe_topic_pipeline(
+        dir,
+        name,
+        &format!("[function.config]\nmode = \"counter\"\n{grant}"),
     )
-    .unwrap();
-    file
 }
 
 async fn publish(runnel: &Runnel, topic: &str, key: &str) {
-    let response = runnel
-        .client
-        .post(runnel.url(&format!("/v1/topics/{topic}")))
-        .header("x-runnel-key", key)
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
+    runnel.publish(topic, Some(key), "x").await;
 }
 
 /// The counts a pipeline wrote, in order.

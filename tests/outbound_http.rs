@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use harness::{Runnel, eventually, repo};
+use harness::{Runnel, eventually};
 
 /// A local API: `/api/echo` answers JSON of what it was sent (method,
 /// headers runnel adds, body); `/api/slow` answers after 3 s; `/api/big`
@@ -100,35 +100,21 @@ impl Api {
     }
 }
 
-/// A probe pipeline in mode `http`, from topic `in-<name>` to topic
-/// `out-<name>`, requesting `url`; `capabilities` is the body of its
+/// A probe pipeline in mode `http` requesting `url`, from topic
+/// `in-<name>` to topic `out-<name>`; `capabilities` is the body of its
 /// `[function.capabilities]` (none when empty).
 fn pipeline(dir: &Path, name: &str, url: &str, config: &str, capabilities: &str) -> PathBuf {
     let capabilities = match capabilities {
         "" => String::new(),
         c => format!("[function.capabilities]\n{c}\n"),
     };
-    let file = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &file,
-        format!(
-            "name = \"{name}\"\n[source]\ntype = \"topic\"\ntopic = \"in-{name}\"\n[function]\npath = \"{}\"\n[function.config]\nmode = \"http\"\nurl = \"{url}\"\n{config}\n{capabilities}[sinks.out]\ntype = \"topic\"\ntopic = \"out-{name}\"\n[dead_letter]\ntype = \"topic\"\ntopic = \"dead-{name}\"\n[retry]\nmax_attempts = 2\ninitial_delay = \"10ms\"\n",
-            repo().join("functions/testing/probe").display()
-        ),
-    )
-    .unwrap();
-    file
+    let tables =
+        format!("[function.config]\nmode = \"http\"\nurl = \"{url}\"\n{config}\n{capabilities}");
+    harness::probe_topic_pipeline(dir, name, &tables)
 }
 
 async fn publish(runnel: &Runnel, name: &str, body: &str) {
-    let response = runnel
-        .client
-        .post(runnel.url(&format!("/v1/topics/in-{name}")))
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
+    runnel.publish(&format!("in-{name}"), None, body).await;
 }
 
 /// The dead letter of pipeline `name`: its error and attempts.

@@ -284,6 +284,17 @@ impl Runnel {
     }
 
     /// The JSON body of `GET path`.
+    /// Publishes `body` on `topic` (with the message key `key`), as a
+    /// client of the HTTP API does.
+    pub async fn publish(&self, topic: &str, key: Option<&str>, body: &str) {
+        let mut request = self.client.post(self.url(&format!("/v1/topics/{topic}")));
+        if let Some(key) = key {
+            request = request.header("x-runnel-key", key);
+        }
+        let response = request.body(body.to_owned()).send().await.unwrap();
+        assert_eq!(response.status(), 201, "publishing on {topic}");
+    }
+
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         let response = self.client.get(self.url(path)).send().await.unwrap();
         response.json().await.unwrap()
@@ -446,6 +457,23 @@ impl WebhookReceiver {
     pub fn count(&self) -> usize {
         self.received.lock().unwrap().len()
     }
+}
+
+/// A pipeline of the probe component from topic `in-<name>` to topic
+/// `out-<name>`, dead letters on `dead-<name>`, two attempts 10 ms apart;
+/// `function_tables` follows its `[function]` table (`[function.config]`,
+/// `[function.capabilities]`).
+pub fn probe_topic_pipeline(dir: &Path, name: &str, function_tables: &str) -> PathBuf {
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"{name}\"\n[source]\ntype = \"topic\"\ntopic = \"in-{name}\"\n[function]\npath = \"{}\"\n{function_tables}\n[sinks.out]\ntype = \"topic\"\ntopic = \"out-{name}\"\n[dead_letter]\ntype = \"topic\"\ntopic = \"dead-{name}\"\n[retry]\nmax_attempts = 2\ninitial_delay = \"10ms\"\n",
+            repo().join("functions/testing/probe").display()
+        ),
+    )
+    .unwrap();
+    file
 }
 
 /// A photo-like JPEG of the given size (smooth gradients plus texture, so
