@@ -134,7 +134,7 @@ fn describe() {
     describe_histogram!(
         FUNCTION_HTTP_DURATION,
         Unit::Seconds,
-        "Time from a function's outbound request to its response head, by pipeline and the allow-list pattern's host."
+        "Time from a function's outbound request to its whole response (read by the host within http_max_response_size), by pipeline and the allow-list pattern's host."
     );
     describe_histogram!(
         HTTP_REQUEST_DURATION,

@@ -324,10 +324,17 @@ async fn send(
     if timeout.is_zero() {
         return Err(Error::ConnectionTimeout);
     }
+    // One deadline for the whole request: the guest's body, then the
+    // exchange.
+    let deadline = Instant::now() + timeout;
     let (head, body) = request.into_parts();
     let body = tokio::time::timeout(timeout, collect(body, max_request))
         .await
         .map_err(|_| Error::ConnectionTimeout)??;
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    if timeout.is_zero() {
+        return Err(Error::ConnectionTimeout);
+    }
     let url = head.uri.to_string();
     let request = (grant.client.request(head.method, &url))
         .headers(head.headers)
