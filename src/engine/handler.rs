@@ -794,8 +794,12 @@ impl Handler {
             match self.function.invoke_async(event, stream) {
                 Some(call) => call.await,
                 None => {
-                    // What an outbound request of the function carries on.
-                    let traceparent = telemetry::current().map(|c| c.child().header());
+                    // What an outbound request carries on: only a function
+                    // with a capability can send one.
+                    let traceparent = match self.function.pure() {
+                        true => None,
+                        false => telemetry::current().map(|c| c.child().header()),
+                    };
                     let function = self.function.clone();
                     let context = if attempt == self.context.attempt {
                         Arc::clone(&self.context)
@@ -815,7 +819,7 @@ impl Handler {
                             .cloned()
                             .unwrap_or_default(),
                         idempotency_key: event.idempotency_key.clone(),
-                        traceparent: traceparent.clone(),
+                        traceparent,
                     };
                     let ev = Arc::clone(event);
                     self.threads

@@ -32,8 +32,6 @@ pub struct HostState {
     table: ResourceTable,
     pub(super) limiter: MemoryLimiter,
     pub(super) stderr: MemoryOutputPipe,
-    /// Tags the function's log lines.
-    pub(super) label: LogLabel,
     /// `[function.variables]`, for the `variables` import.
     variables: Variables,
     /// The key-value store the pipeline grants, if any.
@@ -59,9 +57,10 @@ pub struct LogLabel {
 }
 
 impl HostState {
+    /// `outbound` holds the invocation's [`LogLabel`], which tags the
+    /// function's log lines too.
     pub fn new(
         memory_limit: u64,
-        label: LogLabel,
         variables: Variables,
         kv: Option<KvGrant>,
         outbound: Outbound,
@@ -83,7 +82,6 @@ impl HostState {
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(memory_limit),
             stderr,
-            label,
             variables,
             kv,
             http: WasiHttpCtx::new(),
@@ -96,7 +94,7 @@ impl HostState {
         self.kv.as_ref().ok_or_else(|| {
             WitKvError::NotGranted(format!(
                 "pipeline {} grants no key-value store: add [function.capabilities] kv = \"<store>\"",
-                self.label.pipeline
+                self.outbound.label().pipeline
             ))
         })
     }
@@ -150,7 +148,7 @@ impl LogHost for HostState {
             event_id,
             trace_id,
             ..
-        } = &self.label;
+        } = self.outbound.label();
         match level {
             Level::Trace => {
                 tracing::trace!(target: "runnel::function", %pipeline, %function, %event_id, %trace_id, "{message}")

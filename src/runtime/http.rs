@@ -319,12 +319,15 @@ impl HttpFunction {
             pipeline: self.pipeline.clone(),
             function: self.name.clone(),
             idempotency_key: event.idempotency_key.clone(),
-            traceparent: crate::telemetry::current().map(|c| c.child().header()),
+            // Only a function granted `http` sends a request to carry it.
+            traceparent: (self.http.as_ref())
+                .and_then(|_| crate::telemetry::current())
+                .map(|c| c.child().header()),
             ..LogLabel::default()
         };
         let outbound = Outbound::new(
             self.http.clone(),
-            &label,
+            label,
             started + self.timeout,
             self.memory_limit,
         );

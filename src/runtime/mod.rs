@@ -843,13 +843,12 @@ impl Function {
         let started = Instant::now();
         let outbound = outbound::Outbound::new(
             self.http.clone(),
-            &label,
+            label,
             started + self.timeout,
             self.memory_limit,
         );
         let state = HostState::new(
             self.memory_limit,
-            label,
             self.variables.clone(),
             self.kv.clone(),
             outbound,

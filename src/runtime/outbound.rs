@@ -208,9 +208,10 @@ pub fn client() -> reqwest::Result<reqwest::Client> {
 /// The outgoing-handler hook of one invocation.
 pub(super) struct Outbound {
     grant: Option<Arc<HttpGrant>>,
-    /// The event's idempotency key and trace context, for the headers.
-    idempotency_key: String,
-    traceparent: Option<String>,
+    /// Who is running: the metrics' labels, and the event's idempotency
+    /// key and trace context for the headers. The store's log reads it
+    /// here too ([`label`](Self::label)): one copy per invocation.
+    label: super::LogLabel,
     /// When the invocation's own timeout runs out.
     deadline: Instant,
     /// Most bytes a request body may hold: the function's memory limit
@@ -218,28 +219,26 @@ pub(super) struct Outbound {
     max_request_size: u64,
     /// Requests sent so far.
     sent: u32,
-    /// The metrics' labels.
-    pipeline: Arc<str>,
-    function: Arc<str>,
 }
 
 impl Outbound {
     pub(super) fn new(
         grant: Option<Arc<HttpGrant>>,
-        label: &super::LogLabel,
+        label: super::LogLabel,
         deadline: Instant,
         max_request_size: u64,
     ) -> Self {
         Self {
             grant,
-            idempotency_key: label.idempotency_key.clone(),
-            traceparent: label.traceparent.clone(),
+            label,
             deadline,
             max_request_size,
             sent: 0,
-            pipeline: label.pipeline.as_str().into(),
-            function: label.function.as_str().into(),
         }
+    }
+
+    pub(super) fn label(&self) -> &super::LogLabel {
+        &self.label
     }
 }
 
@@ -261,18 +260,19 @@ impl WasiHttpHooks for Outbound {
                 Some(_) => "its [function.capabilities] http lists no pattern matching it",
                 None => "it grants no outbound HTTP ([function.capabilities] http)",
             };
-            tracing::warn!(pipeline = %self.pipeline, uri = %request.uri(), "a function's request refused: {listed}");
-            count(&self.pipeline, &self.function, "none", "denied");
+            let label = &self.label;
+            tracing::warn!(pipeline = %label.pipeline, uri = %request.uri(), "a function's request refused: {listed}");
+            count(&label.pipeline, &label.function, "none", "denied");
             return Box::new(async { Err(Error::HttpRequestDenied) });
         };
         self.sent += 1;
         let headers = request.headers_mut();
         if !headers.contains_key("idempotency-key")
-            && let Ok(value) = format!("{}:{}", self.idempotency_key, self.sent).parse()
+            && let Ok(value) = format!("{}:{}", self.label.idempotency_key, self.sent).parse()
         {
             headers.insert("idempotency-key", value);
         }
-        if let Some(traceparent) = &self.traceparent
+        if let Some(traceparent) = &self.label.traceparent
             && !headers.contains_key(crate::telemetry::TRACEPARENT)
             && let Ok(value) = traceparent.parse()
         {
@@ -281,7 +281,8 @@ impl WasiHttpHooks for Outbound {
         let left = self.deadline.saturating_duration_since(Instant::now());
         let timeout = grant.capability.timeout.min(left);
         let max_request = self.max_request_size;
-        let (pipeline, function) = (self.pipeline.clone(), self.function.clone());
+        // Owned by the request's future, which outlives this call.
+        let (pipeline, function) = (self.label.pipeline.clone(), self.label.function.clone());
         Box::new(async move {
             let started = Instant::now();
             let sent = send(&grant, request, timeout, max_request).await;
@@ -294,7 +295,7 @@ impl WasiHttpHooks for Outbound {
             count(&pipeline, &function, &pattern, outcome);
             metrics::histogram!(
                 crate::metrics::FUNCTION_HTTP_DURATION,
-                "pipeline" => pipeline.to_string(),
+                "pipeline" => pipeline.clone(),
                 "host" => pattern,
             )
             .record(started.elapsed().as_secs_f64());
