@@ -46,6 +46,11 @@ pub fn open(path: &Path, durability: Durability) -> rusqlite::Result<Connection>
         Durability::Normal => "NORMAL",
     };
     conn.pragma_update(None, "synchronous", sync)?;
+    // Without it a statement is compiled again whenever a bound value
+    // changes that the planner looked at (the journal's tables have a
+    // partial index, so every append's lookups were, at 5 % of benchmark
+    // #4's CPU); runnel's queries have one good plan whatever the values.
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     Ok(conn)
 }
 
