@@ -4,10 +4,14 @@
 //! a Kafka topic, against a minimal native rdkafka consume → produce loop
 //! with the same commit policy (commit per partition up to the lowest
 //! offset whose output is not yet acknowledged), on the same broker (tansu,
-//! in-memory storage) with the same window of events in flight. The two
-//! sides alternate over several rounds, each on fresh topics prefilled with
-//! 100-byte events; both are timed the same way, from outside, by the
-//! consumer group's committed offsets.
+//! in-memory storage) with the same window of events in flight. #3b puts
+//! runnel next to the floor that matters: the same client moving the same
+//! events as fast as it can, with a large window and its commits batched
+//! (every 100 ms). The sides alternate over several rounds, each on fresh
+//! topics prefilled with 100-byte events; all are timed the same way, from
+//! outside, by the consumer group's committed offsets, and each side's CPU
+//! time is taken over the same interval (for the native loops, the bench
+//! process's, which includes the watcher's polling of the offsets).
 //!
 //! #4: the same pipeline on the embedded defaults (embedded queue in and
 //! out), timed by `runnel_events_completed_total`, with the process's CPU
@@ -46,6 +50,12 @@ const PARTITIONS: i32 = 4;
 /// Events in flight at once: the pipeline's `concurrency`, and the native
 /// loop's window of unacknowledged produces.
 const WINDOW: usize = 64;
+/// The floor's window (#3b), how often it commits, and its events per
+/// round: ten times as many, so that its round (about a second) spans ten
+/// commits rather than one or two.
+const FLOOR_WINDOW: usize = 10_000;
+const FLOOR_EVENTS: usize = 200_000;
+const FLOOR_COMMIT_EVERY: Duration = Duration::from_millis(100);
 const PAYLOAD: usize = 100;
 
 fn main() {
@@ -71,32 +81,32 @@ async fn run() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(ROUNDS);
-    let mut native = Vec::new();
-    let mut runnel = Vec::new();
-    let mut runnel_cpu = Vec::new();
+    let (mut native, mut floor, mut runnel) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut native_cpu, mut floor_cpu, mut runnel_cpu) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
-        // Alternate which side goes first, so drift hurts both alike.
-        let order = if round % 2 == 0 {
-            [Side::Native, Side::Runnel]
-        } else {
-            [Side::Runnel, Side::Native]
-        };
+        // Rotate which side goes first, so drift hurts all alike.
+        let mut order = [Side::Native, Side::Floor, Side::Runnel];
+        order.rotate_left(round % 3);
         for side in order {
             let (rate, cpu) = kafka_round(dir.path(), &kafka, &bootstrap, round, side).await;
-            eprintln!("round {round}: {side:?} {rate:.0} events/s");
-            match side {
-                Side::Native => native.push(rate),
-                Side::Runnel => {
-                    runnel.push(rate);
-                    runnel_cpu.push(cpu.expect("runnel's CPU time"));
-                }
-            }
+            eprintln!("round {round}: {side:?} {rate:.0} events/s, {cpu:.1} µs of CPU per event");
+            let (rates, cpus) = match side {
+                Side::Native => (&mut native, &mut native_cpu),
+                Side::Floor => (&mut floor, &mut floor_cpu),
+                Side::Runnel => (&mut runnel, &mut runnel_cpu),
+            };
+            rates.push(rate);
+            cpus.push(cpu);
         }
     }
-    let ratios: Vec<f64> = runnel.iter().zip(&native).map(|(r, n)| r / n).collect();
+    let ratio_to =
+        |other: &[f64]| -> Vec<f64> { runnel.iter().zip(other).map(|(r, n)| r / n).collect() };
+    let (ratios, floor_ratios) = (ratio_to(&native), ratio_to(&floor));
 
     if only.as_deref() == Some("kafka") {
-        println!("ratios {ratios:?} runnel {runnel:?} native {native:?} cpu_us {runnel_cpu:?}");
+        println!(
+            "ratios {ratios:?} floor ratios {floor_ratios:?} runnel {runnel:?} native {native:?} floor {floor:?} cpu_us runnel {runnel_cpu:?} native {native_cpu:?} floor {floor_cpu:?}"
+        );
         return;
     }
     let embedded = embedded_run(dir.path()).await;
@@ -105,7 +115,9 @@ async fn run() {
         "kafka": {
             "events_per_round": EVENTS, "window": WINDOW, "payload_bytes": PAYLOAD,
             "runnel_events_per_s": runnel, "native_events_per_s": native, "ratios": ratios,
-            "runnel_cpu_us_per_event": runnel_cpu,
+            "runnel_cpu_us_per_event": runnel_cpu, "native_cpu_us_per_event": native_cpu,
+            "floor_window": FLOOR_WINDOW, "floor_events_per_s": floor,
+            "floor_ratios": floor_ratios, "floor_cpu_us_per_event": floor_cpu,
         },
         "embedded": embedded.json(),
     });
@@ -129,6 +141,23 @@ async fn run() {
         max(&ratios),
         if ratio >= 0.8 { "yes" } else { "**no**" },
     );
+    let floor_ratio = median(&floor_ratios);
+    println!(
+        "| 3b | the same, against the floor: the same client with {FLOOR_WINDOW} in flight and commits batched every {} ms | {:.0} events/s ({:.0} µs of CPU per event; goal ≤ 20 µs: {}) | native rdkafka floor: {:.0} events/s ({:.1} µs of CPU per event) | {floor_ratio:.2}× ({:.2}–{:.2}) | ≥ 0.5× | {} |",
+        FLOOR_COMMIT_EVERY.as_millis(),
+        median(&runnel),
+        median(&runnel_cpu),
+        if median(&runnel_cpu) <= 20.0 {
+            "yes"
+        } else {
+            "**no**"
+        },
+        median(&floor),
+        median(&floor_cpu),
+        min(&floor_ratios),
+        max(&floor_ratios),
+        if floor_ratio >= 0.5 { "yes" } else { "**no**" },
+    );
     println!(
         "| 4 | passthrough, embedded queue → embedded queue, {PAYLOAD}-byte events | {:.0} events/s; {:.0} events/s per core ({:.2} cores busy) | — | — | report | — |",
         embedded.rate, embedded.per_core, embedded.cores,
@@ -151,20 +180,23 @@ async fn run() {
 
 #[derive(Clone, Copy, Debug)]
 enum Side {
+    /// The native loop with runnel's window.
     Native,
+    /// The native loop as fast as it goes (#3b).
+    Floor,
     Runnel,
 }
 
 /// One side's run on fresh topics: events/s between the group's first
-/// commit and the commit that covers every event; for runnel's side also
-/// the CPU time its process used per event (start-up included).
+/// commit and the commit that covers every event, and the CPU time per
+/// event that the side's process used meanwhile.
 async fn kafka_round(
     dir: &Path,
     kafka: &Service,
     bootstrap: &str,
     round: usize,
     side: Side,
-) -> (f64, Option<f64>) {
+) -> (f64, f64) {
     let name = format!("{side:?}-{round}").to_lowercase();
     let (input, output, group) = (
         format!("in-{name}"),
@@ -172,27 +204,41 @@ async fn kafka_round(
         format!("g-{name}"),
     );
     services::create_topics(bootstrap, &[(&input, PARTITIONS), (&output, PARTITIONS)]).await;
-    prefill_kafka(bootstrap, &input, EVENTS).await;
+    let events = match side {
+        Side::Floor => FLOOR_EVENTS,
+        Side::Native | Side::Runnel => EVENTS,
+    };
+    prefill_kafka(bootstrap, &input, events).await;
 
-    let watch = tokio::spawn(watch_commits(
-        bootstrap.to_owned(),
-        input.clone(),
-        group.clone(),
-    ));
+    let watch = |pid| {
+        tokio::spawn(watch_commits(
+            bootstrap.to_owned(),
+            input.clone(),
+            group.clone(),
+            pid,
+            events,
+        ))
+    };
     match side {
-        Side::Native => {
+        Side::Native | Side::Floor => {
+            let watch = watch(std::process::id());
             let stop = Arc::new(AtomicBool::new(false));
+            let (window, commit_every) = match side {
+                Side::Floor => (FLOOR_WINDOW, Some(FLOOR_COMMIT_EVERY)),
+                _ => (WINDOW, None),
+            };
             let looping = tokio::spawn(native_loop(
                 bootstrap.to_owned(),
-                input,
+                input.clone(),
                 output,
-                group,
+                group.clone(),
+                (window, commit_every),
                 stop.clone(),
             ));
-            let rate = watch.await.unwrap();
+            let measured = watch.await.unwrap();
             stop.store(true, Ordering::Relaxed);
             looping.await.unwrap();
-            (rate, None)
+            measured
         }
         Side::Runnel => {
             let work = dir.join(&name);
@@ -204,14 +250,13 @@ async fn kafka_round(
                 kafka.port
             );
             let process = Runnel::start(&work, &[pipeline], &[], &broker).await;
-            let rate = watch.await.unwrap();
-            let cpu_us = process.cpu_seconds() * 1e6 / EVENTS as f64;
+            let measured = watch(process.pid()).await.unwrap();
             eprintln!(
                 "round {round}: runnel's stages, mean ms per event: {}",
                 stages(&process).await
             );
             drop(process);
-            (rate, Some(cpu_us))
+            measured
         }
     }
 }
@@ -298,8 +343,15 @@ async fn prefill_kafka(bootstrap: &str, topic: &str, events: usize) {
 }
 
 /// Polls the group's committed offsets on `topic`; returns events/s from
-/// the first commit to the one covering every event.
-async fn watch_commits(bootstrap: String, topic: String, group: String) -> f64 {
+/// the first commit to the one covering every event, and the CPU time per
+/// event that process `pid` used in between (µs).
+async fn watch_commits(
+    bootstrap: String,
+    topic: String,
+    group: String,
+    pid: u32,
+    events: usize,
+) -> (f64, f64) {
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)
@@ -311,7 +363,7 @@ async fn watch_commits(bootstrap: String, topic: String, group: String) -> f64 {
             partitions.add_partition(&topic, p);
         }
         let deadline = Instant::now() + Duration::from_secs(600);
-        let mut first: Option<(Instant, i64)> = None;
+        let mut first: Option<(Instant, i64, f64)> = None;
         loop {
             assert!(Instant::now() < deadline, "{group} did not finish {topic}");
             let committed = consumer
@@ -327,11 +379,13 @@ async fn watch_commits(bootstrap: String, topic: String, group: String) -> f64 {
                 .sum();
             let now = Instant::now();
             if done > 0 && first.is_none() {
-                first = Some((now, done));
+                first = Some((now, done, harness::cpu_seconds(pid)));
             }
-            if done >= EVENTS as i64 {
-                let (at, from) = first.unwrap();
-                return (done - from) as f64 / (now - at).as_secs_f64().max(1e-3);
+            if done >= events as i64 {
+                let (at, from, cpu) = first.unwrap();
+                let events = (done - from) as f64;
+                let cpu_us = (harness::cpu_seconds(pid) - cpu) * 1e6 / events;
+                return (events / (now - at).as_secs_f64().max(1e-3), cpu_us);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -340,14 +394,17 @@ async fn watch_commits(bootstrap: String, topic: String, group: String) -> f64 {
     .unwrap()
 }
 
-/// The floor: consume, produce each message to `output` (idempotent
+/// The native loop: consume, produce each message to `output` (idempotent
 /// producer, acks from all replicas, as runnel's), and once its delivery is
-/// acknowledged commit per partition up to the lowest offset still in flight.
+/// acknowledged commit per partition up to the lowest offset still in
+/// flight: at once, or with `commit_every` every partition's watermark
+/// together at that interval. At most `window` messages in flight.
 async fn native_loop(
     bootstrap: String,
     input: String,
     output: String,
     group: String,
+    (window, commit_every): (usize, Option<Duration>),
     stop: Arc<AtomicBool>,
 ) {
     let consumer: StreamConsumer = ClientConfig::new()
@@ -366,9 +423,27 @@ async fn native_loop(
         .unwrap();
     let mut in_flight = FuturesUnordered::new();
     let mut partitions: BTreeMap<i32, Watermark> = BTreeMap::new();
+    let mut moved: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut last_commit = Instant::now();
+    let commit = |offsets: &BTreeMap<i32, i64>| {
+        let mut list = TopicPartitionList::new();
+        for (&partition, &next) in offsets {
+            list.add_partition_offset(&input, partition, Offset::Offset(next))
+                .unwrap();
+        }
+        consumer.commit(&list, CommitMode::Async).unwrap();
+    };
     while !stop.load(Ordering::Relaxed) {
+        if let Some(every) = commit_every
+            && !moved.is_empty()
+            && last_commit.elapsed() >= every
+        {
+            commit(&moved);
+            moved.clear();
+            last_commit = Instant::now();
+        }
         tokio::select! {
-            message = consumer.recv(), if in_flight.len() < WINDOW => {
+            message = consumer.recv(), if in_flight.len() < window => {
                 let message = message.unwrap();
                 let (partition, offset) = (message.partition(), message.offset());
                 let mut record = FutureRecord::to(&output)
@@ -383,14 +458,14 @@ async fn native_loop(
             Some((partition, offset, delivered)) = in_flight.next() => {
                 delivered.unwrap().map_err(|(e, _)| e).unwrap();
                 if let Some(next) = partitions.get_mut(&partition).unwrap().finish(offset) {
-                    let mut offsets = TopicPartitionList::new();
-                    offsets
-                        .add_partition_offset(&input, partition, Offset::Offset(next))
-                        .unwrap();
-                    consumer.commit(&offsets, CommitMode::Async).unwrap();
+                    moved.insert(partition, next);
+                    if commit_every.is_none() {
+                        commit(&moved);
+                        moved.clear();
+                    }
                 }
             }
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = tokio::time::sleep(commit_every.unwrap_or(Duration::from_millis(50))) => {}
         }
     }
 }

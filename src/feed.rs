@@ -255,7 +255,10 @@ mod tests {
             finishing.spawn(async move {
                 acks.finished(at(offset)).await.unwrap();
                 let committed = slow.0.lock().unwrap().last().map(|&(_, n)| n);
-                assert!(committed > Some(offset), "{offset} returned before a commit covered it");
+                assert!(
+                    committed > Some(offset),
+                    "{offset} returned before a commit covered it"
+                );
             });
             if offset % 10 == 9 {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -267,7 +270,10 @@ mod tests {
         let commits = slow.0.lock().unwrap().clone();
         assert_eq!(commits.last(), Some(&(0, 100)));
         assert!(commits.windows(2).all(|w| w[0].1 < w[1].1), "{commits:?}");
-        assert!(commits.len() <= 10, "one commit per event or near it: {commits:?}");
+        assert!(
+            commits.len() <= 10,
+            "one commit per event or near it: {commits:?}"
+        );
     }
 
     #[tokio::test]

@@ -50,7 +50,10 @@ pub fn open(path: &Path, durability: Durability) -> rusqlite::Result<Connection>
     // changes that the planner looked at (the journal's tables have a
     // partial index, so every append's lookups were, at 5 % of benchmark
     // #4's CPU); runnel's queries have one good plan whatever the values.
-    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     Ok(conn)
 }
 

@@ -200,19 +200,12 @@ impl Runnel {
 
     /// CPU time the process used so far (user + system), in seconds.
     pub fn cpu_seconds(&self) -> f64 {
-        let pid = self.child.as_ref().expect("running").id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        // Fields after the command name (which may hold spaces), from 3 on:
-        // utime and stime are the 14th and 15th, in clock ticks (USER_HZ,
-        // 100 on Linux).
-        let rest = &stat[stat.rfind(')').expect("(comm)") + 2..];
-        let fields: Vec<f64> = rest
-            .split_whitespace()
-            .skip(11)
-            .take(2)
-            .map(|f| f.parse().unwrap())
-            .collect();
-        (fields[0] + fields[1]) / 100.0
+        cpu_seconds(self.pid())
+    }
+
+    /// The process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     pub fn kill(&mut self) {
@@ -592,4 +585,20 @@ pub fn promtool(args: &[&str], input: &str) -> String {
     );
     assert!(output.status.success(), "promtool {args:?}: {printed}");
     printed
+}
+
+/// CPU time (user and system) that process `pid` used so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces), from 3 on:
+    // utime and stime are the 14th and 15th, in clock ticks (USER_HZ, 100
+    // on Linux).
+    let rest = &stat[stat.rfind(')').expect("(comm)") + 2..];
+    let fields: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    (fields[0] + fields[1]) / 100.0
 }
