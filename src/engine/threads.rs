@@ -12,6 +12,13 @@
 //! are never more than `max` (`functions.max_threads`). A thread counts
 //! itself idle before it hands its result back, so the caller's next call
 //! finds it.
+//!
+//! Threads beyond one per core start only for calls that would otherwise
+//! wait behind a thread held by one call for longer than [`STUCK_AFTER`]
+//! (a function waiting on a request, or computing long): short calls in a
+//! burst are taken one after another by the threads there are, rather than
+//! each waking a thread of its own (benchmark #4: 64 threads for 64 events
+//! in flight cost 15–20 % more CPU per event than 2, in context switches).
 //! So the threads follow the events in flight, not the number of
 //! pipelines: a thousand idle pipelines start none (benchmark #10), and
 //! each pipeline's `concurrency` still bounds its own events in flight.
@@ -19,6 +26,12 @@
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How long a thread runs one call before it counts as held (waiting or
+/// computing long), so that a queued call may start a thread beyond one
+/// per core.
+pub const STUCK_AFTER: Duration = Duration::from_millis(5);
 
 /// A call, which returns the hand-over of its result.
 type Job = Box<dyn FnOnce() -> Deliver + Send>;
@@ -33,6 +46,8 @@ pub struct Threads {
 struct Shared {
     name: String,
     max: usize,
+    /// Threads started as soon as calls need them: one per core.
+    eager: usize,
     state: Mutex<State>,
     work: Condvar,
 }
@@ -40,10 +55,16 @@ struct Shared {
 #[derive(Default)]
 struct State {
     queue: VecDeque<Job>,
+    /// Jobs queued and taken so far: a job numbered `n` (from 0) is still
+    /// queued while `taken <= n`.
+    queued: u64,
+    taken: u64,
     /// Threads running.
     threads: usize,
     /// Threads running a job.
     busy: usize,
+    /// When each thread (by its number) took the job it runs.
+    running_since: Vec<Option<Instant>>,
     closed: bool,
 }
 
@@ -51,10 +72,19 @@ impl Threads {
     /// Threads named `name` (for `top -H` and profiles), at most `max` (at
     /// least one), none started yet.
     pub fn new(name: &str, max: usize) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_eager(name, max, cores)
+    }
+
+    /// [`new`](Self::new), with `eager` threads started as soon as calls
+    /// need them instead of one per core.
+    fn with_eager(name: &str, max: usize, eager: usize) -> Self {
+        let max = max.max(1);
         Self {
             shared: Arc::new(Shared {
                 name: name.to_owned(),
-                max: max.max(1),
+                max,
+                eager: eager.clamp(1, max),
                 state: Mutex::default(),
                 work: Condvar::new(),
             }),
@@ -71,14 +101,25 @@ impl Threads {
                 let _ = done.send(result);
             })
         });
-        if let Some(job) = self.shared.submit(job) {
-            // Not one thread could be started: the blocking pool runs it.
-            tokio::task::spawn_blocking(move || job()());
-        }
-        match result
-            .await
-            .expect("an invocation thread ran every job it took")
-        {
+        let number = match self.shared.submit(job) {
+            Ok(number) => Some(number),
+            Err(job) => {
+                // Not one thread could be started: the blocking pool runs it.
+                tokio::task::spawn_blocking(move || job()());
+                None
+            }
+        };
+        tokio::pin!(result);
+        let result = loop {
+            tokio::select! {
+                result = &mut result => break result,
+                // Still queued behind threads held by long calls?
+                _ = tokio::time::sleep(STUCK_AFTER), if number.is_some() => {
+                    self.shared.grow_for(number.expect("checked"));
+                }
+            }
+        };
+        match result.expect("an invocation thread ran every job it took") {
             Ok(value) => value,
             Err(panic) => std::panic::resume_unwind(panic),
         }
@@ -101,40 +142,81 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues `job`, starting a thread when every one is busy or has a
-    /// queued job to take, while fewer than `max` run; gives the job back
-    /// when there is no thread at all to run it.
-    fn submit(self: &Arc<Self>, job: Job) -> Option<Job> {
+    /// Queues `job` and returns its number, starting a thread when
+    /// [`needs_thread`](Self::needs_thread) says so; gives the job back when
+    /// there is no thread at all to run it.
+    fn submit(self: &Arc<Self>, job: Job) -> Result<u64, Job> {
         let mut state = self.lock();
-        if state.threads <= state.busy + state.queue.len() && state.threads < self.max {
-            let shared = Arc::clone(self);
-            match std::thread::Builder::new()
-                .name(self.name.clone())
-                .spawn(move || shared.work())
-            {
-                Ok(_) => state.threads += 1,
-                Err(error) => {
-                    tracing::warn!(%error, threads = state.threads, "could not start an invocation thread")
-                }
-            }
+        if self.needs_thread(&state, 1) {
+            self.start_thread(&mut state);
         }
         if state.threads == 0 {
-            return Some(job);
+            return Err(job);
         }
         state.queue.push_back(job);
+        let number = state.queued;
+        state.queued += 1;
         drop(state);
         self.work.notify_one();
-        None
+        Ok(number)
     }
 
-    fn work(&self) {
+    /// For the call whose job is `number`: starts a thread if the job is
+    /// still queued and [`needs_thread`](Self::needs_thread) says so now.
+    fn grow_for(self: &Arc<Self>, number: u64) {
+        let mut state = self.lock();
+        if state.taken <= number && self.needs_thread(&state, 0) {
+            self.start_thread(&mut state);
+        }
+    }
+
+    /// Whether another thread should start, with `coming` more jobs about
+    /// to be queued: when no idle thread is left for the queued jobs, fewer
+    /// than `max` run, and fewer than one per core are free of a call held
+    /// longer than [`STUCK_AFTER`].
+    fn needs_thread(&self, state: &State, coming: usize) -> bool {
+        let waiting = state.queue.len() + coming;
+        if state.threads >= self.max || state.busy + waiting <= state.threads {
+            return false;
+        }
+        let held = (state.running_since.iter().flatten())
+            .filter(|since| since.elapsed() >= STUCK_AFTER)
+            .count();
+        state.threads - held < self.eager
+    }
+
+    fn start_thread(self: &Arc<Self>, state: &mut State) {
+        let shared = Arc::clone(self);
+        let number = state.running_since.len();
+        match std::thread::Builder::new()
+            .name(self.name.clone())
+            .spawn(move || shared.work(number))
+        {
+            Ok(_) => {
+                state.threads += 1;
+                state.running_since.push(None);
+            }
+            Err(error) => {
+                tracing::warn!(%error, threads = state.threads, "could not start an invocation thread")
+            }
+        }
+    }
+
+    /// Thread `number`'s loop.
+    fn work(&self, number: usize) {
         let mut state = self.lock();
         loop {
             if let Some(job) = state.queue.pop_front() {
                 state.busy += 1;
+                state.taken += 1;
+                state.running_since[number] = Some(Instant::now());
                 drop(state);
                 let deliver = job();
-                self.lock().busy -= 1;
+                {
+                    let mut state = self.lock();
+                    state.busy -= 1;
+                    state.running_since[number] = None;
+                }
                 deliver();
                 state = self.lock();
             } else if state.closed {
@@ -191,6 +273,62 @@ mod tests {
         // Four ran side by side, never more.
         assert_eq!(most.load(Ordering::SeqCst), 4);
         assert_eq!(threads.shared.lock().threads, 4);
+    }
+
+    /// Short calls in bursts keep to the eager threads, however many are
+    /// in flight; calls that hold their threads (waiting) start more, up
+    /// to `max`, and run side by side.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn short_calls_keep_to_the_eager_threads_and_held_ones_start_more() {
+        let threads = Arc::new(Threads::with_eager("test-invoke", 16, 2));
+        for _ in 0..50 {
+            let mut calls = tokio::task::JoinSet::new();
+            for i in 0..16u64 {
+                let threads = threads.clone();
+                calls.spawn(async move { threads.run(move || i * 2).await });
+            }
+            let mut sum = 0;
+            while let Some(value) = calls.join_next().await {
+                sum += value.unwrap();
+            }
+            assert_eq!(sum, (0..16).map(|i| i * 2).sum::<u64>());
+        }
+        assert_eq!(
+            threads.shared.lock().threads,
+            2,
+            "short calls started threads"
+        );
+
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let started = std::time::Instant::now();
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let (threads, running, most) = (threads.clone(), running.clone(), most.clone());
+            calls.spawn(async move {
+                threads
+                    .run(move || {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(100));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    })
+                    .await
+            });
+        }
+        while calls.join_next().await.is_some() {}
+        assert_eq!(threads.shared.lock().threads, 16);
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            16,
+            "held calls ran side by side"
+        );
+        // Side by side, not eight rounds of two.
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]
