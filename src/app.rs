@@ -227,6 +227,7 @@ pub fn load_functions(
                 ),
                 _ => {
                     let function = runtime.load(&p.function, wasm)?;
+                    check_batch(p, Invoke::batched(&function))?;
                     match (&p.function.capabilities.kv, &kv) {
                         (Some(name), Some(store)) => {
                             Arc::new(function.granting_kv(crate::kv::KvGrant {
@@ -246,6 +247,23 @@ pub fn load_functions(
         .map(|(loaded, p)| loaded.with_context(|| format!("pipeline {}", p.name)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok((runtime, functions))
+}
+
+/// A batch function (`handle-batch`) runs where the source gathers
+/// batches, and only there.
+fn check_batch(pipeline: &PipelineConfig, batched: bool) -> anyhow::Result<()> {
+    let function = &pipeline.function.name;
+    match (pipeline.batch.is_some(), batched) {
+        (true, false) => anyhow::bail!(
+            "[source] batch is set, but function {function} exports `handle`, which takes one event: \
+             a batch function exports `handle-batch` (WIT world `batch-function`; runnel-sdk's `batch` module)"
+        ),
+        (false, true) => anyhow::bail!(
+            "function {function} exports `handle-batch` (WIT world `batch-function`): \
+             set [source] batch = {{ max_events = 100, max_wait = \"50ms\" }} to hand it batches"
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// The key-value store, opened when a pipeline grants one.

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::reader::{Document, Table};
+use crate::engine::feed_driver::BatchConfig;
 use crate::retry::RetryConfig;
 use crate::runtime::FunctionConfig;
 use crate::sinks::SinkConfig;
@@ -30,6 +31,9 @@ pub struct PipelineConfig {
     /// Where events go when they keep failing (default: topic `<name>.dead-letter`).
     pub dead_letter: SinkConfig,
     pub retry: RetryConfig,
+    /// `[source] batch`: the function takes its events in batches (and
+    /// `concurrency` counts batches).
+    pub batch: Option<BatchConfig>,
 }
 
 impl PipelineConfig {
@@ -89,10 +93,20 @@ pub fn read(doc: &Document<'_>, root: Table<'_, '_>) -> Option<PipelineConfig> {
         None => Some(default_concurrency()),
     };
     let base = doc.file().parent().unwrap_or(Path::new("."));
-    let source = root
-        .required("source")
-        .and_then(|f| f.table())
-        .and_then(|t| TriggerConfig::read(t));
+    let (source, batch) = match root.required("source").and_then(|f| f.table()) {
+        Some(table) => {
+            let batch = table.get("batch").map(|field| {
+                let kind = table.get("type").and_then(|f| f.peek_str().map(str::to_owned));
+                if !matches!(kind.as_deref(), Some("storage" | "topic" | "database")) {
+                    field.error("batches are for storage, topic and database sources, whose events are read in order and acknowledged by offset");
+                    return None;
+                }
+                field.table().and_then(BatchConfig::read)
+            });
+            (TriggerConfig::read(table), batch)
+        }
+        None => (None, None),
+    };
     let function = root
         .required("function")
         .and_then(|f| f.table())
@@ -185,6 +199,10 @@ pub fn read(doc: &Document<'_>, root: Table<'_, '_>) -> Option<PipelineConfig> {
         sink_retry,
         dead_letter: dead_letter?,
         retry: retry?,
+        batch: match batch {
+            Some(batch) => Some(batch?),
+            None => None,
+        },
     };
     (!doc.has_errors()).then_some(config)
 }

@@ -8,6 +8,13 @@
 //! with it, whatever the outcome. On shutdown it stops reading and gives
 //! what is in flight a grace period; what does not finish is redelivered on
 //! the next start, since its offset was never committed.
+//!
+//! For a pipeline whose function takes batches (`[source] batch`), it
+//! gathers up to `max_events` deliveries, waiting at most `max_wait` after
+//! the first, takes one slot for them, and has the handler claim them and
+//! run the function once ([`Handler::prepare_batch`]); from there each
+//! event goes its own way (its outputs, retries, dead letter, completion
+//! and acknowledgement), in the same per-key order.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,6 +32,43 @@ use crate::feed::{Acks, FeedError};
 
 /// Deliveries asked of the trigger at a time.
 const BATCH: usize = 64;
+
+/// `[source] batch = { max_events, max_wait }`: how a batch function's
+/// events are gathered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Most events in one batch (default 100).
+    pub max_events: usize,
+    /// Longest wait for a batch to fill, from its first event (default 50ms).
+    pub max_wait: Duration,
+}
+
+impl BatchConfig {
+    pub const MAX_EVENTS: i64 = 10_000;
+    pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+    pub fn read(table: crate::config::reader::Table<'_, '_>) -> Option<Self> {
+        let max_events = match table.get("max_events") {
+            Some(field) => field.integer_in(1..=Self::MAX_EVENTS).map(|n| n as usize),
+            None => Some(100),
+        };
+        let max_wait = match table.get("max_wait") {
+            Some(field) => field.duration().filter(|wait| {
+                let ok = *wait <= Self::MAX_WAIT;
+                if !ok {
+                    field.error(format!("at most {:?}", Self::MAX_WAIT));
+                }
+                ok
+            }),
+            None => Some(Duration::from_millis(50)),
+        };
+        table.finish();
+        Some(Self {
+            max_events: max_events?,
+            max_wait: max_wait?,
+        })
+    }
+}
 
 /// A trigger read from a committable feed (a bucket's notifications, a
 /// topic): it acknowledges by offset.
@@ -56,6 +100,9 @@ pub async fn run(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
+    if let Some(batch) = handler.batch() {
+        return run_batches(handler, trigger, shutdown, grace, batch).await;
+    }
     let ordering = Arc::new(Ordering::default());
     // The same event twice in flight in this process (two messages a key
     // expression calls one, an upload repeated at once) takes turns too:
@@ -70,7 +117,7 @@ pub async fn run(
     'feed: loop {
         let batch = tokio::select! {
             _ = shutdown.cancelled() => break,
-            batch = read(&mut *trigger, &acks) => batch,
+            batch = read(&mut *trigger, &acks, BATCH) => batch,
         };
         let deliveries = match batch {
             Ok(deliveries) => {
@@ -117,6 +164,11 @@ pub async fn run(
             while tasks.try_join_next().is_some() {}
         }
     }
+    stop(&handler, tasks, grace).await;
+}
+
+/// Gives what is in flight `grace` to finish, then abandons it.
+async fn stop(handler: &Handler, mut tasks: JoinSet<()>, grace: Duration) {
     tracing::info!(pipeline = %handler.name(), in_flight = tasks.len(), "pipeline stopping");
     if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
         .await
@@ -127,14 +179,181 @@ pub async fn run(
     }
 }
 
+/// [`run`] for a function that takes batches.
+async fn run_batches(
+    handler: Arc<Handler>,
+    mut trigger: Box<dyn Pull>,
+    shutdown: CancellationToken,
+    grace: Duration,
+    batch: BatchConfig,
+) {
+    let ordering = Arc::new(Ordering::default());
+    let same_event = Arc::new(Ordering::default());
+    let mut tasks = JoinSet::new();
+    let acks = trigger.acks();
+    tracing::info!(pipeline = %handler.name(), source = %trigger.description(), max_events = batch.max_events, max_wait = ?batch.max_wait, "pipeline running");
+    // Reads on a task of its own, so that waiting for a batch to fill can
+    // stop at `max_wait` without cutting a read short.
+    let (sender, mut received) = tokio::sync::mpsc::channel::<Vec<Delivery>>(1);
+    let reading = {
+        let (handler, shutdown, acks) = (handler.clone(), shutdown.clone(), acks.clone());
+        let want = batch.max_events.clamp(BATCH, 1024);
+        tokio::spawn(async move {
+            let mut failures = 0u32;
+            loop {
+                let read = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    read = read(&mut *trigger, &acks, want) => read,
+                };
+                match read {
+                    Ok(deliveries) => {
+                        failures = 0;
+                        if sender.send(deliveries).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(error) => {
+                        handler.meters.source_errors.increment(1);
+                        failures = failures.saturating_add(1);
+                        let delay = Duration::from_millis(100 << failures.min(5));
+                        tracing::warn!(pipeline = %handler.name(), %error, ?delay, "reading the source failed; retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let mut gathered: std::collections::VecDeque<Delivery> = Default::default();
+    'feed: loop {
+        if gathered.is_empty() {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                read = received.recv() => match read {
+                    Some(deliveries) => gathered.extend(deliveries),
+                    None => break,
+                },
+            }
+        }
+        let deadline = tokio::time::Instant::now() + batch.max_wait;
+        while gathered.len() < batch.max_events {
+            tokio::select! {
+                _ = shutdown.cancelled() => break 'feed,
+                _ = tokio::time::sleep_until(deadline) => break,
+                read = received.recv() => match read {
+                    Some(deliveries) => gathered.extend(deliveries),
+                    None => break,
+                },
+            }
+        }
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = handler.admit() => slot,
+        };
+        let take = gathered.len().min(batch.max_events);
+        let events: Vec<Delivery> = gathered.drain(..take).collect();
+        tasks.spawn(handle_batch(
+            handler.clone(),
+            slot,
+            events,
+            ordering.clone(),
+            same_event.clone(),
+            acks.clone(),
+        ));
+        while tasks.try_join_next().is_some() {}
+    }
+    reading.abort();
+    stop(&handler, tasks, grace).await;
+}
+
+/// Handles one batch in `slot`: the function runs once on the events that
+/// are to run, then each event is written, retried or dead-lettered,
+/// completed and acknowledged on its own, in its turn.
+async fn handle_batch(
+    handler: Arc<Handler>,
+    slot: super::Slot,
+    deliveries: Vec<Delivery>,
+    ordering: Arc<Ordering>,
+    same_event: Arc<Ordering>,
+    acks: Arc<Acks>,
+) {
+    let taken = Instant::now();
+    let mut seen_keys = std::collections::HashSet::new();
+    let mut seen_events = std::collections::HashSet::new();
+    let mut events: Vec<_> = (deliveries.into_iter())
+        .map(|delivery| {
+            let turn = ordering.queue(delivery.ordering_key.clone());
+            let event_turn = same_event.queue(Some(delivery.idempotency_key.clone()));
+            // The first of its key in the batch waits for the events
+            // before the batch; the others wait for it.
+            let first_of_key = match &delivery.ordering_key {
+                Some(key) => seen_keys.insert(key.clone()),
+                None => true,
+            };
+            // The same event twice in a batch runs once: the second is
+            // handled after the first, alone, and finds it done.
+            let in_batch = seen_events.insert(delivery.idempotency_key.clone());
+            (delivery, turn, event_turn, first_of_key, in_batch)
+        })
+        .collect();
+    // A function that acts on the world (key-value state, requests) runs
+    // only once the events before its batch with the same keys are done;
+    // a pure one's outputs are the same either way, and are written in
+    // turn below.
+    for (_, turn, event_turn, first_of_key, in_batch) in &mut events {
+        if *in_batch {
+            event_turn.wait().await;
+            if *first_of_key && !handler.pure() {
+                turn.wait().await;
+            }
+        }
+    }
+    handler.meters.stage(Stage::Queued, taken);
+    let items: Vec<(&str, &super::Pending)> = (events.iter())
+        .filter(|(.., in_batch)| *in_batch)
+        .map(|(delivery, ..)| (delivery.idempotency_key.as_str(), &delivery.pending))
+        .collect();
+    let mut prepared = handler.prepare_batch(&items).await.into_iter();
+    let each = events
+        .into_iter()
+        .map(|(delivery, mut turn, mut event_turn, _, in_batch)| {
+            let prepared = match in_batch {
+                true => Some(prepared.next().expect("one per event in the batch")),
+                false => None,
+            };
+            let (handler, acks) = (&handler, &acks);
+            async move {
+                turn.wait().await;
+                event_turn.wait().await;
+                let position = delivery.position;
+                let work = Work::new(delivery.idempotency_key, delivery.pending);
+                let handled = (handler)
+                    .handle_prepared(super::Slot::in_batch(), work, prepared)
+                    .await;
+                event_turn.done();
+                let ack = handler.meters.timed(Stage::Ack, acks.finished(position));
+                if let Err(error) = crate::telemetry::scoped(handled.span.clone(), ack).await {
+                    handler.meters.source_errors.increment(1);
+                    tracing::warn!(pipeline = %handler.name(), %error, "committing the source failed; the event may be redelivered");
+                }
+                turn.done();
+                drop(handled);
+            }
+        });
+    futures_util::future::join_all(each).await;
+    drop(slot);
+}
+
 /// Waits for the next deliveries. Items the trigger filters out are
 /// acknowledged here and never reach the handler.
-async fn read(trigger: &mut dyn Pull, acks: &Acks) -> Result<Vec<Delivery>, FeedError> {
+async fn read(trigger: &mut dyn Pull, acks: &Acks, max: usize) -> Result<Vec<Delivery>, FeedError> {
     loop {
         let Pulled {
             deliveries,
             skipped,
-        } = trigger.next(BATCH).await?;
+        } = trigger.next(max).await?;
         for position in deliveries
             .iter()
             .map(|d| d.position)

@@ -22,6 +22,7 @@ use backon::Retryable as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::dead_letter::{DeadLetter, rfc3339};
+use super::feed_driver::BatchConfig;
 use super::meters::{Meters, Stage};
 use super::{Pending, Threads, threads};
 use crate::config::pipeline::PipelineConfig;
@@ -30,7 +31,7 @@ use crate::health::Health;
 use crate::idempotency::{Claim, Completion, IdempotencyStore};
 use crate::retry::RetryConfig;
 use crate::runtime::http::{Reply, Stream};
-use crate::runtime::{Context, Invocation, Invoke, InvokeError, LogLabel, Output};
+use crate::runtime::{Context, Invocation, InvocationStats, Invoke, InvokeError, LogLabel, Output};
 use crate::sinks::{Backends, Sink, WriteId};
 use crate::telemetry;
 use opentelemetry::KeyValue;
@@ -73,6 +74,8 @@ pub struct Handler {
     running: Option<Mutex<HashSet<String>>>,
     /// Whether a summary is kept with each completion ([`Handler::reporting`]).
     summaries: bool,
+    /// `[source] batch`: the function takes its events in batches.
+    batch: Option<BatchConfig>,
 }
 
 /// Takes one off a gauge when dropped.
@@ -84,9 +87,26 @@ impl Drop for Decrement<'_> {
     }
 }
 
-/// Leave to work on one event; from [`Handler::admit`] or
+/// Leave to work on one event (or one batch); from [`Handler::admit`] or
 /// [`Handler::try_admit`].
-pub struct Slot(#[allow(dead_code, reason = "held, not read")] OwnedSemaphorePermit);
+pub struct Slot(#[allow(dead_code, reason = "held, not read")] Option<OwnedSemaphorePermit>);
+
+impl Slot {
+    /// An event of a batch, which holds the batch's slot.
+    pub(super) fn in_batch() -> Self {
+        Self(None)
+    }
+}
+
+/// An event of a batch, claimed, loaded and run with the others
+/// ([`Handler::prepare_batch`]): where its handling starts from.
+pub struct Prepared {
+    claimed: Claimed,
+    event: Option<Arc<Event>>,
+    /// The batch's result for it; `None` when it runs alone instead (the
+    /// batch failed as a whole, or the event was not in it).
+    first: Option<Result<Invocation, Failure>>,
+}
 
 /// One event for the handler.
 pub struct Work {
@@ -287,7 +307,10 @@ impl Handler {
             retry: config.retry.clone(),
             sink_retry: config.sink_retry.clone(),
             slots: Arc::new(Semaphore::new(config.concurrency)),
-            finishing: Arc::new(Semaphore::new(config.concurrency)),
+            // A batch's events finish together.
+            finishing: Arc::new(Semaphore::new(
+                config.concurrency * config.batch.map_or(1, |b| b.max_events),
+            )),
             threads,
             idempotency,
             health,
@@ -297,7 +320,18 @@ impl Handler {
             meters,
             running: None,
             summaries: false,
+            batch: config.batch,
         }
+    }
+
+    /// `[source] batch`, when the pipeline's function takes batches.
+    pub fn batch(&self) -> Option<BatchConfig> {
+        self.batch
+    }
+
+    /// Whether the function acts on nothing but its outputs.
+    pub fn pure(&self) -> bool {
+        self.function.pure()
     }
 
     pub fn name(&self) -> &str {
@@ -333,20 +367,35 @@ impl Handler {
     /// Waits for a free slot: a pulled trigger reads no further meanwhile.
     pub async fn admit(&self) -> Slot {
         let permit = self.slots.clone().acquire_owned().await;
-        Slot(permit.expect("the semaphore is never closed"))
+        Slot(Some(permit.expect("the semaphore is never closed")))
     }
 
     /// A free slot now, or `None` when all are busy: a pushed trigger then
     /// refuses the request at once instead of queueing it without bound.
     pub fn try_admit(&self) -> Option<Slot> {
-        self.slots.clone().try_acquire_owned().ok().map(Slot)
+        self.slots
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|p| Slot(Some(p)))
     }
 
     /// Handles one event in `slot` until it ends. The slot is given up as
     /// soon as the outputs (or the dead letter) are written, while
     /// completion is recorded, as a Kafka client's window counts only
     /// unacknowledged produces (benchmark #3).
-    pub async fn handle(&self, slot: Slot, mut work: Work) -> Handled {
+    pub async fn handle(&self, slot: Slot, work: Work) -> Handled {
+        self.handle_prepared(slot, work, None).await
+    }
+
+    /// Handles one event, from where [`prepare_batch`](Self::prepare_batch)
+    /// left it when `prepared` is given.
+    pub async fn handle_prepared(
+        &self,
+        slot: Slot,
+        mut work: Work,
+        prepared: Option<Prepared>,
+    ) -> Handled {
         fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
             set.lock().unwrap_or_else(|e| e.into_inner())
         }
@@ -366,7 +415,7 @@ impl Handler {
         // Boxed: the work on an event is a large future, and a task's
         // future is copied whole when it is spawned and when it ends
         // (tokio's `Core::set_stage`: 5 % of benchmark #3's CPU unboxed).
-        let process = Box::pin(self.process(&work, stream));
+        let process = Box::pin(self.process(&work, stream, prepared));
         let outcome = telemetry::scoped(span.clone(), process).await;
         trace_outcome(&span, &outcome);
         if let Some(running) = &self.running {
@@ -406,7 +455,12 @@ impl Handler {
 
     /// Works on one event until its outputs (or its dead letter) are
     /// written, or it is skipped as done already.
-    async fn process(&self, work: &Work, stream: Option<Stream>) -> Outcome {
+    async fn process(
+        &self,
+        work: &Work,
+        stream: Option<Stream>,
+        prepared: Option<Prepared>,
+    ) -> Outcome {
         self.meters.received.increment(1);
         self.meters.inflight.increment(1.0);
         // Decremented however this ends: a caller that stops waiting (an
@@ -414,27 +468,10 @@ impl Handler {
         let _inflight = Decrement(&self.meters.inflight);
         let key = work.key.as_str();
         // Shared, not cloned, with the invocation thread that runs it.
-        let event: tokio::sync::OnceCell<Arc<Event>> = tokio::sync::OnceCell::new();
+        let event =
+            tokio::sync::OnceCell::new_with(prepared.as_ref().and_then(|p| p.event.clone()));
         let event_ref = &event;
-        let load = || {
-            event_ref.get_or_try_init(|| async {
-                self.meters
-                    .timed(Stage::Load, work.pending.load())
-                    .await
-                    .map(|mut event| {
-                        event.idempotency_key = key.to_owned();
-                        telemetry::adopt(&mut event);
-                        Arc::new(event)
-                    })
-                    .map_err(|e| Failure {
-                        retry_after: None,
-                        stage: "load",
-                        message: e.message,
-                        retryable: e.retryable,
-                        outcome: None,
-                    })
-            })
-        };
+        let load = || event_ref.get_or_try_init(|| self.load(key, &work.pending));
 
         // A function without capabilities has no side effects (it imports
         // logging and variables), so the first attempt runs while the event is claimed
@@ -466,7 +503,9 @@ impl Handler {
             Track::Claim => !self.function.pure(),
             Track::Again | Track::Untracked => false,
         };
-        let (claimed, first) = if claim_first {
+        let (claimed, first) = if let Some(prepared) = prepared {
+            (prepared.claimed, prepared.first)
+        } else if claim_first {
             match claim.await {
                 claimed @ Claimed::Ours { .. } => (claimed, Some(first_attempt.await)),
                 claimed => (claimed, None),
@@ -562,6 +601,145 @@ impl Handler {
                 Outcome::DeadLettered { attempts, error }
             }
         }
+    }
+
+    /// The event `pending` makes, with its idempotency key and trace.
+    async fn load(&self, key: &str, pending: &Pending) -> Result<Arc<Event>, Failure> {
+        self.meters
+            .timed(Stage::Load, pending.load())
+            .await
+            .map(|mut event| {
+                event.idempotency_key = key.to_owned();
+                telemetry::adopt(&mut event);
+                Arc::new(event)
+            })
+            .map_err(|e| Failure {
+                retry_after: None,
+                stage: "load",
+                message: e.message,
+                retryable: e.retryable,
+                outcome: None,
+            })
+    }
+
+    /// Claims and loads a batch's events (`(idempotency key, pending)`,
+    /// in feed order) and runs the function once on those that are ours:
+    /// where each event's [`handle_prepared`](Self::handle_prepared)
+    /// starts. An event done already is skipped there, one whose payload
+    /// did not load fails there, and when the batch fails as a whole
+    /// (a trap, a timeout) each of its events runs again alone.
+    pub async fn prepare_batch(&self, items: &[(&str, &Pending)]) -> Vec<Prepared> {
+        let claims = futures_util::future::join_all(
+            (items.iter()).map(|(key, _)| self.meters.timed(Stage::Claim, self.claim(key))),
+        );
+        let loads = futures_util::future::join_all(
+            items.iter().map(|(key, pending)| self.load(key, pending)),
+        );
+        let (claims, loads) = tokio::join!(claims, loads);
+        let events: Vec<Arc<Event>> = (claims.iter().zip(&loads))
+            .filter_map(|(claimed, loaded)| match (claimed, loaded) {
+                (Claimed::Ours { .. }, Ok(event)) => Some(event.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut results = match events.is_empty() {
+            true => None,
+            false => self.invoke_batch(&events).await,
+        }
+        .map(Vec::into_iter);
+        (claims.into_iter().zip(loads))
+            .map(|(claimed, loaded)| {
+                let (event, first) = match (&claimed, loaded) {
+                    (Claimed::Ours { .. }, Ok(event)) => {
+                        let first = results
+                            .as_mut()
+                            .map(|r| r.next().expect("a result per event"));
+                        (Some(event), first)
+                    }
+                    (_, Ok(event)) => (Some(event), None),
+                    (_, Err(failure)) => (None, Some(Err(failure))),
+                };
+                Prepared {
+                    claimed,
+                    event,
+                    first,
+                }
+            })
+            .collect()
+    }
+
+    /// Runs the function on `events` in one instance: each event's result,
+    /// or `None` when the batch failed as a whole.
+    async fn invoke_batch(
+        &self,
+        events: &[Arc<Event>],
+    ) -> Option<Vec<Result<Invocation, Failure>>> {
+        let first = &events[0];
+        // A batch's log lines and requests carry its first event's id.
+        let label = LogLabel {
+            pipeline: self.name.clone(),
+            function: self.function.name().to_owned(),
+            event_id: first.id.clone(),
+            trace_id: first
+                .attributes
+                .get("trace_id")
+                .cloned()
+                .unwrap_or_default(),
+            idempotency_key: first.idempotency_key.clone(),
+            traceparent: None,
+        };
+        let (function, context) = (self.function.clone(), self.context.clone());
+        let batch = events.to_vec();
+        let running = self
+            .threads
+            .run(move || function.invoke_batch(&context, &batch, label));
+        let (result, stats) = self.meters.timed(Stage::Invoke, running).await;
+        let outcomes: Vec<&'static str> = match &result {
+            Ok(results) => (results.iter())
+                .map(|r| r.as_ref().map_or_else(InvokeError::outcome, |_| "ok"))
+                .collect(),
+            Err(error) => vec![error.outcome(); events.len()],
+        };
+        for outcome in &outcomes {
+            self.meters.invocations(outcome).increment(1);
+        }
+        self.measure(&stats);
+        let failed = outcomes.iter().filter(|o| **o != "ok").count();
+        tracing::info!(
+            target: "runnel::invocation",
+            id = %first.id,
+            pipeline = %self.name,
+            function = %self.function.name(),
+            events = events.len(),
+            failed,
+            duration_us = stats.duration.as_micros() as u64,
+            instantiation_us = stats.instantiation.as_micros() as u64,
+            peak_memory = stats.peak_memory,
+            error = result.as_ref().err().map(|e| e.to_string()),
+            "batch invocation"
+        );
+        match result {
+            Ok(results) => Some(results.into_iter().map(|r| self.checked(r)).collect()),
+            Err(error) => {
+                tracing::warn!(pipeline = %self.name, %error, events = events.len(), "the batch failed as a whole; each of its events runs again alone");
+                None
+            }
+        }
+    }
+
+    /// An invocation's duration, start-up and cost, in the metrics.
+    fn measure(&self, stats: &InvocationStats) {
+        let meters = &self.meters;
+        meters
+            .invocation_duration
+            .record(stats.duration.as_secs_f64());
+        meters
+            .instantiation_duration
+            .record(stats.instantiation.as_secs_f64());
+        let limit = self.function.memory_limit() as f64;
+        meters
+            .billed_byte_seconds
+            .increment((limit * stats.duration.as_secs_f64()).round() as u64);
     }
 
     /// How the event `key` ended, if it did; `None` when the store knows
@@ -837,18 +1015,8 @@ impl Handler {
             Ok(_) => "ok",
             Err(e) => e.outcome(),
         };
-        let meters = &self.meters;
-        meters.invocations(outcome).increment(1);
-        meters
-            .invocation_duration
-            .record(stats.duration.as_secs_f64());
-        meters
-            .instantiation_duration
-            .record(stats.instantiation.as_secs_f64());
-        let limit = self.function.memory_limit() as f64;
-        meters
-            .billed_byte_seconds
-            .increment((limit * stats.duration.as_secs_f64()).round() as u64);
+        self.meters.invocations(outcome).increment(1);
+        self.measure(&stats);
         tracing::info!(
             target: "runnel::invocation",
             id = %event.id,
@@ -863,6 +1031,13 @@ impl Handler {
             error = result.as_ref().err().map(|e| e.to_string()),
             "invocation"
         );
+        self.checked(result)
+    }
+
+    /// An invocation's result as the engine takes it: a failure
+    /// classified, outputs within the function's limits and to declared
+    /// sinks.
+    fn checked(&self, result: Result<Invocation, InvokeError>) -> Result<Invocation, Failure> {
         let invocation = result.map_err(|e: InvokeError| Failure {
             retry_after: None,
             stage: "invoke",

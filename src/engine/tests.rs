@@ -103,6 +103,11 @@ struct Setup {
 }
 
 async fn setup(concurrency: usize) -> Setup {
+    setup_with(concurrency, "").await
+}
+
+/// `source` goes into the pipeline's `[source]` table.
+async fn setup_with(concurrency: usize, source: &str) -> Setup {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("fake.wasm"), b"").unwrap();
@@ -113,6 +118,7 @@ async fn setup(concurrency: usize) -> Setup {
         [source]
         type = "topic"
         topic = "in"
+        {source}
         [function]
         path = "fake.wasm"
         [sinks.out]
@@ -399,4 +405,170 @@ async fn the_feed_driver_handles_a_topic_and_commits_it() {
         "every offset was committed"
     );
     assert_eq!(fake.calls.load(AtomicOrdering::SeqCst), 10);
+}
+
+/// A batch function's stand-in: shouts every event but `bad` (refused for
+/// good) and `flaky` (retryable, the first time), and records the size of
+/// each call.
+#[derive(Default)]
+struct Batcher {
+    sizes: Mutex<Vec<usize>>,
+    flaked: std::sync::atomic::AtomicBool,
+}
+
+impl Batcher {
+    fn one(&self, event: &Event) -> Result<Invocation, InvokeError> {
+        let refuse = |retryable| InvokeError::Function {
+            message: "refused".to_owned(),
+            retryable,
+        };
+        match &event.data[..] {
+            b"bad" => Err(refuse(false)),
+            b"flaky" if !self.flaked.swap(true, AtomicOrdering::SeqCst) => Err(refuse(true)),
+            _ => shout()(event).map(|outputs| Invocation {
+                outputs,
+                reply: None,
+            }),
+        }
+    }
+}
+
+impl Invoke for Batcher {
+    fn name(&self) -> &str {
+        "batcher"
+    }
+
+    fn memory_limit(&self) -> u64 {
+        1 << 20
+    }
+
+    fn batched(&self) -> bool {
+        true
+    }
+
+    fn invoke(
+        &self,
+        _context: &Context,
+        event: &Event,
+        _label: LogLabel,
+    ) -> (Result<Invocation, InvokeError>, InvocationStats) {
+        self.sizes.lock().unwrap().push(1);
+        (self.one(event), InvocationStats::default())
+    }
+
+    fn invoke_batch(
+        &self,
+        _context: &Context,
+        events: &[Arc<Event>],
+        _label: LogLabel,
+    ) -> (crate::runtime::BatchResult, InvocationStats) {
+        self.sizes.lock().unwrap().push(events.len());
+        let results = events.iter().map(|event| self.one(event)).collect();
+        (Ok(results), InvocationStats::default())
+    }
+}
+
+/// With `[source] batch`, the driver hands the function up to
+/// `max_events` events at once; a failure is retried or dead-lettered
+/// alone while its batch's other events complete, and every offset is
+/// committed.
+#[tokio::test]
+async fn a_batch_function_gets_batches_and_its_failures_go_alone() {
+    let setup = setup_with(2, r#"batch = { max_events = 10, max_wait = "200ms" }"#).await;
+    for i in 0..30 {
+        let payload = match i {
+            7 => "bad".to_owned(),
+            15 => "flaky".to_owned(),
+            _ => format!("message {i}"),
+        };
+        let message = Message {
+            key: Some(format!("m{i}")),
+            headers: Vec::new(),
+            payload: Bytes::from(payload),
+        };
+        setup
+            .backends
+            .broker
+            .publish("in", None, message)
+            .await
+            .unwrap();
+    }
+    let batcher = Arc::new(Batcher::default());
+    let handler = Arc::new(Handler::new(
+        &setup.config,
+        batcher.clone(),
+        &setup.backends,
+        setup.idempotency.clone(),
+        Health::unchecked(),
+        Arc::new(super::Threads::new("test-fn", 2)),
+    ));
+    let crate::triggers::Trigger::Pulled(trigger) = setup
+        .config
+        .source
+        .open("p", &setup.checked())
+        .await
+        .unwrap()
+    else {
+        panic!("a topic is pulled")
+    };
+    let shutdown = CancellationToken::new();
+    let driver = tokio::spawn(feed_driver::run(
+        handler,
+        trigger,
+        shutdown.clone(),
+        Duration::from_secs(5),
+    ));
+    let done = async {
+        loop {
+            let written = setup.backends.store.list("out", "", 100).await.unwrap();
+            let dead = setup
+                .backends
+                .store
+                .list("dead-letters", "", 100)
+                .await
+                .unwrap();
+            if written.len() >= 29 && !dead.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .expect("29 outputs and a dead letter");
+    assert_eq!(setup.object("out", "m15").await.unwrap(), "FLAKY");
+    assert_eq!(setup.object("out", "m16").await.unwrap(), "MESSAGE 16");
+    assert_eq!(setup.object("out", "m7").await, None);
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), driver)
+        .await
+        .expect("the driver stops")
+        .unwrap();
+
+    let sizes = batcher.sizes.lock().unwrap().clone();
+    // 30 events in batches of at most 10, and the flaky one's retry alone.
+    assert!(sizes.iter().all(|&n| n <= 10), "{sizes:?}");
+    assert!(sizes.iter().any(|&n| n > 1), "{sizes:?}");
+    assert_eq!(
+        sizes.iter().sum::<usize>(),
+        31,
+        "each event once, the retry alone: {sizes:?}"
+    );
+    let dead = setup
+        .backends
+        .store
+        .list("dead-letters", "", 100)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1, "only the bad event is dead-lettered");
+    let record = setup.object("dead-letters", &dead[0]).await.unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&record).unwrap();
+    assert_eq!(record["event"]["subject"], "m7");
+    assert_eq!(record["attempts"], 1, "not retried: {record}");
+    let mut feed = setup.backends.broker.subscribe("in", "p").await.unwrap();
+    let left = tokio::time::timeout(Duration::from_millis(300), feed.poll(100)).await;
+    assert!(
+        left.is_err() || left.unwrap().unwrap().is_empty(),
+        "every offset was committed"
+    );
 }

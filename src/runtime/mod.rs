@@ -44,6 +44,21 @@ mod bindings {
     });
 }
 
+/// A batch function's export; its imports are the `function` world's.
+mod batch_bindings {
+    wasmtime::component::bindgen!({
+        path: "functions/wit",
+        world: "batch-function",
+        ownership: Borrowing { duplicate_if_necessary: true },
+        with: {
+            "runnel:function/types": super::bindings::runnel::function::types,
+            "runnel:function/log": super::bindings::runnel::function::log,
+            "runnel:function/variables": super::bindings::runnel::function::variables,
+            "runnel:function/kv": super::bindings::runnel::function::kv,
+        },
+    });
+}
+
 use bindings::runnel::function::types as wit;
 
 pub const DEFAULT_MEMORY_LIMIT: u64 = 128 << 20;
@@ -389,8 +404,13 @@ impl Runtime {
             config,
             wasm,
             &self.linker,
-            "runnel:function's `handle`",
-            bindings::FunctionPre::new,
+            "runnel:function's `handle` (or `handle-batch`, of the batch-function world)",
+            |pre| match bindings::FunctionPre::new(pre.clone()) {
+                Ok(one) => Ok(Entry::One(one)),
+                Err(error) => batch_bindings::BatchFunctionPre::new(pre)
+                    .map(Entry::Batch)
+                    .map_err(|_| error),
+            },
         )?;
         let http = self.http_grant(config);
         Ok(Function {
@@ -722,6 +742,35 @@ pub trait Invoke: Send + Sync + 'static {
         label: LogLabel,
     ) -> (Result<Invocation, InvokeError>, InvocationStats);
 
+    /// Whether the function takes its events in batches (it exports
+    /// `handle-batch`); [`invoke`](Self::invoke) then runs a batch of one.
+    fn batched(&self) -> bool {
+        false
+    }
+
+    /// Runs the function on `events` in one instance: a result per event,
+    /// in order, or `Err` when the batch failed as a whole (a trap, a
+    /// timeout, a list of results of another length). The default runs
+    /// each event on its own.
+    fn invoke_batch(
+        &self,
+        context: &Context,
+        events: &[Arc<Event>],
+        label: LogLabel,
+    ) -> (BatchResult, InvocationStats) {
+        let mut total = InvocationStats::default();
+        let results = (events.iter())
+            .map(|event| {
+                let (result, stats) = self.invoke(context, event, label.clone());
+                total.instantiation += stats.instantiation;
+                total.duration += stats.duration;
+                total.peak_memory = total.peak_memory.max(stats.peak_memory);
+                result
+            })
+            .collect();
+        (Ok(results), total)
+    }
+
     /// For a function that runs on the caller's async runtime (yielding at
     /// epoch ticks) rather than on a thread: the invocation as a future.
     /// `None`, the default, means call [`invoke`](Self::invoke) on a thread.
@@ -735,6 +784,10 @@ pub trait Invoke: Send + Sync + 'static {
         None
     }
 }
+
+/// What a batch invocation returned: each event's result, or why the
+/// batch failed as a whole.
+pub type BatchResult = Result<Vec<Result<Invocation, InvokeError>>, InvokeError>;
 
 /// An invocation running on the caller's runtime.
 pub type InvokeFuture<'a> = std::pin::Pin<
@@ -775,6 +828,31 @@ impl Invoke for Function {
         });
         (invocation, stats)
     }
+
+    fn batched(&self) -> bool {
+        matches!(self.pre, Entry::Batch(_))
+    }
+
+    fn invoke_batch(
+        &self,
+        context: &Context,
+        events: &[Arc<Event>],
+        label: LogLabel,
+    ) -> (BatchResult, InvocationStats) {
+        let events: Vec<&Event> = events.iter().map(|e| &**e).collect();
+        let (result, stats) = self.call(context, &events, label);
+        let result = result.map(|results| {
+            (results.into_iter())
+                .map(|result| {
+                    result.map(|outputs| Invocation {
+                        outputs,
+                        reply: None,
+                    })
+                })
+                .collect()
+        });
+        (result, stats)
+    }
 }
 
 impl Invoke for http::HttpFunction {
@@ -813,9 +891,19 @@ pub struct Function {
     kv: Option<crate::kv::KvGrant>,
     /// Outbound HTTP, when the pipeline grants it.
     http: Option<Arc<outbound::HttpGrant>>,
-    pre: bindings::FunctionPre<HostState>,
+    pre: Entry,
     engine: Engine,
 }
+
+/// What a component exports: `handle`, or `handle-batch`.
+enum Entry {
+    One(bindings::FunctionPre<HostState>),
+    Batch(batch_bindings::BatchFunctionPre<HostState>),
+}
+
+/// Each event's outputs, or why the function failed on it; `Err` when the
+/// call failed as a whole.
+type Outcomes = Result<Vec<Result<Vec<Output>, InvokeError>>, InvokeError>;
 
 impl Function {
     pub fn name(&self) -> &str {
@@ -832,14 +920,29 @@ impl Function {
         self.memory_limit
     }
 
-    /// Runs the function on one event in a fresh instance. Blocking: call
-    /// it off the async workers (a pipeline's invocation threads).
+    /// Runs the function on one event in a fresh instance (a batch
+    /// function gets a batch of one). Blocking: call it off the async
+    /// workers (the invocation threads).
     pub fn invoke(
         &self,
         context: &Context,
         event: &Event,
         label: LogLabel,
     ) -> (Result<Vec<Output>, InvokeError>, InvocationStats) {
+        let (result, stats) = self.call(context, &[event], label);
+        let result = result.and_then(|mut results| results.pop().expect("one result per event"));
+        (result, stats)
+    }
+
+    /// Runs the function on `events` in one fresh instance: `handle` for
+    /// the one event of a function that exports it, `handle-batch`
+    /// otherwise.
+    fn call(
+        &self,
+        context: &Context,
+        events: &[&Event],
+        label: LogLabel,
+    ) -> (Outcomes, InvocationStats) {
         let started = Instant::now();
         let outbound = outbound::Outbound::new(
             self.http.clone(),
@@ -859,47 +962,73 @@ impl Function {
         store.set_epoch_deadline(ticks + 1);
         store.epoch_deadline_trap();
 
+        // Borrowed from `context` and the events: the lists of pairs are
+        // the only allocations.
+        let config = str_pairs(context.config.iter().map(|(k, v)| (k, v)));
+        let sinks: Vec<wit::Sink<'_>> = context
+            .sinks
+            .iter()
+            .map(|(name, kind, target)| wit::Sink { name, kind, target })
+            .collect();
+        let ctx = wit::Context {
+            pipeline: &context.pipeline,
+            config: &config,
+            sinks: &sinks,
+            attempt: context.attempt,
+        };
+        let attributes: Vec<_> = events.iter().map(|e| str_pairs(&e.attributes)).collect();
+        let mut evs: Vec<wit::Event<'_>> = (events.iter().zip(&attributes))
+            .map(|(event, attributes)| wit::Event {
+                id: &event.id,
+                source: &event.source,
+                event_type: &event.event_type,
+                subject: event.subject.as_deref(),
+                content_type: event.content_type.as_deref(),
+                attributes,
+                data: &event.data,
+            })
+            .collect();
+
         let mut stats = InvocationStats::default();
-        let instance = self.pre.instantiate(&mut store);
-        stats.instantiation = started.elapsed();
-        let result = match instance {
-            Ok(instance) => {
-                // Borrowed from `context` and `event`: the lists of pairs
-                // are the only allocations.
-                let config = str_pairs(context.config.iter().map(|(k, v)| (k, v)));
-                let sinks: Vec<wit::Sink<'_>> = context
-                    .sinks
-                    .iter()
-                    .map(|(name, kind, target)| wit::Sink { name, kind, target })
-                    .collect();
-                let attributes = str_pairs(&event.attributes);
-                let ctx = wit::Context {
-                    pipeline: &context.pipeline,
-                    config: &config,
-                    sinks: &sinks,
-                    attempt: context.attempt,
-                };
-                let ev = wit::Event {
-                    id: &event.id,
-                    source: &event.source,
-                    event_type: &event.event_type,
-                    subject: event.subject.as_deref(),
-                    content_type: event.content_type.as_deref(),
-                    attributes: &attributes,
-                    data: &event.data,
-                };
-                instance.call_handle(&mut store, ctx, ev)
+        let result = match &self.pre {
+            Entry::One(pre) => {
+                assert_eq!(
+                    evs.len(),
+                    1,
+                    "a function exporting `handle` runs one event at a time"
+                );
+                let instance = pre.instantiate(&mut store);
+                stats.instantiation = started.elapsed();
+                instance
+                    .and_then(|instance| instance.call_handle(&mut store, ctx, evs.remove(0)))
+                    .map(|result| vec![result])
             }
-            Err(error) => Err(error),
+            Entry::Batch(pre) => {
+                let instance = pre.instantiate(&mut store);
+                stats.instantiation = started.elapsed();
+                instance.and_then(|instance| instance.call_handle_batch(&mut store, ctx, &evs))
+            }
         };
         stats.duration = started.elapsed();
         stats.peak_memory = store.data().limiter.peak;
         let result = match result {
-            Ok(Ok(outputs)) => Ok(outputs.into_iter().map(from_wit_output).collect()),
-            Ok(Err(e)) => Err(InvokeError::Function {
-                message: e.message,
-                retryable: e.retryable,
+            Ok(results) if results.len() != events.len() => Err(InvokeError::Function {
+                message: format!(
+                    "handle-batch returned {} results for {} events",
+                    results.len(),
+                    events.len()
+                ),
+                retryable: true,
             }),
+            Ok(results) => Ok((results.into_iter())
+                .map(|result| match result {
+                    Ok(outputs) => Ok(outputs.into_iter().map(from_wit_output).collect()),
+                    Err(e) => Err(InvokeError::Function {
+                        message: e.message,
+                        retryable: e.retryable,
+                    }),
+                })
+                .collect()),
             Err(error) => Err(self.classify(error, store.data())),
         };
         (result, stats)

@@ -35,6 +35,49 @@ pub mod bindings {
     });
 }
 
+/// Functions that take their events in batches: a pipeline whose source
+/// sets `batch = { max_events, max_wait }` hands such a function up to
+/// `max_events` events in one instance, and the function answers for each
+/// one on its own, so one bad event is retried or dead-lettered alone.
+///
+/// ```ignore
+/// use runnel_sdk::batch::Guest;
+/// use runnel_sdk::{Context, Error, Event, Output};
+///
+/// struct Readings;
+/// runnel_sdk::batch::export!(Readings);
+///
+/// impl Guest for Readings {
+///     fn handle_batch(ctx: Context, events: Vec<Event>) -> Vec<Result<Vec<Output>, Error>> {
+///         events.into_iter().map(|event| Ok(vec![Output::new("out", event.data)])).collect()
+///     }
+/// }
+/// ```
+pub mod batch {
+    /// The `batch-function` world's export, on the types and imports of
+    /// the crate's other bindings.
+    #[doc(hidden)]
+    pub mod bindings {
+        wit_bindgen::generate!({
+            path: "../wit",
+            world: "batch-function",
+            with: {
+                "runnel:function/types@0.1.0": crate::bindings::runnel::function::types,
+                "runnel:function/log@0.1.0": crate::bindings::runnel::function::log,
+                "runnel:function/variables@0.1.0": crate::bindings::runnel::function::variables,
+                "runnel:function/kv@0.1.0": crate::bindings::runnel::function::kv,
+            },
+            pub_export_macro: true,
+            export_macro_name: "export_batch",
+            default_bindings_module: "runnel_sdk::batch::bindings",
+        });
+    }
+
+    pub use bindings::Guest;
+    /// Exports a type implementing [`Guest`] as the function.
+    pub use bindings::export_batch as export;
+}
+
 pub use bindings::runnel::function::types::Sink;
 pub use bindings::{Context, Error, Event, Guest, Output, export};
 
