@@ -65,6 +65,15 @@ impl Side {
 async fn run() {
     let dir = tempfile::tempdir().unwrap();
     let batch = side(&dir.path().join("batch"), true, BATCH_EVENTS).await;
+    // `RUNNEL_BENCH_ONLY=batch`: the batch side alone (for profiling).
+    if std::env::var("RUNNEL_BENCH_ONLY").as_deref() == Ok("batch") {
+        eprintln!(
+            "batch: {:.0} events/s per core, {:.1} µs of CPU per event",
+            batch.per_core(),
+            batch.cpu_us()
+        );
+        return;
+    }
     let single = side(&dir.path().join("single"), false, SINGLE_EVENTS).await;
     for (name, s) in [("batch", &batch), ("one-event", &single)] {
         eprintln!(
@@ -136,18 +145,21 @@ async fn side(work: &Path, batched: bool, events: usize) -> Side {
         }
         eprintln!("prefilled {events} events in {:?}", started.elapsed());
     }
-    let (function, batch) = match batched {
+    // The batch side at the default concurrency (batches in flight); the
+    // one-event side with #4's window of 64 events in flight.
+    let (function, batch, concurrency) = match batched {
         true => (
             "batch-probe",
             format!("batch = {{ max_events = {BATCH_SIZE}, max_wait = \"50ms\" }}"),
+            String::new(),
         ),
-        false => ("probe", String::new()),
+        false => ("probe", String::new(), "concurrency = 64\n".to_owned()),
     };
     let pipeline = work.join("noop.toml");
     std::fs::write(
         &pipeline,
         format!(
-            "name = \"noop\"\n[source]\ntype = \"topic\"\ntopic = \"bench-in\"\n{batch}\n[function]\npath = {:?}\nmemory_limit = \"16MiB\"\ntimeout = \"5s\"\n[function.config]\nmode = \"noop\"\n[sinks.out]\ntype = \"topic\"\ntopic = \"bench-out\"\n",
+            "name = \"noop\"\n{concurrency}[source]\ntype = \"topic\"\ntopic = \"bench-in\"\n{batch}\n[function]\npath = {:?}\nmemory_limit = \"16MiB\"\ntimeout = \"5s\"\n[function.config]\nmode = \"noop\"\n[sinks.out]\ntype = \"topic\"\ntopic = \"bench-out\"\n",
             harness::repo().join("functions/testing").join(function)
         ),
     )

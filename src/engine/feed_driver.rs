@@ -252,7 +252,13 @@ async fn run_batches(
             _ = shutdown.cancelled() => break,
             slot = handler.admit() => slot,
         };
-        let take = gathered.len().min(batch.max_events);
+        // A batch holds an event once: the same event again (two messages
+        // a key expression calls one) starts the next batch, and finds the
+        // first complete.
+        let mut keys = std::collections::HashSet::new();
+        let take = (gathered.iter().take(batch.max_events))
+            .take_while(|d| keys.insert(d.idempotency_key.as_str()))
+            .count();
         let events: Vec<Delivery> = gathered.drain(..take).collect();
         tasks.spawn(handle_batch(
             handler.clone(),
@@ -268,9 +274,9 @@ async fn run_batches(
     stop(&handler, tasks, grace).await;
 }
 
-/// Handles one batch in `slot`: the function runs once on the events that
-/// are to run, then each event is written, retried or dead-lettered,
-/// completed and acknowledged on its own, in its turn.
+/// Handles one batch in `slot`: the function runs once on its events,
+/// then each is written, retried or dead-lettered on its own, in its turn;
+/// their completions are recorded together, then each is acknowledged.
 async fn handle_batch(
     handler: Arc<Handler>,
     slot: super::Slot,
@@ -281,7 +287,6 @@ async fn handle_batch(
 ) {
     let taken = Instant::now();
     let mut seen_keys = std::collections::HashSet::new();
-    let mut seen_events = std::collections::HashSet::new();
     let mut events: Vec<_> = (deliveries.into_iter())
         .map(|delivery| {
             let turn = ordering.queue(delivery.ordering_key.clone());
@@ -292,58 +297,61 @@ async fn handle_batch(
                 Some(key) => seen_keys.insert(key.clone()),
                 None => true,
             };
-            // The same event twice in a batch runs once: the second is
-            // handled after the first, alone, and finds it done.
-            let in_batch = seen_events.insert(delivery.idempotency_key.clone());
-            (delivery, turn, event_turn, first_of_key, in_batch)
+            (delivery, turn, event_turn, first_of_key)
         })
         .collect();
-    // A function that acts on the world (key-value state, requests) runs
+    // The same event in an earlier batch still in flight ends first. A
+    // function that acts on the world (key-value state, requests) runs
     // only once the events before its batch with the same keys are done;
     // a pure one's outputs are the same either way, and are written in
     // turn below.
-    for (_, turn, event_turn, first_of_key, in_batch) in &mut events {
-        if *in_batch {
-            event_turn.wait().await;
-            if *first_of_key && !handler.pure() {
-                turn.wait().await;
-            }
+    for (_, turn, event_turn, first_of_key) in &mut events {
+        event_turn.wait().await;
+        if *first_of_key && !handler.pure() {
+            turn.wait().await;
         }
     }
     handler.meters.stage(Stage::Queued, taken);
     let items: Vec<(&str, &super::Pending)> = (events.iter())
-        .filter(|(.., in_batch)| *in_batch)
         .map(|(delivery, ..)| (delivery.idempotency_key.as_str(), &delivery.pending))
         .collect();
-    let mut prepared = handler.prepare_batch(&items).await.into_iter();
-    let each = events
-        .into_iter()
-        .map(|(delivery, mut turn, mut event_turn, _, in_batch)| {
-            let prepared = match in_batch {
-                true => Some(prepared.next().expect("one per event in the batch")),
-                false => None,
-            };
-            let (handler, acks) = (&handler, &acks);
+    let prepared = handler.prepare_batch(&items).await;
+    // Each event's turn ends once its outputs are written, so the next
+    // with its key (maybe in this batch) goes on.
+    let each = (events.into_iter().zip(prepared)).map(
+        |((delivery, mut turn, event_turn, _), prepared)| {
+            let handler = &handler;
             async move {
                 turn.wait().await;
-                event_turn.wait().await;
-                let position = delivery.position;
                 let work = Work::new(delivery.idempotency_key, delivery.pending);
                 let handled = (handler)
-                    .handle_prepared(super::Slot::in_batch(), work, prepared)
+                    .handle_unrecorded(super::Slot::in_batch(), work, Some(prepared))
                     .await;
-                event_turn.done();
-                let ack = handler.meters.timed(Stage::Ack, acks.finished(position));
-                if let Err(error) = crate::telemetry::scoped(handled.span.clone(), ack).await {
-                    handler.meters.source_errors.increment(1);
-                    tracing::warn!(pipeline = %handler.name(), %error, "committing the source failed; the event may be redelivered");
-                }
                 turn.done();
-                drop(handled);
+                (delivery.position, handled, event_turn)
             }
-        });
-    futures_util::future::join_all(each).await;
+        },
+    );
+    let (mut handled, mut finishes) = (Vec::new(), Vec::new());
+    for (position, (outcome, finish), event_turn) in futures_util::future::join_all(each).await {
+        handled.push((position, outcome, event_turn));
+        finishes.extend(finish);
+    }
+    handler.complete_batch(finishes).await;
     drop(slot);
+    let acknowledged = handled.into_iter().map(|(position, handled, event_turn)| {
+        event_turn.done();
+        let acks = &acks;
+        let handler = &handler;
+        async move {
+            let ack = handler.meters.timed(Stage::Ack, acks.finished(position));
+            if let Err(error) = crate::telemetry::scoped(handled.span.clone(), ack).await {
+                handler.meters.source_errors.increment(1);
+                tracing::warn!(pipeline = %handler.name(), %error, "committing the source failed; the event may be redelivered");
+            }
+        }
+    });
+    futures_util::future::join_all(acknowledged).await;
 }
 
 /// Waits for the next deliveries. Items the trigger filters out are

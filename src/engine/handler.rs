@@ -98,6 +98,15 @@ impl Slot {
     }
 }
 
+/// How an event ended, for the store: recorded by
+/// [`Handler::complete_batch`] with the rest of its batch.
+pub struct Finish {
+    key: String,
+    how: Completion,
+    /// Kept with the completion (a request's reply, a summary).
+    kept: Option<Vec<u8>>,
+}
+
 /// An event of a batch, claimed, loaded and run with the others
 /// ([`Handler::prepare_batch`]): where its handling starts from.
 pub struct Prepared {
@@ -393,9 +402,28 @@ impl Handler {
     pub async fn handle_prepared(
         &self,
         slot: Slot,
-        mut work: Work,
+        work: Work,
         prepared: Option<Prepared>,
     ) -> Handled {
+        let (handled, finish) = self.handle_unrecorded(slot, work, prepared).await;
+        if let Some(Finish { key, how, kept }) = finish {
+            let complete = self
+                .meters
+                .timed(Stage::Complete, self.complete(&key, how, kept));
+            telemetry::scoped(handled.span.clone(), complete).await;
+        }
+        handled
+    }
+
+    /// [`handle_prepared`](Self::handle_prepared), leaving the record of
+    /// how the event ended to the caller, who records a batch's together
+    /// ([`complete_batch`](Self::complete_batch)) before acknowledging.
+    pub async fn handle_unrecorded(
+        &self,
+        slot: Slot,
+        mut work: Work,
+        prepared: Option<Prepared>,
+    ) -> (Handled, Option<Finish>) {
         fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
             set.lock().unwrap_or_else(|e| e.into_inner())
         }
@@ -440,16 +468,40 @@ impl Handler {
             _ if self.summaries => summary(&outcome),
             _ => None,
         };
-        if let Some(how) = how {
-            let complete = self
-                .meters
-                .timed(Stage::Complete, self.complete(&work.key, how, kept));
-            telemetry::scoped(span.clone(), complete).await;
-        }
-        Handled {
+        let handled = Handled {
             outcome,
             span,
             _finishing: finishing.expect("the semaphore is never closed"),
+        };
+        let finish = how.map(|how| Finish {
+            key: work.key,
+            how,
+            kept,
+        });
+        (handled, finish)
+    }
+
+    /// Records how a batch's events ended, in one store transaction where
+    /// the store can.
+    pub async fn complete_batch(&self, finishes: Vec<Finish>) {
+        let (plain, kept): (Vec<_>, Vec<_>) = finishes.into_iter().partition(|f| f.kept.is_none());
+        for Finish { key, how, kept } in kept {
+            self.complete(&key, how, kept).await;
+        }
+        if plain.is_empty() {
+            return;
+        }
+        let items: Vec<(&str, Completion)> =
+            (plain.iter()).map(|f| (f.key.as_str(), f.how)).collect();
+        let recorded = self.meters.timed(
+            Stage::Complete,
+            self.idempotency.complete_many(&self.name, &items),
+        );
+        if let Err(error) = recorded.await {
+            tracing::warn!(pipeline = %self.name, %error, events = items.len(), "recording a batch's completions failed; a redelivery would process its events again");
+        }
+        for finish in &plain {
+            self.meters.completed(finish.how).increment(1);
         }
     }
 
@@ -629,9 +681,34 @@ impl Handler {
     /// did not load fails there, and when the batch fails as a whole
     /// (a trap, a timeout) each of its events runs again alone.
     pub async fn prepare_batch(&self, items: &[(&str, &Pending)]) -> Vec<Prepared> {
-        let claims = futures_util::future::join_all(
-            (items.iter()).map(|(key, _)| self.meters.timed(Stage::Claim, self.claim(key))),
-        );
+        let claims = async {
+            let keys: Vec<&str> = items.iter().map(|(key, _)| *key).collect();
+            let started = Instant::now();
+            match (self.idempotency)
+                .claim_many(&self.name, &keys, self.lease)
+                .await
+            {
+                Ok(claims) => {
+                    self.meters.stage(Stage::Claim, started);
+                    let claimed = (claims.into_iter().zip(keys)).map(|(claim, key)| async move {
+                        match claim {
+                            (Claim::Completed(how), _) => Claimed::Done(how),
+                            (Claim::Acquired, delivered) => Claimed::Ours {
+                                delivered: Some(delivered),
+                            },
+                            // Held elsewhere: wait for it as one event would.
+                            (Claim::Busy, _) => self.claim(key).await,
+                        }
+                    });
+                    futures_util::future::join_all(claimed).await
+                }
+                Err(error) => {
+                    tracing::warn!(pipeline = %self.name, %error, "claiming a batch failed; claiming its events one by one");
+                    futures_util::future::join_all(keys.into_iter().map(|key| self.claim(key)))
+                        .await
+                }
+            }
+        };
         let loads = futures_util::future::join_all(
             items.iter().map(|(key, pending)| self.load(key, pending)),
         );
