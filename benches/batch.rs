@@ -17,7 +17,6 @@
 mod harness;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use harness::Runnel;
 
@@ -116,37 +115,12 @@ async fn run() {
 /// A process on a queue prefilled with `events` events, through the no-op
 /// batch function (`batched`) or the one-event probe in its no-op mode.
 async fn side(work: &Path, batched: bool, events: usize) -> Side {
-    let data = work.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    {
-        use runnel::broker::Broker as _;
-        let broker = runnel::broker::embedded::EmbeddedBroker::open(
-            &data.join("broker.db"),
-            runnel::sqlite::Durability::Normal,
-            4,
-        )
-        .unwrap();
-        let started = Instant::now();
-        for i in 0..events {
-            let mut payload = format!("event {i:08} ").into_bytes();
-            payload.resize(PAYLOAD, b'.');
-            broker
-                .publish(
-                    "bench-in",
-                    None,
-                    runnel::event::Message {
-                        key: Some(format!("k{i}")),
-                        headers: Vec::new(),
-                        payload: payload.into(),
-                    },
-                )
-                .await
-                .unwrap();
-        }
-        eprintln!("prefilled {events} events in {:?}", started.elapsed());
-    }
-    // The batch side at the default concurrency (batches in flight); the
-    // one-event side with #4's window of 64 events in flight.
+    let payload = |i: usize| {
+        let mut payload = format!("event {i:08} ").into_bytes();
+        payload.resize(PAYLOAD, b'.');
+        payload
+    };
+    harness::prefill_embedded(&work.join("data"), "bench-in", events, payload).await;
     let (function, batch, concurrency) = match batched {
         true => (
             "batch-probe",
@@ -165,30 +139,7 @@ async fn side(work: &Path, batched: bool, events: usize) -> Side {
     )
     .unwrap();
     let process = Runnel::start(work, &[pipeline], &[], "").await;
-    let started = Instant::now();
-    let mut first = None;
-    let (rate, cores) = loop {
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "the run did not finish"
-        );
-        let done = process
-            .metric(
-                "runnel_events_completed_total",
-                &[("pipeline", "noop"), ("result", "done")],
-            )
-            .await as usize;
-        let now = (Instant::now(), process.cpu_seconds(), done);
-        if done > 0 && first.is_none() {
-            first = Some(now);
-        }
-        if done >= events {
-            let (at, cpu, from) = first.unwrap();
-            let wall = (now.0 - at).as_secs_f64();
-            break ((done - from) as f64 / wall, (now.1 - cpu) / wall);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (rate, cores) = process.throughput("noop", events, |_, _| {}).await;
     Side {
         events,
         rate,

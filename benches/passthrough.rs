@@ -519,84 +519,32 @@ impl Embedded {
 /// into the journal before runnel starts), all passed through.
 async fn embedded_run(dir: &Path) -> Embedded {
     let work = dir.join("embedded");
-    let data = work.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    {
-        use runnel::broker::Broker as _;
-        let broker = runnel::broker::embedded::EmbeddedBroker::open(
-            &data.join("broker.db"),
-            runnel::sqlite::Durability::Normal,
-            4,
-        )
-        .unwrap();
-        let started = Instant::now();
-        for i in 0..LONG_RUN {
-            broker
-                .publish(
-                    "bench-in",
-                    None,
-                    runnel::event::Message {
-                        key: Some(format!("k{i}")),
-                        headers: Vec::new(),
-                        payload: payload(i).into(),
-                    },
-                )
-                .await
-                .unwrap();
-        }
-        eprintln!(
-            "prefilled {LONG_RUN} embedded events in {:?}",
-            started.elapsed()
-        );
-    }
+    harness::prefill_embedded(&work.join("data"), "bench-in", LONG_RUN, payload).await;
     let pipeline = work.join("passthrough.toml");
     std::fs::write(&pipeline, pipeline_toml("bench-in", None, "bench-out")).unwrap();
     let process = Runnel::start(&work, &[pipeline], &[], "").await;
-    let completed = || async {
-        process
-            .metric(
-                "runnel_events_completed_total",
-                &[("pipeline", "passthrough"), ("result", "done")],
-            )
-            .await as usize
-    };
     // Rate and CPU over the whole run, from the first completed event; RSS
     // once SHORT_RUN events are done and again at the end.
-    let started = Instant::now();
-    let mut first = None;
     let mut rss_short = None;
     let mut traced = 0;
-    let (rate, cores) = loop {
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "the embedded run did not finish"
-        );
-        let done = completed().await;
-        let now = (Instant::now(), process.cpu_seconds(), done);
-        if done > 0 && first.is_none() {
-            first = Some(now);
-        }
-        if done >= SHORT_RUN && rss_short.is_none() {
-            rss_short = Some(process.rss_mib());
-        }
-        // The trace behind the leak check: RSS and threads every 10k events.
-        if done / SHORT_RUN > traced {
-            traced = done / SHORT_RUN;
-            eprintln!(
-                "after {done} events: RSS {:.1} MiB ({:.1} anonymous, {:.1} files), {} threads",
-                process.rss_mib(),
-                process.status_mib("RssAnon:"),
-                process.status_mib("RssFile:"),
-                process.threads()
-            );
-        }
-        if done >= LONG_RUN {
-            let (at, cpu, from) = first.unwrap();
-            let wall = (now.0 - at).as_secs_f64();
-            break ((done - from) as f64 / wall, (now.1 - cpu) / wall);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (rate, cores) = process
+        .throughput("passthrough", LONG_RUN, |process, done| {
+            if done >= SHORT_RUN && rss_short.is_none() {
+                rss_short = Some(process.rss_mib());
+            }
+            // The trace behind the leak check: RSS and threads every 10k events.
+            if done / SHORT_RUN > traced {
+                traced = done / SHORT_RUN;
+                eprintln!(
+                    "after {done} events: RSS {:.1} MiB ({:.1} anonymous, {:.1} files), {} threads",
+                    process.rss_mib(),
+                    process.status_mib("RssAnon:"),
+                    process.status_mib("RssFile:"),
+                    process.threads()
+                );
+            }
+        })
+        .await;
     eprintln!(
         "embedded: runnel's stages, mean ms per event: {}",
         stages(&process).await

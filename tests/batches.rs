@@ -151,6 +151,25 @@ async fn a_batch_runs_in_one_instance_and_its_failures_go_alone() {
     assert!(ok >= 240.0, "an invocation counted per event: {ok}");
 }
 
+/// Runs `runnel` with `args`; whether it succeeded, and what it printed.
+fn runnel(args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(args)
+        .output()
+        .unwrap();
+    let printed =
+        String::from_utf8(output.stdout).unwrap() + &String::from_utf8(output.stderr).unwrap();
+    (output.status.success(), printed)
+}
+
+/// What `runnel validate` says of `pipeline`, which it must refuse.
+fn refused(pipeline: &Path) -> String {
+    let (ok, report) = runnel(&["validate".as_ref(), pipeline.as_os_str()]);
+    assert!(!ok, "{report}");
+    report
+}
+
+/// What `runnel up` says of `pipeline`, which it must refuse at start.
 fn up_fails(dir: &Path, pipeline: &Path) -> String {
     std::fs::create_dir_all(dir).unwrap();
     let config = dir.join("runnel.toml");
@@ -164,15 +183,14 @@ fn up_fails(dir: &Path, pipeline: &Path) -> String {
         ),
     )
     .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_runnel"))
-        .arg("--config")
-        .arg(&config)
-        .arg("up")
-        .arg(pipeline)
-        .output()
-        .unwrap();
-    assert!(!output.status.success(), "{pipeline:?} was refused");
-    String::from_utf8(output.stderr).unwrap()
+    let (ok, printed) = runnel(&[
+        "--config".as_ref(),
+        config.as_os_str(),
+        "up".as_ref(),
+        pipeline.as_os_str(),
+    ]);
+    assert!(!ok, "{pipeline:?} was refused: {printed}");
+    printed
 }
 
 /// A batch where the source cannot gather one, a batch function where no
@@ -190,14 +208,7 @@ fn mismatches_are_refused_naming_the_input() {
         ),
     )
     .unwrap();
-    let validate = Command::new(env!("CARGO_BIN_EXE_runnel"))
-        .arg("validate")
-        .arg(&http)
-        .output()
-        .unwrap();
-    let report =
-        String::from_utf8(validate.stdout).unwrap() + &String::from_utf8(validate.stderr).unwrap();
-    assert!(!validate.status.success(), "{report}");
+    let report = refused(&http);
     assert!(report.contains("source.batch"), "{report}");
     assert!(
         report.contains("batches are for storage, topic and database sources"),
@@ -210,14 +221,7 @@ fn mismatches_are_refused_naming_the_input() {
         "batch-probe",
         "batch = { max_events = 20000 }",
     );
-    let validate = Command::new(env!("CARGO_BIN_EXE_runnel"))
-        .arg("validate")
-        .arg(&big)
-        .output()
-        .unwrap();
-    let report =
-        String::from_utf8(validate.stdout).unwrap() + &String::from_utf8(validate.stderr).unwrap();
-    assert!(!validate.status.success(), "{report}");
+    let report = refused(&big);
     assert!(report.contains("source.batch.max_events"), "{report}");
 
     let unbatched = pipeline(dir.path(), "unbatched", "batch-probe", "");

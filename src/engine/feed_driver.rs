@@ -113,28 +113,9 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     let acks = trigger.acks();
     tracing::info!(pipeline = %handler.name(), source = %trigger.description(), "pipeline running");
-    let mut failures = 0u32;
     'feed: loop {
-        let batch = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            batch = read(&mut *trigger, &acks, BATCH) => batch,
-        };
-        let deliveries = match batch {
-            Ok(deliveries) => {
-                failures = 0;
-                deliveries
-            }
-            Err(error) => {
-                handler.meters.source_errors.increment(1);
-                failures = failures.saturating_add(1);
-                // Short enough to resume within seconds of recovery.
-                let delay = Duration::from_millis(100 << failures.min(5));
-                tracing::warn!(pipeline = %handler.name(), %error, ?delay, "reading the source failed; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(delay) => continue,
-                }
-            }
+        let Some(deliveries) = next(&mut *trigger, &acks, BATCH, &handler, &shutdown).await else {
+            break;
         };
         for delivery in deliveries {
             let slot = tokio::select! {
@@ -199,29 +180,10 @@ async fn run_batches(
         let (handler, shutdown, acks) = (handler.clone(), shutdown.clone(), acks.clone());
         let want = batch.max_events.clamp(BATCH, 1024);
         tokio::spawn(async move {
-            let mut failures = 0u32;
-            loop {
-                let read = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    read = read(&mut *trigger, &acks, want) => read,
-                };
-                match read {
-                    Ok(deliveries) => {
-                        failures = 0;
-                        if sender.send(deliveries).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(error) => {
-                        handler.meters.source_errors.increment(1);
-                        failures = failures.saturating_add(1);
-                        let delay = Duration::from_millis(100 << failures.min(5));
-                        tracing::warn!(pipeline = %handler.name(), %error, ?delay, "reading the source failed; retrying");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(delay) => {}
-                        }
-                    }
+            while let Some(deliveries) = next(&mut *trigger, &acks, want, &handler, &shutdown).await
+            {
+                if sender.send(deliveries).await.is_err() {
+                    return;
                 }
             }
         })
@@ -352,6 +314,38 @@ async fn handle_batch(
         }
     });
     futures_util::future::join_all(acknowledged).await;
+}
+
+/// The next deliveries, reading again after a pause while the source
+/// fails; `None` once `shutdown` is cancelled.
+async fn next(
+    trigger: &mut dyn Pull,
+    acks: &Acks,
+    max: usize,
+    handler: &Handler,
+    shutdown: &CancellationToken,
+) -> Option<Vec<Delivery>> {
+    let mut failures = 0u32;
+    loop {
+        let read = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            read = read(trigger, acks, max) => read,
+        };
+        match read {
+            Ok(deliveries) => return Some(deliveries),
+            Err(error) => {
+                handler.meters.source_errors.increment(1);
+                failures = failures.saturating_add(1);
+                // Short enough to resume within seconds of recovery.
+                let delay = Duration::from_millis(100 << failures.min(5));
+                tracing::warn!(pipeline = %handler.name(), %error, ?delay, "reading the source failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
 }
 
 /// Waits for the next deliveries. Items the trigger filters out are

@@ -182,6 +182,61 @@ impl Setup {
         }
     }
 
+    /// Publishes `payload` on the pipeline's topic under `key`.
+    async fn publish(&self, key: &str, payload: &str) {
+        let message = Message {
+            key: Some(key.to_owned()),
+            headers: Vec::new(),
+            payload: Bytes::from(payload.to_owned()),
+        };
+        (self.backends.broker)
+            .publish("in", None, message)
+            .await
+            .unwrap();
+    }
+
+    /// The feed driver on the pipeline's source, through `handler`, until
+    /// the token is cancelled.
+    async fn drive(
+        &self,
+        handler: Arc<Handler>,
+    ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let crate::triggers::Trigger::Pulled(trigger) =
+            self.config.source.open("p", &self.checked()).await.unwrap()
+        else {
+            panic!("a topic is pulled")
+        };
+        let shutdown = CancellationToken::new();
+        let driver = tokio::spawn(feed_driver::run(
+            handler,
+            trigger,
+            shutdown.clone(),
+            Duration::from_secs(5),
+        ));
+        (shutdown, driver)
+    }
+
+    /// Stops the driver, and checks that a new subscription of the group
+    /// finds nothing left: every offset was committed.
+    async fn stop(&self, (shutdown, driver): (CancellationToken, tokio::task::JoinHandle<()>)) {
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), driver)
+            .await
+            .expect("the driver stops")
+            .unwrap();
+        let mut feed = self.backends.broker.subscribe("in", "p").await.unwrap();
+        let left = tokio::time::timeout(Duration::from_millis(300), feed.poll(100)).await;
+        assert!(
+            left.is_err() || left.unwrap().unwrap().is_empty(),
+            "every offset was committed"
+        );
+    }
+
+    /// The keys in `bucket` (the first hundred).
+    async fn keys(&self, bucket: &str) -> Vec<String> {
+        self.backends.store.list(bucket, "", 100).await.unwrap()
+    }
+
     async fn object(&self, bucket: &str, key: &str) -> Option<Bytes> {
         match self.backends.store.get(bucket, key, 1 << 20, None).await {
             Ok((_, body)) => Some(body),
@@ -346,34 +401,11 @@ async fn the_feed_driver_handles_a_topic_and_commits_it() {
     let fake = Fake::new(vec![shout()]);
     let handler = setup.handler(fake.clone());
     for i in 0..10 {
-        let message = Message {
-            key: Some(format!("m{i}")),
-            headers: Vec::new(),
-            payload: Bytes::from(format!("message {i}")),
-        };
         setup
-            .backends
-            .broker
-            .publish("in", None, message)
-            .await
-            .unwrap();
+            .publish(&format!("m{i}"), &format!("message {i}"))
+            .await;
     }
-    let crate::triggers::Trigger::Pulled(trigger) = setup
-        .config
-        .source
-        .open("p", &setup.checked())
-        .await
-        .unwrap()
-    else {
-        panic!("a topic is pulled")
-    };
-    let shutdown = CancellationToken::new();
-    let driver = tokio::spawn(feed_driver::run(
-        handler,
-        trigger,
-        shutdown.clone(),
-        Duration::from_secs(5),
-    ));
+    let driver = setup.drive(handler).await;
     let done = async {
         while setup
             .backends
@@ -392,18 +424,7 @@ async fn the_feed_driver_handles_a_topic_and_commits_it() {
         .expect("ten outputs");
     let body = setup.object("out", "m3").await.unwrap();
     assert_eq!(body, "MESSAGE 3");
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(5), driver)
-        .await
-        .expect("the driver stops")
-        .unwrap();
-
-    let mut feed = setup.backends.broker.subscribe("in", "p").await.unwrap();
-    let left = tokio::time::timeout(Duration::from_millis(300), feed.poll(100)).await;
-    assert!(
-        left.is_err() || left.unwrap().unwrap().is_empty(),
-        "every offset was committed"
-    );
+    setup.stop(driver).await;
     assert_eq!(fake.calls.load(AtomicOrdering::SeqCst), 10);
 }
 
@@ -481,17 +502,7 @@ async fn a_batch_function_gets_batches_and_its_failures_go_alone() {
             15 => "flaky".to_owned(),
             _ => format!("message {i}"),
         };
-        let message = Message {
-            key: Some(format!("m{i}")),
-            headers: Vec::new(),
-            payload: Bytes::from(payload),
-        };
-        setup
-            .backends
-            .broker
-            .publish("in", None, message)
-            .await
-            .unwrap();
+        setup.publish(&format!("m{i}"), &payload).await;
     }
     let batcher = Arc::new(Batcher::default());
     let handler = Arc::new(Handler::new(
@@ -502,32 +513,10 @@ async fn a_batch_function_gets_batches_and_its_failures_go_alone() {
         Health::unchecked(),
         Arc::new(super::Threads::new("test-fn", 2)),
     ));
-    let crate::triggers::Trigger::Pulled(trigger) = setup
-        .config
-        .source
-        .open("p", &setup.checked())
-        .await
-        .unwrap()
-    else {
-        panic!("a topic is pulled")
-    };
-    let shutdown = CancellationToken::new();
-    let driver = tokio::spawn(feed_driver::run(
-        handler,
-        trigger,
-        shutdown.clone(),
-        Duration::from_secs(5),
-    ));
+    let driver = setup.drive(handler).await;
     let done = async {
         loop {
-            let written = setup.backends.store.list("out", "", 100).await.unwrap();
-            let dead = setup
-                .backends
-                .store
-                .list("dead-letters", "", 100)
-                .await
-                .unwrap();
-            if written.len() >= 29 && !dead.is_empty() {
+            if setup.keys("out").await.len() >= 29 && !setup.keys("dead-letters").await.is_empty() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -539,11 +528,7 @@ async fn a_batch_function_gets_batches_and_its_failures_go_alone() {
     assert_eq!(setup.object("out", "m15").await.unwrap(), "FLAKY");
     assert_eq!(setup.object("out", "m16").await.unwrap(), "MESSAGE 16");
     assert_eq!(setup.object("out", "m7").await, None);
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(5), driver)
-        .await
-        .expect("the driver stops")
-        .unwrap();
+    setup.stop(driver).await;
 
     let sizes = batcher.sizes.lock().unwrap().clone();
     // 30 events in batches of at most 10, and the flaky one's retry alone.
@@ -554,21 +539,10 @@ async fn a_batch_function_gets_batches_and_its_failures_go_alone() {
         31,
         "each event once, the retry alone: {sizes:?}"
     );
-    let dead = setup
-        .backends
-        .store
-        .list("dead-letters", "", 100)
-        .await
-        .unwrap();
+    let dead = setup.keys("dead-letters").await;
     assert_eq!(dead.len(), 1, "only the bad event is dead-lettered");
     let record = setup.object("dead-letters", &dead[0]).await.unwrap();
     let record: serde_json::Value = serde_json::from_slice(&record).unwrap();
     assert_eq!(record["event"]["subject"], "m7");
     assert_eq!(record["attempts"], 1, "not retried: {record}");
-    let mut feed = setup.backends.broker.subscribe("in", "p").await.unwrap();
-    let left = tokio::time::timeout(Duration::from_millis(300), feed.poll(100)).await;
-    assert!(
-        left.is_err() || left.unwrap().unwrap().is_empty(),
-        "every offset was committed"
-    );
 }

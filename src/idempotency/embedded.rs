@@ -348,16 +348,21 @@ impl EmbeddedIdempotency {
 mod tests {
     use super::*;
 
-    /// A reply kept with a completion is read back; one without has none.
-    #[tokio::test]
-    async fn a_reply_is_kept_with_its_completion() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedIdempotency::open(
+    /// A store in `dir`, keeping completions for a minute.
+    fn open(dir: &tempfile::TempDir) -> EmbeddedIdempotency {
+        EmbeddedIdempotency::open(
             &dir.path().join("i.db"),
             Durability::Normal,
             Duration::from_secs(60),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// A reply kept with a completion is read back; one without has none.
+    #[tokio::test]
+    async fn a_reply_is_kept_with_its_completion() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
         store
             .complete_with_reply("p", "k", Completion::Done, Some(b"answer".to_vec()))
             .await
@@ -401,12 +406,7 @@ mod tests {
     #[tokio::test]
     async fn claim_reads_delivered_outputs_in_the_same_lookup() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedIdempotency::open(
-            &dir.path().join("i.db"),
-            Durability::Normal,
-            Duration::from_secs(60),
-        )
-        .unwrap();
+        let store = open(&dir);
         let lease = Duration::from_secs(30);
         assert_eq!(
             store.claim_with_delivered("p", "k", lease).await.unwrap(),
@@ -479,12 +479,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_is_claimed_and_completed_together() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedIdempotency::open(
-            &dir.path().join("i.db"),
-            Durability::Normal,
-            Duration::from_secs(60),
-        )
-        .unwrap();
+        let store = open(&dir);
         let lease = Duration::from_secs(30);
         store
             .complete("p", "done", Completion::DeadLettered)

@@ -802,6 +802,16 @@ pub struct Invocation {
     pub reply: Option<http::Reply>,
 }
 
+impl Invocation {
+    /// An event function's: its outputs, no reply.
+    pub fn of(outputs: Vec<Output>) -> Self {
+        Self {
+            outputs,
+            reply: None,
+        }
+    }
+}
+
 impl Invoke for Function {
     fn name(&self) -> &str {
         Function::name(self)
@@ -822,11 +832,7 @@ impl Invoke for Function {
         label: LogLabel,
     ) -> (Result<Invocation, InvokeError>, InvocationStats) {
         let (result, stats) = Function::invoke(self, context, event, label);
-        let invocation = result.map(|outputs| Invocation {
-            outputs,
-            reply: None,
-        });
-        (invocation, stats)
+        (result.map(Invocation::of), stats)
     }
 
     fn batched(&self) -> bool {
@@ -843,12 +849,7 @@ impl Invoke for Function {
         let (result, stats) = self.call(context, &events, label);
         let result = result.map(|results| {
             (results.into_iter())
-                .map(|result| {
-                    result.map(|outputs| Invocation {
-                        outputs,
-                        reply: None,
-                    })
-                })
+                .map(|result| result.map(Invocation::of))
                 .collect()
         });
         (result, stats)

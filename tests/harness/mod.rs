@@ -602,3 +602,74 @@ pub fn cpu_seconds(pid: u32) -> f64 {
         .collect();
     (fields[0] + fields[1]) / 100.0
 }
+
+/// Publishes `events` messages (key `k<i>`, payload `payload(i)`) on
+/// `topic` of the embedded queue in the data directory `data`, before a
+/// runnel starts there: how the embedded benchmarks fill their input.
+pub async fn prefill_embedded(
+    data: &Path,
+    topic: &str,
+    events: usize,
+    payload: impl Fn(usize) -> Vec<u8>,
+) {
+    use runnel::broker::Broker as _;
+    std::fs::create_dir_all(data).unwrap();
+    let broker = runnel::broker::embedded::EmbeddedBroker::open(
+        &data.join("broker.db"),
+        runnel::sqlite::Durability::Normal,
+        4,
+    )
+    .unwrap();
+    let started = Instant::now();
+    for i in 0..events {
+        let message = runnel::event::Message {
+            key: Some(format!("k{i}")),
+            headers: Vec::new(),
+            payload: payload(i).into(),
+        };
+        broker.publish(topic, None, message).await.unwrap();
+    }
+    eprintln!(
+        "prefilled {events} embedded events in {:?}",
+        started.elapsed()
+    );
+}
+
+impl Runnel {
+    /// Waits (up to 10 minutes) until `pipeline` has completed `events`
+    /// events, calling `each` with the count at every look; returns its
+    /// events/s and the cores its process kept busy, from the first
+    /// completed event to the last.
+    pub async fn throughput(
+        &self,
+        pipeline: &str,
+        events: usize,
+        mut each: impl FnMut(&Self, usize),
+    ) -> (f64, f64) {
+        let started = Instant::now();
+        let mut first = None;
+        loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(600),
+                "{pipeline} did not complete {events} events"
+            );
+            let done = self
+                .metric(
+                    "runnel_events_completed_total",
+                    &[("pipeline", pipeline), ("result", "done")],
+                )
+                .await as usize;
+            let now = (Instant::now(), self.cpu_seconds(), done);
+            if done > 0 && first.is_none() {
+                first = Some(now);
+            }
+            each(self, done);
+            if done >= events {
+                let (at, cpu, from) = first.unwrap();
+                let wall = (now.0 - at).as_secs_f64();
+                return ((done - from) as f64 / wall, (now.1 - cpu) / wall);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -57,6 +57,7 @@ pub mod batch {
     /// The `batch-function` world's export, on the types and imports of
     /// the crate's other bindings.
     #[doc(hidden)]
+    #[allow(clippy::too_many_arguments, reason = "generated: a list's pointer and length are two")]
     pub mod bindings {
         wit_bindgen::generate!({
             path: "../wit",
