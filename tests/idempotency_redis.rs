@@ -26,6 +26,44 @@ async fn two_stores(
     (redis, a, b)
 }
 
+/// A batch's claims and completions on Redis: each event leased and
+/// completed as one alone would be, seen so by another process.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_is_claimed_and_completed_event_by_event() {
+    use runnel::idempotency::Claim;
+    let dir = tempfile::tempdir().unwrap();
+    let (_redis, a, b) = two_stores(dir.path()).await;
+    let lease = Duration::from_secs(30);
+    a.record_delivery("p", "y", "y#out/0").await.unwrap();
+    let claims = a.claim_many("p", &["x", "y"], lease).await.unwrap();
+    assert_eq!(
+        claims,
+        vec![
+            (Claim::Acquired, HashSet::new()),
+            (Claim::Acquired, HashSet::from(["y#out/0".to_owned()])),
+        ]
+    );
+    let held = b.claim_many("p", &["x", "y", "z"], lease).await.unwrap();
+    let held: Vec<Claim> = held.into_iter().map(|(claim, _)| claim).collect();
+    assert_eq!(held, [Claim::Busy, Claim::Busy, Claim::Acquired]);
+    a.complete_many(
+        "p",
+        &[("x", Completion::Done), ("y", Completion::DeadLettered)],
+    )
+    .await
+    .unwrap();
+    let ended = b.claim_many("p", &["x", "y"], lease).await.unwrap();
+    let ended: Vec<Claim> = ended.into_iter().map(|(claim, _)| claim).collect();
+    assert_eq!(
+        ended,
+        [
+            Claim::Completed(Completion::Done),
+            Claim::Completed(Completion::DeadLettered)
+        ]
+    );
+    assert!(b.delivered("p", "y").await.unwrap().is_empty());
+}
+
 /// Two stores on one Redis (two processes) see each other's completions,
 /// and completions expire after the TTL.
 #[tokio::test(flavor = "multi_thread")]

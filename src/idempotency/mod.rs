@@ -96,32 +96,31 @@ pub trait IdempotencyStore: Send + Sync {
 
     /// [`claim_with_delivered`](Self::claim_with_delivered) for many
     /// events at once (a batch's), in order: in one read where the store
-    /// can. The default claims them one after another.
+    /// can. The default claims them all at once, each on its own.
     async fn claim_many(
         &self,
         pipeline: &str,
         keys: &[&str],
         lease: std::time::Duration,
     ) -> Result<Vec<(Claim, HashSet<String>)>, IdempotencyError> {
-        let mut claims = Vec::with_capacity(keys.len());
-        for key in keys {
-            claims.push(self.claim_with_delivered(pipeline, key, lease).await?);
-        }
-        Ok(claims)
+        let claims = keys
+            .iter()
+            .map(|key| self.claim_with_delivered(pipeline, key, lease));
+        futures_util::future::try_join_all(claims).await
     }
 
     /// [`complete`](Self::complete) for many events at once (a batch's):
     /// in one transaction where the store can. The default records them
-    /// one after another.
+    /// all at once, each on its own.
     async fn complete_many(
         &self,
         pipeline: &str,
         completions: &[(&str, Completion)],
     ) -> Result<(), IdempotencyError> {
-        for (key, how) in completions {
-            self.complete(pipeline, key, *how).await?;
-        }
-        Ok(())
+        let recorded = completions
+            .iter()
+            .map(|(key, how)| self.complete(pipeline, key, *how));
+        futures_util::future::try_join_all(recorded).await.map(drop)
     }
 
     /// How the event with this key ended, if it did (within the TTL).
