@@ -236,3 +236,31 @@ fn mismatches_are_refused_naming_the_input() {
         "{error}"
     );
 }
+
+/// `runnel invoke` runs a batch function on its one event, as a batch of
+/// one, and reports that event's failure as any function's.
+#[test]
+fn invoke_runs_a_batch_function_on_one_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let batched = pipeline(dir.path(), "inv", "batch-probe", "batch = {}");
+    let invoke = |body: &str| {
+        let event = dir.path().join("event.txt");
+        std::fs::write(&event, body).unwrap();
+        runnel(&[
+            "--data-dir".as_ref(),
+            dir.path().join("data").as_os_str(),
+            "invoke".as_ref(),
+            batched.as_os_str(),
+            "--event".as_ref(),
+            event.as_os_str(),
+        ])
+    };
+    let (ok, printed) = invoke("hello");
+    assert!(ok, "{printed}");
+    assert!(printed.contains("1 output(s)"), "{printed}");
+    assert!(printed.contains("sink=out"), "{printed}");
+    assert!(printed.contains("batch-size"), "{printed}");
+    let (ok, printed) = invoke("reject");
+    assert!(!ok, "{printed}");
+    assert!(printed.contains("was rejected"), "{printed}");
+}

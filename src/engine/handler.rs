@@ -782,13 +782,19 @@ impl Handler {
         }
         self.measure(&stats);
         let failed = outcomes.iter().filter(|o| **o != "ok").count();
+        // The batch's outcome in the access log (and the dashboard): the
+        // first failing event's, or ok.
+        let outcome = outcomes.iter().find(|o| **o != "ok").unwrap_or(&"ok");
         tracing::info!(
             target: "runnel::invocation",
             id = %first.id,
+            trace_id = first.attributes.get("trace_id").map_or("", String::as_str),
             pipeline = %self.name,
             function = %self.function.name(),
             events = events.len(),
             failed,
+            attempt = 1,
+            outcome,
             duration_us = stats.duration.as_micros() as u64,
             instantiation_us = stats.instantiation.as_micros() as u64,
             peak_memory = stats.peak_memory,
