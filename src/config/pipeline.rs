@@ -95,14 +95,22 @@ pub fn read(doc: &Document<'_>, root: Table<'_, '_>) -> Option<PipelineConfig> {
     let base = doc.file().parent().unwrap_or(Path::new("."));
     let (source, batch) = match root.required("source").and_then(|f| f.table()) {
         Some(table) => {
-            let batch = table.get("batch").map(|field| {
-                let kind = table.get("type").and_then(|f| f.peek_str().map(str::to_owned));
-                if !matches!(kind.as_deref(), Some("storage" | "topic" | "database")) {
-                    field.error("batches are for storage, topic and database sources, whose events are read in order and acknowledged by offset");
-                    return None;
-                }
-                field.table().and_then(BatchConfig::read)
-            });
+            // A known key of the sources that gather batches (an unknown
+            // key's error lists it there), refused elsewhere.
+            let kind = table
+                .get("type")
+                .and_then(|f| f.peek_str().map(str::to_owned));
+            let batches = matches!(kind.as_deref(), Some("storage" | "topic" | "database"));
+            let batch = match batches || table.has("batch") {
+                true => table.get("batch").map(|field| {
+                    if !batches {
+                        field.error("batches are for storage, topic and database sources, whose events are read in order and acknowledged by offset");
+                        return None;
+                    }
+                    field.table().and_then(BatchConfig::read)
+                }),
+                false => None,
+            };
             (TriggerConfig::read(table), batch)
         }
         None => (None, None),

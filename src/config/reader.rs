@@ -395,6 +395,13 @@ impl<'d, 'a> Table<'d, 'a> {
         }
     }
 
+    /// Whether the table has `key`, without marking it as known.
+    pub fn has(&self, key: &str) -> bool {
+        self.entries
+            .iter()
+            .any(|(k, _)| k.get_ref().as_ref() == key)
+    }
+
     /// The field under `key`, if present; marks it as known.
     pub fn get(&self, key: &str) -> Option<Field<'d, 'a>> {
         self.seen.borrow_mut().insert(key.to_owned());
