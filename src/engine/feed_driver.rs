@@ -248,6 +248,9 @@ async fn handle_batch(
     acks: Arc<Acks>,
 ) {
     let taken = Instant::now();
+    // Only a function with side effects waits for the keys before its
+    // batch; a pure one's batch needs no key sets.
+    let pure = handler.pure();
     let mut seen_keys = std::collections::HashSet::new();
     let mut events: Vec<_> = (deliveries.into_iter())
         .map(|delivery| {
@@ -256,8 +259,8 @@ async fn handle_batch(
             // The first of its key in the batch waits for the events
             // before the batch; the others wait for it.
             let first_of_key = match &delivery.ordering_key {
-                Some(key) => seen_keys.insert(key.clone()),
-                None => true,
+                Some(key) if !pure => seen_keys.insert(key.clone()),
+                _ => true,
             };
             (delivery, turn, event_turn, first_of_key)
         })
@@ -269,7 +272,7 @@ async fn handle_batch(
     // turn below.
     for (_, turn, event_turn, first_of_key) in &mut events {
         event_turn.wait().await;
-        if *first_of_key && !handler.pure() {
+        if *first_of_key && !pure {
             turn.wait().await;
         }
     }

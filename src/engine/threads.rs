@@ -238,6 +238,15 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
+    /// A call that takes `long`, counted in `running` while it runs, with
+    /// the most seen at once in `most`.
+    fn counted(running: &AtomicUsize, most: &AtomicUsize, long: Duration) {
+        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+        most.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(long);
+        running.fetch_sub(1, Ordering::SeqCst);
+    }
+
     /// Threads start as calls need them, never more than `max`; calls
     /// beyond wait their turn.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,10 +263,7 @@ mod tests {
                 calls.spawn(async move {
                     threads
                         .run(move || {
-                            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                            most.fetch_max(now, Ordering::SeqCst);
-                            std::thread::sleep(Duration::from_millis(20));
-                            running.fetch_sub(1, Ordering::SeqCst);
+                            counted(&running, &most, Duration::from_millis(20));
                             round * 8 + i
                         })
                         .await
@@ -307,12 +313,7 @@ mod tests {
             let (threads, running, most) = (threads.clone(), running.clone(), most.clone());
             calls.spawn(async move {
                 threads
-                    .run(move || {
-                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                        most.fetch_max(now, Ordering::SeqCst);
-                        std::thread::sleep(Duration::from_millis(100));
-                        running.fetch_sub(1, Ordering::SeqCst);
-                    })
+                    .run(move || counted(&running, &most, Duration::from_millis(100)))
                     .await
             });
         }
