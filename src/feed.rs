@@ -153,36 +153,61 @@ impl Acks {
     /// everything that became contiguous with it: this call's own, or one
     /// that another call made meanwhile.
     pub async fn finished(&self, position: Position) -> Result<(), FeedError> {
-        let committing = {
+        self.finished_many(&[position]).await
+    }
+
+    /// [`finished`](Self::finished) for several positions at once (a
+    /// batch's): one look at the state, and a commit per partition.
+    pub async fn finished_many(&self, positions: &[Position]) -> Result<(), FeedError> {
+        let mut partitions: Vec<(u32, Arc<tokio::sync::Mutex<()>>)> = Vec::new();
+        {
             let mut state = self.lock();
-            let partition = state.entry(position.partition).or_default();
-            if let Some(count) = partition.in_flight.get_mut(&position.offset) {
-                *count -= 1;
-                if *count == 0 {
-                    partition.in_flight.remove(&position.offset);
+            for position in positions {
+                let partition = state.entry(position.partition).or_default();
+                if let Some(count) = partition.in_flight.get_mut(&position.offset) {
+                    *count -= 1;
+                    if *count == 0 {
+                        partition.in_flight.remove(&position.offset);
+                    }
+                }
+                if !partitions.iter().any(|(p, _)| *p == position.partition) {
+                    partitions.push((position.partition, partition.committing.clone()));
                 }
             }
-            if partition.watermark() <= partition.committed {
-                return Ok(());
-            }
-            partition.committing.clone()
-        };
+            partitions.retain(|(p, _)| {
+                let partition = &state[p];
+                partition.watermark() > partition.committed
+            });
+        }
+        for (partition, committing) in partitions {
+            self.commit(partition, &committing).await?;
+        }
+        Ok(())
+    }
+
+    /// Commits `partition`'s watermark, unless a commit made while waiting
+    /// for `committing` covers it already.
+    async fn commit(
+        &self,
+        partition: u32,
+        committing: &tokio::sync::Mutex<()>,
+    ) -> Result<(), FeedError> {
         let _turn = committing.lock().await;
         // The watermark may have moved on while we waited (commit the
         // newest), or a commit made meanwhile may cover ours already.
         let watermark = {
             let state = self.lock();
-            let partition = &state[&position.partition];
-            let watermark = partition.watermark();
-            if watermark <= partition.committed {
+            let state = &state[&partition];
+            let watermark = state.watermark();
+            if watermark <= state.committed {
                 return Ok(());
             }
             watermark
         };
-        self.committer.commit(position.partition, watermark).await?;
+        self.committer.commit(partition, watermark).await?;
         let mut state = self.lock();
-        let partition = state.entry(position.partition).or_default();
-        partition.committed = partition.committed.max(watermark);
+        let state = state.entry(partition).or_default();
+        state.committed = state.committed.max(watermark);
         Ok(())
     }
 }
@@ -223,6 +248,27 @@ mod tests {
         acks.finished(at(5)).await.unwrap();
         acks.finished(at(8)).await.unwrap();
         assert_eq!(*recorder.0.lock().unwrap(), vec![(0, 8), (0, 9)]);
+    }
+
+    /// A batch's positions, finished together: one commit per partition,
+    /// up to the lowest still in flight.
+    #[tokio::test]
+    async fn finishing_many_commits_once_per_partition() {
+        let recorder = Arc::new(Recorder::default());
+        let acks = Acks::new(recorder.clone());
+        let at = |partition, offset| Position { partition, offset };
+        for offset in 0..6 {
+            acks.started(at(0, offset)).await;
+            acks.started(at(1, offset)).await;
+        }
+        let batch: Vec<_> = (0..6)
+            .map(|o| at(1, o))
+            .chain([0, 1, 3].map(|o| at(0, o)))
+            .collect();
+        acks.finished_many(&batch).await.unwrap();
+        assert_eq!(*recorder.0.lock().unwrap(), vec![(1, 6), (0, 2)]);
+        acks.finished_many(&[at(0, 2)]).await.unwrap();
+        assert_eq!(recorder.0.lock().unwrap().last(), Some(&(0, 4)));
     }
 
     /// With a slow commit under way, events finishing meanwhile share the

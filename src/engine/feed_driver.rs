@@ -281,29 +281,53 @@ async fn handle_batch(
         .map(|(delivery, ..)| (delivery.idempotency_key.as_str(), &delivery.pending))
         .collect();
     let prepared = handler.prepare_batch(&items).await;
-    // Each event's turn ends once its outputs are written, so the next
-    // with its key (maybe in this batch) goes on.
-    let each = (events.into_iter().zip(prepared)).map(
-        |((delivery, mut turn, event_turn, _), prepared)| {
-            let handler = &handler;
-            async move {
-                turn.wait().await;
-                let work = Work::new(delivery.idempotency_key, delivery.pending);
-                let handled = (handler)
-                    .handle_unrecorded(super::Slot::in_batch(), work, Some(prepared))
-                    .await;
-                turn.done();
-                (delivery.position, handled, event_turn)
-            }
-        },
-    );
-    let (mut handled, mut finishes) = (Vec::new(), Vec::new());
-    for (position, (outcome, finish), event_turn) in futures_util::future::join_all(each).await {
+    drop(items);
+    // An event with nothing left to do and no earlier event of its key in
+    // flight ends at once; the others go their own way, each in its turn,
+    // which ends once its outputs are written, so the next with its key
+    // (maybe in this batch) goes on.
+    let (mut finishes, mut done) = (Vec::new(), Vec::new());
+    let mut rest = Vec::new();
+    for ((delivery, mut turn, event_turn, _), prepared) in events.into_iter().zip(prepared) {
+        let Delivery {
+            idempotency_key: key,
+            pending,
+            position,
+            ..
+        } = delivery;
+        if handler.ends_in_batch(&prepared) && turn.ready() {
+            finishes.extend(handler.end_in_batch(key, prepared));
+            turn.done();
+            done.push((position, event_turn));
+            continue;
+        }
+        let handler = &handler;
+        rest.push(async move {
+            turn.wait().await;
+            let work = Work::new(key, pending);
+            let handled = (handler)
+                .handle_unrecorded(super::Slot::in_batch(), work, Some(prepared))
+                .await;
+            turn.done();
+            (position, handled, event_turn)
+        });
+    }
+    let mut handled = Vec::new();
+    for (position, (outcome, finish), event_turn) in futures_util::future::join_all(rest).await {
         handled.push((position, outcome, event_turn));
         finishes.extend(finish);
     }
     handler.complete_batch(finishes).await;
     drop(slot);
+    let (positions, event_turns): (Vec<Position>, Vec<_>) = done.into_iter().unzip();
+    event_turns.into_iter().for_each(Turn::done);
+    if let Err(error) = (handler.meters)
+        .timed(Stage::Ack, acks.finished_many(&positions))
+        .await
+    {
+        handler.meters.source_errors.increment(1);
+        tracing::warn!(pipeline = %handler.name(), %error, events = positions.len(), "committing the source failed; the events may be redelivered");
+    }
     let acknowledged = handled.into_iter().map(|(position, handled, event_turn)| {
         event_turn.done();
         let acks = &acks;
@@ -425,6 +449,19 @@ impl Turn {
         if let Some(previous) = self.previous.take() {
             // An error means the previous turn was dropped: its task ended.
             let _ = previous.await;
+        }
+    }
+
+    /// Whether [`wait`](Self::wait) would return at once: the previous
+    /// delivery with its key is done (or there is none).
+    fn ready(&mut self) -> bool {
+        use tokio::sync::oneshot::error::TryRecvError;
+        match self.previous.as_mut().map(oneshot::Receiver::try_recv) {
+            None | Some(Ok(())) | Some(Err(TryRecvError::Closed)) => {
+                self.previous = None;
+                true
+            }
+            Some(Err(TryRecvError::Empty)) => false,
         }
     }
 

@@ -481,6 +481,43 @@ impl Handler {
         (handled, finish)
     }
 
+    /// Whether a batch's event has nothing left to do, and may end by
+    /// [`end_in_batch`](Self::end_in_batch), with no future, span or retry
+    /// policy of its own (benchmark #11): one done before (skipped), or one
+    /// the function ran on that is ours and returned no output. Never while
+    /// spans are exported or events reported on, which need each event's
+    /// span and record: those take [`handle_unrecorded`](Self::handle_unrecorded).
+    pub fn ends_in_batch(&self, prepared: &Prepared) -> bool {
+        if telemetry::exporting() || self.running.is_some() {
+            return false;
+        }
+        match (&prepared.claimed, &prepared.first) {
+            (Claimed::Done(_), _) => true,
+            (Claimed::Ours { .. }, Some(Ok(invocation))) => {
+                invocation.outputs.is_empty() && invocation.reply.is_none()
+            }
+            _ => false,
+        }
+    }
+
+    /// Ends an event [`ends_in_batch`](Self::ends_in_batch) accepted: how
+    /// it ended, for [`complete_batch`](Self::complete_batch), unless it
+    /// had ended before.
+    pub fn end_in_batch(&self, key: String, prepared: Prepared) -> Option<Finish> {
+        self.meters.received.increment(1);
+        if let Claimed::Done(how) = prepared.claimed {
+            self.meters.duplicates_skipped.increment(1);
+            tracing::info!(pipeline = %self.name, key = %key, how = how.as_str(), "skipping a redelivered event");
+            return None;
+        }
+        // Nothing is kept: summaries come with `running`.
+        Some(Finish {
+            key,
+            how: Completion::Done,
+            kept: None,
+        })
+    }
+
     /// Records how a batch's events ended, in one store transaction where
     /// the store can.
     pub async fn complete_batch(&self, finishes: Vec<Finish>) {

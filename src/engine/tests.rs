@@ -446,6 +446,10 @@ impl Batcher {
         match &event.data[..] {
             b"bad" => Err(refuse(false)),
             b"flaky" if !self.flaked.swap(true, AtomicOrdering::SeqCst) => Err(refuse(true)),
+            data if data.starts_with(b"quiet") => Ok(Invocation {
+                outputs: Vec::new(),
+                reply: None,
+            }),
             _ => shout()(event).map(|outputs| Invocation {
                 outputs,
                 reply: None,
@@ -545,4 +549,68 @@ async fn a_batch_function_gets_batches_and_its_failures_go_alone() {
     let record: serde_json::Value = serde_json::from_slice(&record).unwrap();
     assert_eq!(record["event"]["subject"], "m7");
     assert_eq!(record["attempts"], 1, "not retried: {record}");
+}
+
+/// A batch's events with nothing to write end without a future each: the
+/// quiet ones are recorded complete, one done before is skipped unrun, the
+/// others' outputs are written, and every offset is committed.
+#[tokio::test]
+async fn a_batch_s_events_with_nothing_to_write_complete_at_once() {
+    let setup = setup_with(1, r#"batch = { max_events = 20, max_wait = "200ms" }"#).await;
+    let mut keys = Vec::new();
+    for i in 0..12 {
+        let payload = match i {
+            4 | 9 => format!("message {i}"),
+            _ => format!("quiet {i}"),
+        };
+        let message = Message {
+            key: Some(format!("m{i}")),
+            headers: Vec::new(),
+            payload: Bytes::from(payload),
+        };
+        let at = (setup.backends.broker.publish("in", None, message).await).unwrap();
+        keys.push(format!("in/{}/{}", at.partition, at.offset));
+    }
+    // Event 0 ended before: a redelivery.
+    (setup.idempotency)
+        .complete("p", &keys[0], Completion::Done)
+        .await
+        .unwrap();
+    let batcher = Arc::new(Batcher::default());
+    let handler = Arc::new(Handler::new(
+        &setup.config,
+        batcher.clone(),
+        &setup.backends,
+        setup.idempotency.clone(),
+        Health::unchecked(),
+        Arc::new(super::Threads::new("test-fn", 1)),
+    ));
+    let driver = setup.drive(handler).await;
+    let done = async {
+        loop {
+            let mut complete = 0;
+            for key in &keys {
+                let how = setup.idempotency.completion("p", key).await.unwrap();
+                complete += usize::from(how == Some(Completion::Done));
+            }
+            if complete == keys.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .expect("every event recorded complete");
+    setup.stop(driver).await;
+    let mut written = setup.keys("out").await;
+    written.sort();
+    assert_eq!(written, ["m4", "m9"], "only the events with outputs wrote");
+    assert_eq!(setup.object("out", "m9").await.unwrap(), "MESSAGE 9");
+    let sizes = batcher.sizes.lock().unwrap().clone();
+    assert_eq!(
+        sizes.iter().sum::<usize>(),
+        11,
+        "every event but the one done before ran once: {sizes:?}"
+    );
 }
