@@ -159,7 +159,7 @@ async fn setup_with(concurrency: usize, source: &str) -> Setup {
 }
 
 impl Setup {
-    fn handler(&self, function: Arc<Fake>) -> Arc<Handler> {
+    fn handler(&self, function: Arc<dyn Invoke>) -> Arc<Handler> {
         let handler = Handler::new(
             &self.config,
             function,
@@ -509,15 +509,7 @@ async fn a_batch_function_gets_batches_and_its_failures_go_alone() {
         setup.publish(&format!("m{i}"), &payload).await;
     }
     let batcher = Arc::new(Batcher::default());
-    let handler = Arc::new(Handler::new(
-        &setup.config,
-        batcher.clone(),
-        &setup.backends,
-        setup.idempotency.clone(),
-        Health::unchecked(),
-        Arc::new(super::Threads::new("test-fn", 2)),
-    ));
-    let driver = setup.drive(handler).await;
+    let driver = setup.drive(setup.handler(batcher.clone())).await;
     let done = async {
         loop {
             if setup.keys("out").await.len() >= 29 && !setup.keys("dead-letters").await.is_empty() {
@@ -577,15 +569,7 @@ async fn a_batch_s_events_with_nothing_to_write_complete_at_once() {
         .await
         .unwrap();
     let batcher = Arc::new(Batcher::default());
-    let handler = Arc::new(Handler::new(
-        &setup.config,
-        batcher.clone(),
-        &setup.backends,
-        setup.idempotency.clone(),
-        Health::unchecked(),
-        Arc::new(super::Threads::new("test-fn", 1)),
-    ));
-    let driver = setup.drive(handler).await;
+    let driver = setup.drive(setup.handler(batcher.clone())).await;
     let done = async {
         loop {
             let mut complete = 0;
