@@ -321,12 +321,13 @@ async fn handle_batch(
     drop(slot);
     let (positions, event_turns): (Vec<Position>, Vec<_>) = done.into_iter().unzip();
     event_turns.into_iter().for_each(Turn::done);
-    if let Err(error) = (handler.meters)
-        .timed(Stage::Ack, acks.finished_many(&positions))
-        .await
-    {
-        handler.meters.source_errors.increment(1);
-        tracing::warn!(pipeline = %handler.name(), %error, events = positions.len(), "committing the source failed; the events may be redelivered");
+    // (Only when there are some: no ack stage sample for nothing.)
+    if !positions.is_empty() {
+        let ack = acks.finished_many(&positions);
+        if let Err(error) = handler.meters.timed(Stage::Ack, ack).await {
+            handler.meters.source_errors.increment(1);
+            tracing::warn!(pipeline = %handler.name(), %error, events = positions.len(), "committing the source failed; the events may be redelivered");
+        }
     }
     let acknowledged = handled.into_iter().map(|(position, handled, event_turn)| {
         event_turn.done();
