@@ -314,34 +314,21 @@ async fn handle_batch(
     }
     let mut handled = Vec::new();
     for (position, (outcome, finish), event_turn) in futures_util::future::join_all(rest).await {
-        handled.push((position, outcome, event_turn));
+        done.push((position, event_turn));
+        handled.push(outcome);
         finishes.extend(finish);
     }
     handler.complete_batch(finishes).await;
     drop(slot);
+    // The whole batch acknowledged at once; the events' spans end after.
     let (positions, event_turns): (Vec<Position>, Vec<_>) = done.into_iter().unzip();
     event_turns.into_iter().for_each(Turn::done);
-    // (Only when there are some: no ack stage sample for nothing.)
-    if !positions.is_empty() {
-        let ack = acks.finished_many(&positions);
-        if let Err(error) = handler.meters.timed(Stage::Ack, ack).await {
-            handler.meters.source_errors.increment(1);
-            tracing::warn!(pipeline = %handler.name(), %error, events = positions.len(), "committing the source failed; the events may be redelivered");
-        }
+    let ack = acks.finished_many(&positions);
+    if let Err(error) = handler.meters.timed(Stage::Ack, ack).await {
+        handler.meters.source_errors.increment(1);
+        tracing::warn!(pipeline = %handler.name(), %error, events = positions.len(), "committing the source failed; the events may be redelivered");
     }
-    let acknowledged = handled.into_iter().map(|(position, handled, event_turn)| {
-        event_turn.done();
-        let acks = &acks;
-        let handler = &handler;
-        async move {
-            let ack = handler.meters.timed(Stage::Ack, acks.finished(position));
-            if let Err(error) = crate::telemetry::scoped(handled.span.clone(), ack).await {
-                handler.meters.source_errors.increment(1);
-                tracing::warn!(pipeline = %handler.name(), %error, "committing the source failed; the event may be redelivered");
-            }
-        }
-    });
-    futures_util::future::join_all(acknowledged).await;
+    drop(handled);
 }
 
 /// The next deliveries, reading again after a pause while the source
