@@ -141,6 +141,21 @@ fn delivered(
     delivered_with(&mut *conn.prepare_cached(DELIVERED)?, pipeline, key)
 }
 
+/// A claim's lookups, with their statements prepared: how the event
+/// ended, or else which of its outputs were delivered.
+fn claim_with(
+    completions: &mut rusqlite::Statement<'_>,
+    outputs: &mut rusqlite::Statement<'_>,
+    pipeline: &str,
+    key: &str,
+    cutoff: i64,
+) -> rusqlite::Result<(Claim, HashSet<String>)> {
+    match completion_with(completions, pipeline, key, cutoff)? {
+        Some(how) => Ok((Claim::Completed(how), HashSet::new())),
+        None => Ok((Claim::Acquired, delivered_with(outputs, pipeline, key)?)),
+    }
+}
+
 /// [`delivered`] with its statement prepared.
 fn delivered_with(
     statement: &mut rusqlite::Statement<'_>,
@@ -177,9 +192,10 @@ impl IdempotencyStore for EmbeddedIdempotency {
         let (p, k) = (pipeline.to_owned(), key.to_owned());
         let cutoff = self.cutoff();
         (self.db)
-            .read(move |conn| match completion(conn, &p, &k, cutoff)? {
-                Some(how) => Ok((Claim::Completed(how), HashSet::new())),
-                None => Ok((Claim::Acquired, delivered(conn, &p, &k)?)),
+            .read(move |conn| {
+                let mut completions = conn.prepare_cached(COMPLETION)?;
+                let mut outputs = conn.prepare_cached(DELIVERED)?;
+                claim_with(&mut completions, &mut outputs, &p, &k, cutoff)
             })
             .await
             .map_err(failed)
@@ -202,12 +218,7 @@ impl IdempotencyStore for EmbeddedIdempotency {
                 let mut completions = conn.prepare_cached(COMPLETION)?;
                 let mut outputs = conn.prepare_cached(DELIVERED)?;
                 let claims = (keys.iter())
-                    .map(
-                        |k| match completion_with(&mut completions, &p, k, cutoff)? {
-                            Some(how) => Ok((Claim::Completed(how), HashSet::new())),
-                            None => Ok((Claim::Acquired, delivered_with(&mut outputs, &p, k)?)),
-                        },
-                    )
+                    .map(|k| claim_with(&mut completions, &mut outputs, &p, k, cutoff))
                     .collect::<rusqlite::Result<Vec<_>>>()?;
                 drop((completions, outputs));
                 read.finish()?;
